@@ -1,0 +1,1 @@
+"""Kernel authoring from Python: elementwise, reduce, map_reduce, rowwise and jit."""

@@ -1,0 +1,286 @@
+"""The portable kernel dialect and its two renderings (CUDA and Metal).
+
+Kernel bodies in zmlx are written once, in a small C++ subset that both NVRTC and the Metal
+compiler accept, plus a few portable names. A frozen :class:`Dialect` table per backend supplies
+the prelude (helpers, macros) and the spellings that differ. Nothing else in zmlx branches on
+the backend when it writes a kernel.
+
+Portable names a body may use (declared on demand, only when the body mentions them):
+
+===============  ===========================================================================
+``tid``          global thread index along x (``uint``)
+``lid``          thread index inside its group along x; ``lid_y`` along y
+``gid``          group (CUDA block, Metal threadgroup) index along x; ``gid_y``, ``gid_z``
+``lsize``        threads per group along x; ``lsize_y`` along y
+``ngroups``      number of groups along x
+``lane``         lane inside the warp / SIMD group (0..31)
+``warp``         warp / SIMD-group index inside the group
+===============  ===========================================================================
+
+Qualifiers and helpers (defined in every prelude): ``ZX_SHARED`` (shared / threadgroup memory,
+also on pointers to it), ``ZX_DEVICE`` (pointer into global memory in a helper's parameters),
+``ZX_INLINE`` (helper functions), ``zx_barrier()``, ``zx_shfl_xor(v, mask)``,
+``zx_warp_sum/max/min(v)``, ``zx_block_sum/max/min(v, buf)`` (``buf``: 32 shared floats; all
+threads get the result), math ``zx_exp, zx_log, zx_log2, zx_log1p, zx_expm1, zx_sqrt,
+zx_rsqrt, zx_abs, zx_sign, zx_sin, zx_cos, zx_tan, zx_tanh, zx_sigmoid, zx_erf, zx_atan,
+zx_sinh, zx_cosh, zx_floor, zx_ceil, zx_pow, zx_max, zx_min, zx_isnan``, constants ``ZX_INF``
+and ``ZX_NEG_INF``, and ``zx_elem_to_loc(i, ZX_SHAPE(x), ZX_STRIDES(x), ZX_NDIM(x))`` for
+strided access to input ``x``. The warp size is 32 on both backends.
+
+CUDA launches whole blocks, so a body bounds-checks every access; Metal's ``dispatchThreads``
+launches exactly ``grid`` threads. zmlx always launches a multiple of the group size, so both
+backends see the same threads.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+_COMMON_MATH = r"""
+ZX_INLINE float zx_sign(float x) { return x > 0.0f ? 1.0f : (x < 0.0f ? -1.0f : 0.0f); }
+ZX_INLINE float zx_max(float a, float b) { return (a > b || zx_isnan(a)) ? a : b; }
+ZX_INLINE float zx_min(float a, float b) { return (a < b || zx_isnan(a)) ? a : b; }
+ZX_INLINE float zx_sigmoid(float x) {
+  // The two-branch form never overflows: exp only sees non-positive arguments.
+  if (x >= 0.0f) { return 1.0f / (1.0f + zx_exp(-x)); }
+  float e = zx_exp(x);
+  return e / (1.0f + e);
+}
+ZX_INLINE float zx_warp_sum(float v) {
+  for (int m = 16; m > 0; m >>= 1) { v += zx_shfl_xor(v, m); }
+  return v;
+}
+ZX_INLINE float zx_warp_max(float v) {
+  for (int m = 16; m > 0; m >>= 1) { v = zx_max(v, zx_shfl_xor(v, m)); }
+  return v;
+}
+ZX_INLINE float zx_warp_min(float v) {
+  for (int m = 16; m > 0; m >>= 1) { v = zx_min(v, zx_shfl_xor(v, m)); }
+  return v;
+}
+// Block-wide reductions for 1-D groups of up to 1024 threads; buf holds 32 shared floats.
+// Every thread of the group must call them (they contain barriers); all get the result.
+#define ZX_BLOCK_REDUCE(NAME, WARP_OP, IDENTITY)                                   \
+  ZX_INLINE float NAME(float v, ZX_SHARED float* buf, uint lid_, uint lsize_) {   \
+    v = WARP_OP(v);                                                                \
+    uint nw = (lsize_ + 31u) / 32u;                                                \
+    if (nw == 1u) { return v; }                                                    \
+    zx_barrier();                                                                  \
+    if ((lid_ & 31u) == 0u) { buf[lid_ >> 5] = v; }                                \
+    zx_barrier();                                                                  \
+    float r = (lid_ < nw) ? buf[lid_] : (IDENTITY);                                \
+    if (lid_ < 32u) { r = WARP_OP(r); }                                            \
+    if (lid_ == 0u) { buf[0] = r; }                                                \
+    zx_barrier();                                                                  \
+    return buf[0];                                                                 \
+  }
+ZX_BLOCK_REDUCE(zx_block_sum_impl, zx_warp_sum, 0.0f)
+ZX_BLOCK_REDUCE(zx_block_max_impl, zx_warp_max, ZX_NEG_INF)
+ZX_BLOCK_REDUCE(zx_block_min_impl, zx_warp_min, ZX_INF)
+#define zx_block_sum(v, buf) zx_block_sum_impl((v), (buf), lid, lsize)
+#define zx_block_max(v, buf) zx_block_max_impl((v), (buf), lid, lsize)
+#define zx_block_min(v, buf) zx_block_min_impl((v), (buf), lid, lsize)
+template <typename S, typename St>
+ZX_INLINE long zx_elem_to_loc(long idx, S shape, St strides, int ndim) {
+  long loc = 0;
+  for (int d = ndim - 1; d >= 0; --d) {
+    long s = shape[d];
+    loc += (idx % s) * strides[d];
+    idx /= s;
+  }
+  return loc;
+}
+"""
+
+_CUDA_PRELUDE = r"""
+typedef unsigned int uint;
+#define ZX_INLINE __device__ __forceinline__
+#define ZX_SHARED __shared__
+#define ZX_DEVICE
+#define zx_barrier() __syncthreads()
+#define ZX_INF __int_as_float(0x7f800000)
+#define ZX_NEG_INF __int_as_float(0xff800000)
+ZX_INLINE bool zx_isnan(float x) { return isnan(x); }
+ZX_INLINE float zx_shfl_xor(float v, int m) { return __shfl_xor_sync(0xffffffffu, v, m); }
+ZX_INLINE float zx_shfl(float v, int src) { return __shfl_sync(0xffffffffu, v, src); }
+ZX_INLINE float zx_exp(float x) { return expf(x); }
+ZX_INLINE float zx_log(float x) { return logf(x); }
+ZX_INLINE float zx_log2(float x) { return log2f(x); }
+ZX_INLINE float zx_log1p(float x) { return log1pf(x); }
+ZX_INLINE float zx_expm1(float x) { return expm1f(x); }
+ZX_INLINE float zx_sqrt(float x) { return sqrtf(x); }
+ZX_INLINE float zx_rsqrt(float x) { return rsqrtf(x); }
+ZX_INLINE float zx_abs(float x) { return fabsf(x); }
+ZX_INLINE float zx_sin(float x) { return sinf(x); }
+ZX_INLINE float zx_cos(float x) { return cosf(x); }
+ZX_INLINE float zx_tan(float x) { return tanf(x); }
+ZX_INLINE float zx_tanh(float x) { return tanhf(x); }
+ZX_INLINE float zx_erf(float x) { return erff(x); }
+ZX_INLINE float zx_atan(float x) { return atanf(x); }
+ZX_INLINE float zx_sinh(float x) { return sinhf(x); }
+ZX_INLINE float zx_cosh(float x) { return coshf(x); }
+ZX_INLINE float zx_floor(float x) { return floorf(x); }
+ZX_INLINE float zx_ceil(float x) { return ceilf(x); }
+ZX_INLINE float zx_pow(float a, float b) { return powf(a, b); }
+"""
+
+_METAL_PRELUDE = r"""
+#define ZX_INLINE inline
+#define ZX_SHARED threadgroup
+#define ZX_DEVICE device
+#define zx_barrier() threadgroup_barrier(mem_flags::mem_threadgroup)
+#define ZX_INF INFINITY
+#define ZX_NEG_INF (-INFINITY)
+ZX_INLINE bool zx_isnan(float x) { return isnan(x); }
+ZX_INLINE float zx_shfl_xor(float v, int m) { return simd_shuffle_xor(v, ushort(m)); }
+ZX_INLINE float zx_shfl(float v, int src) { return simd_shuffle(v, ushort(src)); }
+ZX_INLINE float zx_exp(float x) { return metal::exp(x); }
+ZX_INLINE float zx_log(float x) { return metal::log(x); }
+ZX_INLINE float zx_log2(float x) { return metal::log2(x); }
+// Metal has no log1p/expm1/erf: the forms below keep full float accuracy near zero.
+ZX_INLINE float zx_log1p(float x) {
+  float u = 1.0f + x;
+  return (u == 1.0f) ? x : metal::log(u) * (x / (u - 1.0f));
+}
+ZX_INLINE float zx_expm1(float x) {
+  if (metal::fabs(x) < 1e-5f) { return x + 0.5f * x * x; }
+  float u = metal::exp(x);
+  if (u == 1.0f) { return x; }
+  float um1 = u - 1.0f;
+  if (um1 == -1.0f) { return -1.0f; }
+  return um1 * x / metal::log(u);
+}
+ZX_INLINE float zx_sqrt(float x) { return metal::sqrt(x); }
+ZX_INLINE float zx_rsqrt(float x) { return metal::rsqrt(x); }
+ZX_INLINE float zx_abs(float x) { return metal::fabs(x); }
+ZX_INLINE float zx_sin(float x) { return metal::precise::sin(x); }
+ZX_INLINE float zx_cos(float x) { return metal::precise::cos(x); }
+ZX_INLINE float zx_tan(float x) { return metal::precise::tan(x); }
+ZX_INLINE float zx_tanh(float x) { return metal::precise::tanh(x); }
+ZX_INLINE float zx_erf(float x) {
+  float a = metal::fabs(x);
+  float r;
+  if (a < 0.5f) {
+    float t = a * a;  // Taylor series: relative error below 1e-9 on [0, 0.5)
+    r = a * 1.1283791671f * (1.0f + t * (-1.0f / 3.0f + t * (0.1f + t * (-1.0f / 42.0f
+        + t * (1.0f / 216.0f + t * (-1.0f / 1320.0f + t * (1.0f / 9360.0f)))))));
+  } else {
+    float t = 1.0f / (1.0f + 0.3275911f * a);  // Abramowitz-Stegun 7.1.26
+    float p = t * (0.254829592f + t * (-0.284496736f + t * (1.421413741f
+        + t * (-1.453152027f + t * 1.061405429f))));
+    r = 1.0f - p * metal::exp(-a * a);
+  }
+  return x < 0.0f ? -r : r;
+}
+ZX_INLINE float zx_atan(float x) { return metal::precise::atan(x); }
+ZX_INLINE float zx_sinh(float x) { return metal::precise::sinh(x); }
+ZX_INLINE float zx_cosh(float x) { return metal::precise::cosh(x); }
+ZX_INLINE float zx_floor(float x) { return metal::floor(x); }
+ZX_INLINE float zx_ceil(float x) { return metal::ceil(x); }
+ZX_INLINE float zx_pow(float a, float b) { return metal::precise::pow(a, b); }
+"""
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """How the portable dialect is spelled on one backend.
+
+    Attributes:
+        name: ``"cuda"`` or ``"metal"``.
+        prelude: helper definitions placed before the kernel's own header.
+        indices: declaration of each portable index name, as a C++ expression.
+        shape: spelling of ``ZX_SHAPE(x)``; ``{}`` is the input name.
+        strides: spelling of ``ZX_STRIDES(x)``.
+        ndim: spelling of ``ZX_NDIM(x)``.
+    """
+
+    name: str
+    prelude: str
+    indices: dict[str, str] = field(default_factory=dict)
+    shape: str = "{}_shape"
+    strides: str = "{}_strides"
+    ndim: str = "{}_ndim"
+
+
+CUDA = Dialect(
+    name="cuda",
+    prelude=_CUDA_PRELUDE + _COMMON_MATH,
+    indices={
+        "tid": "blockIdx.x * blockDim.x + threadIdx.x",
+        "lid": "threadIdx.x",
+        "lid_y": "threadIdx.y",
+        "gid": "blockIdx.x",
+        "gid_y": "blockIdx.y",
+        "gid_z": "blockIdx.z",
+        "lsize": "blockDim.x",
+        "lsize_y": "blockDim.y",
+        "ngroups": "gridDim.x",
+        "lane": "threadIdx.x & 31u",
+        "warp": "threadIdx.x >> 5",
+    },
+    shape="{}_shape.data()",
+    strides="{}_strides.data()",
+    ndim="{}_ndim",
+)
+
+METAL = Dialect(
+    name="metal",
+    prelude=_METAL_PRELUDE + _COMMON_MATH,
+    indices={
+        "tid": "thread_position_in_grid.x",
+        "lid": "thread_position_in_threadgroup.x",
+        "lid_y": "thread_position_in_threadgroup.y",
+        "gid": "threadgroup_position_in_grid.x",
+        "gid_y": "threadgroup_position_in_grid.y",
+        "gid_z": "threadgroup_position_in_grid.z",
+        "lsize": "threads_per_threadgroup.x",
+        "lsize_y": "threads_per_threadgroup.y",
+        "ngroups": "threadgroups_per_grid.x",
+        "lane": "thread_index_in_simdgroup",
+        "warp": "simdgroup_index_in_threadgroup",
+    },
+)
+
+DIALECTS: dict[str, Dialect] = {"cuda": CUDA, "metal": METAL}
+
+# The block-reduce macros read lid/lsize, so a body that uses them needs those declared.
+_IMPLIED = {
+    "zx_block_sum": ("lid", "lsize"),
+    "zx_block_max": ("lid", "lsize"),
+    "zx_block_min": ("lid", "lsize"),
+}
+_SHAPE_RE = re.compile(r"\bZX_(SHAPE|STRIDES|NDIM)\(\s*(\w+)\s*\)")
+
+
+def render_body(body: str, dialect: Dialect) -> str:
+    """Render a portable kernel body for one backend.
+
+    Args:
+        body: the kernel body in the portable dialect.
+        dialect: :data:`CUDA` or :data:`METAL`.
+
+    Returns:
+        The body with the portable index names it uses declared at its top and the
+        shape/stride spellings substituted.
+    """
+
+    def shape_sub(m: re.Match) -> str:
+        kind, name = m.group(1), m.group(2)
+        spelling = {"SHAPE": dialect.shape, "STRIDES": dialect.strides, "NDIM": dialect.ndim}
+        return spelling[kind].format(name)
+
+    text = _SHAPE_RE.sub(shape_sub, body)
+    used = {n for n in dialect.indices if re.search(rf"\b{n}\b", text)}
+    for helper, names in _IMPLIED.items():
+        if helper in text:
+            used.update(names)
+    decls = "".join(
+        f"  const uint {n} = {dialect.indices[n]};\n" for n in dialect.indices if n in used
+    )
+    return decls + text
+
+
+def render_header(header: str, dialect: Dialect) -> str:
+    """The full header for one backend: the dialect prelude, then the kernel's own header."""
+    return dialect.prelude + ("\n" + header if header else "")

@@ -1,0 +1,305 @@
+"""Build, cache and launch one portable kernel through ``mx.fast.cuda_kernel`` or ``metal_kernel``.
+
+A :class:`Kernel` holds a body in the portable dialect (see :mod:`zmlx.core.dialect`). On
+first launch on a backend it renders the body, names the MLX kernel after a hash of the
+rendered source (two sources never share a name), builds the MLX kernel object once and keeps
+it in a process-wide cache keyed by content. Static sizes go in as template constants
+(``template=[("D", 4096)]``), never pasted into the source, so one build serves every value
+MLX specialises on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import hashlib
+import math
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import mlx.core as mx
+
+from .backend import backend, force_backend
+from .dialect import DIALECTS, render_body, render_header
+
+TemplateValue = bool | int | mx.Dtype
+
+_BUILD_CACHE: dict[tuple, object] = {}
+_BUILD_LOCK = threading.Lock()
+
+
+def _digest(*parts: str) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(p.encode())
+        h.update(b"\0")
+    return h.hexdigest()[:12]
+
+
+@dataclass
+class KernelStats:
+    """Counters kept per :class:`Kernel` (Python-side, at graph-building time)."""
+
+    launches: int = 0
+    builds: int = 0
+    backends: set[str] = field(default_factory=set)
+
+
+@dataclass
+class Launch:
+    """One kernel launch recorded by :func:`capture` instead of being run."""
+
+    kernel: Kernel
+    backend: str
+    inputs: list[tuple[mx.Dtype, tuple[int, ...]]]
+    output_shapes: list[tuple[int, ...]]
+    output_dtypes: list[mx.Dtype]
+    grid: tuple[int, int, int]
+    threadgroup: tuple[int, int, int]
+    template: list[tuple[str, TemplateValue]]
+
+
+_CAPTURE: contextvars.ContextVar[list[Launch] | None] = contextvars.ContextVar(
+    "zmlx_capture", default=None
+)
+
+
+@contextlib.contextmanager
+def capture(backend_name: str) -> Iterator[list[Launch]]:
+    """Record kernel launches for ``backend_name`` instead of running them.
+
+    Inside the block :func:`zmlx.backend` answers ``backend_name`` and every
+    :class:`Kernel` launch is appended to the yielded list and returns zero-filled outputs.
+    This lets a CPU-only machine exercise the GPU launch code and check the rendered
+    sources (:mod:`zmlx.core.syntax`).
+    """
+    launches: list[Launch] = []
+    token = _CAPTURE.set(launches)
+    try:
+        with force_backend(backend_name):  # type: ignore[arg-type]
+            yield launches
+    finally:
+        _CAPTURE.reset(token)
+
+
+class Kernel:
+    """A kernel written once in the portable dialect, launched with the same code everywhere.
+
+    Args:
+        name: a readable name; the MLX kernel name is ``zx_<name>_<hash of source>``.
+        inputs: input names, as the body refers to them.
+        outputs: output names.
+        body: the kernel body (portable dialect).
+        header: helper code placed before the body (after the dialect prelude).
+        ensure_row_contiguous: let MLX copy non-row-contiguous inputs first. Pass ``False``
+            when the body indexes with ``ZX_SHAPE``/``ZX_STRIDES``.
+        shared_memory: bytes of dynamic shared memory (CUDA only; Metal bodies declare
+            static ``ZX_SHARED`` arrays instead).
+
+    Shapes:
+        Whatever the body implements; ``grid`` and ``threadgroup`` count threads on both
+        backends.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        inputs: Sequence[str],
+        outputs: Sequence[str],
+        body: str,
+        *,
+        header: str = "",
+        ensure_row_contiguous: bool = True,
+        shared_memory: int = 0,
+    ) -> None:
+        if not name.replace("_", "").isalnum():
+            raise ValueError(f"[Kernel] expected a name of letters, digits and '_', got {name!r}")
+        if not outputs:
+            raise ValueError("[Kernel] expected at least one output, got none")
+        self.name = name
+        self.inputs = tuple(inputs)
+        self.outputs = tuple(outputs)
+        self.body = body
+        self.header = header
+        self.ensure_row_contiguous = ensure_row_contiguous
+        self.shared_memory = int(shared_memory)
+        self.stats = KernelStats()
+        self._objs: dict[str, object] = {}
+
+    def render(self, backend_name: str) -> tuple[str, str]:
+        """Return ``(header, body)`` rendered for ``backend_name`` (``"cuda"`` or ``"metal"``)."""
+        try:
+            dialect = DIALECTS[backend_name]
+        except KeyError:
+            raise ValueError(
+                f"[Kernel] expected backend 'cuda' or 'metal', got {backend_name!r}"
+            ) from None
+        return render_header(self.header, dialect), render_body(self.body, dialect)
+
+    def mlx_name(self, backend_name: str) -> str:
+        """The MLX kernel name: readable name plus a hash of everything that shapes the build."""
+        header, body = self.render(backend_name)
+        flags = f"{self.ensure_row_contiguous}:{self.shared_memory}:{self.inputs}:{self.outputs}"
+        return f"zx_{self.name}_{_digest(backend_name, header, body, flags)}"
+
+    def _build(self, backend_name: str):
+        obj = self._objs.get(backend_name)
+        if obj is not None:
+            return obj
+        header, body = self.render(backend_name)
+        mlx_name = self.mlx_name(backend_name)
+        key = (backend_name, mlx_name)
+        obj = _BUILD_CACHE.get(key)
+        if obj is not None:
+            return obj
+        with _BUILD_LOCK:
+            obj = _BUILD_CACHE.get(key)
+            if obj is None:
+                if backend_name == "cuda":
+                    obj = mx.fast.cuda_kernel(
+                        name=mlx_name,
+                        input_names=list(self.inputs),
+                        output_names=list(self.outputs),
+                        source=body,
+                        header=header,
+                        ensure_row_contiguous=self.ensure_row_contiguous,
+                        shared_memory=self.shared_memory,
+                    )
+                else:
+                    obj = mx.fast.metal_kernel(
+                        name=mlx_name,
+                        input_names=list(self.inputs),
+                        output_names=list(self.outputs),
+                        source=body,
+                        header=header,
+                        ensure_row_contiguous=self.ensure_row_contiguous,
+                    )
+                _BUILD_CACHE[key] = obj
+                self.stats.builds += 1
+        self._objs[backend_name] = obj
+        return obj
+
+    def __call__(
+        self,
+        *inputs: mx.array,
+        output_shapes: Sequence[Sequence[int]],
+        output_dtypes: Sequence[mx.Dtype],
+        grid: tuple[int, int, int],
+        threadgroup: tuple[int, int, int],
+        template: Sequence[tuple[str, TemplateValue]] | None = None,
+        init_value: float | None = None,
+        verbose: bool = False,
+        stream: mx.Stream | mx.Device | None = None,
+        backend_name: str | None = None,
+    ) -> list[mx.array]:
+        """Launch on the current GPU backend.
+
+        Args:
+            inputs: one array per input name.
+            output_shapes: one shape per output.
+            output_dtypes: one dtype per output.
+            grid: threads (not groups) along x, y, z.
+            threadgroup: threads per group along x, y, z.
+            template: compile-time constants (``bool``, ``int >= 0`` or dtype).
+            init_value: fill every output with this value before the kernel runs.
+            verbose: print the rendered source.
+            stream: stream or device to run on (defaults to the GPU).
+            backend_name: ``"cuda"`` or ``"metal"``; defaults to :func:`zmlx.backend`.
+
+        Returns:
+            The list of outputs.
+        """
+        b = backend_name or backend()
+        if b not in DIALECTS:
+            raise RuntimeError(
+                f"[{self.name}] expected a GPU backend (cuda or metal) to launch a kernel, got "
+                f"{b!r}; use the op's reference path on the CPU"
+            )
+        if len(inputs) != len(self.inputs):
+            raise ValueError(
+                f"[{self.name}] expected {len(self.inputs)} inputs {self.inputs}, got {len(inputs)}"
+            )
+        template = list(template or ())
+        for tname, tval in template:
+            if isinstance(tval, int) and not isinstance(tval, bool) and tval < 0:
+                # A negative value would give MLX an invalid kernel identifier.
+                raise ValueError(f"[{self.name}] template {tname} must be >= 0, got {tval}")
+        captured = _CAPTURE.get()
+        if captured is not None:
+            captured.append(
+                Launch(
+                    self,
+                    b,
+                    [(a.dtype, tuple(a.shape)) for a in inputs],
+                    [tuple(x) for x in output_shapes],
+                    list(output_dtypes),
+                    tuple(grid),
+                    tuple(threadgroup),
+                    template,
+                )
+            )
+            self.stats.launches += 1
+            return [mx.zeros(tuple(sh), dtype=dt) for sh, dt in zip(output_shapes, output_dtypes)]
+        obj = self._build(b)
+        if verbose:
+            header, body = self.render(b)
+            print(f"// zmlx kernel {self.mlx_name(b)} ({b})\n// header\n{header}\n// body\n{body}")
+        kwargs = dict(
+            inputs=list(inputs),
+            output_shapes=[tuple(s) for s in output_shapes],
+            output_dtypes=list(output_dtypes),
+            grid=tuple(grid),
+            threadgroup=tuple(threadgroup),
+            init_value=init_value,
+            verbose=verbose,
+        )
+        if template:
+            kwargs["template"] = template
+        if stream is not None:
+            kwargs["stream"] = stream
+        self.stats.launches += 1
+        self.stats.backends.add(b)
+        return obj(**kwargs)
+
+
+def groups(n: int, group: int) -> int:
+    """Number of groups of ``group`` threads that cover ``n`` items."""
+    return max(1, math.ceil(n / group))
+
+
+def grid_1d(n_threads: int, group: int) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    """``(grid, threadgroup)`` for ``n_threads`` rounded up to whole groups."""
+    return (groups(n_threads, group) * group, 1, 1), (group, 1, 1)
+
+
+def row_group_size(d: int, per_thread: int = 4, lo: int = 32, hi: int = 1024) -> int:
+    """Threads per group for a kernel that gives one group to each row of ``d`` elements.
+
+    A power of two between ``lo`` and ``hi`` such that each thread handles about
+    ``per_thread`` elements; always a multiple of the warp size (32).
+    """
+    want = max(1, math.ceil(d / per_thread))
+    g = lo
+    while g < want and g < hi:
+        g *= 2
+    return g
+
+
+_SCALARS: dict[tuple, mx.array] = {}
+
+
+def scalar(value: float | int, dtype: mx.Dtype = mx.float32) -> mx.array:
+    """A cached 1-element array carrying a runtime parameter into a kernel.
+
+    Bodies read it as ``name[0]`` on both backends (one-element arrays are pointers on CUDA
+    and ``constant`` pointers on Metal), so a new value never triggers a new build.
+    """
+    key = (value, dtype)
+    arr = _SCALARS.get(key)
+    if arr is None:
+        if len(_SCALARS) > 4096:
+            _SCALARS.clear()
+        arr = mx.array([value], dtype=dtype)
+        _SCALARS[key] = arr
+    return arr

@@ -1,0 +1,268 @@
+"""Compile-check rendered kernels on a machine without the GPU they target.
+
+* **CUDA**: the translation unit MLX's ``cuda_kernel`` would hand to NVRTC, compiled for
+  Hopper (``sm_90a``) by ``nvcc``. Needs ``nvcc`` and MLX's CUDA device headers (the
+  ``mlx/backend/cuda/device/*.cuh`` files from the MLX source tree): point
+  ``ZMLX_MLX_CUDA_INCLUDE`` at a folder that holds ``mlx/backend/cuda/device/utils.cuh``.
+* **Metal**: there is no Metal compiler off Apple platforms. The kernel is compiled as C++17 by
+  the host C++ compiler (``-fsyntax-only``) against a shim that declares the Metal names
+  zmlx's dialect uses (address-space qualifiers, ``half``, ``bfloat16_t``, SIMD-group and
+  barrier functions, ``metal::`` math). This catches undeclared names, arity and type errors
+  in the body and header; it cannot catch Metal-only rules such as address-space mismatches.
+
+Both work on :class:`~zmlx.core.kernel.Launch` records from :func:`~zmlx.core.kernel.capture`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlx.core as mx
+
+from .kernel import Launch
+
+_CUDA_TYPES = {
+    mx.bool_: "bool",
+    mx.int8: "int8_t",
+    mx.int16: "int16_t",
+    mx.int32: "int32_t",
+    mx.int64: "int64_t",
+    mx.uint8: "uint8_t",
+    mx.uint16: "uint16_t",
+    mx.uint32: "uint32_t",
+    mx.uint64: "uint64_t",
+    mx.float16: "__half",
+    mx.bfloat16: "__nv_bfloat16",
+    mx.float32: "float",
+}
+_METAL_TYPES = {
+    mx.bool_: "bool",
+    mx.int8: "int8_t",
+    mx.int16: "int16_t",
+    mx.int32: "int32_t",
+    mx.int64: "int64_t",
+    mx.uint8: "uint8_t",
+    mx.uint16: "uint16_t",
+    mx.uint32: "uint32_t",
+    mx.uint64: "uint64_t",
+    mx.float16: "half",
+    mx.bfloat16: "bfloat16_t",
+    mx.float32: "float",
+}
+
+METAL_SHIM = r"""
+// Host-C++ stand-ins for the Metal names zmlx kernels use (syntax checking only).
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#define device
+#define constant
+#define threadgroup
+#define thread
+typedef unsigned int uint;
+typedef unsigned short ushort;
+struct uint3 { uint x, y, z; };
+typedef _Float16 half;
+struct bfloat16_t {
+  uint16_t bits;
+  bfloat16_t() = default;
+  bfloat16_t(float f);
+  operator float() const;
+};
+enum class mem_flags { mem_none, mem_device, mem_threadgroup };
+void threadgroup_barrier(mem_flags);
+template <typename T> T simd_shuffle_xor(T v, ushort m);
+template <typename T> T simd_shuffle(T v, ushort lane);
+template <typename T> T simd_sum(T v);
+template <typename T> T simd_max(T v);
+template <typename T> T simd_min(T v);
+namespace metal {
+using std::exp; using std::log; using std::log2; using std::sqrt; using std::fabs;
+using std::floor; using std::ceil; using std::isnan; using std::isinf; using std::fma;
+inline float rsqrt(float x) { return 1.0f / std::sqrt(x); }
+inline float max(float a, float b) { return a > b ? a : b; }
+inline float min(float a, float b) { return a < b ? a : b; }
+namespace precise {
+using std::sin; using std::cos; using std::tan; using std::tanh; using std::atan;
+using std::sinh; using std::cosh; using std::pow; using std::exp; using std::log;
+using std::sqrt;
+}
+}
+using namespace metal;
+"""
+
+
+@dataclass
+class CheckResult:
+    ok: bool
+    backend: str
+    kernel: str
+    log: str
+    source: str
+
+
+def cuda_source(launch: Launch) -> str:
+    """The translation unit MLX's ``cuda_kernel`` builds for this launch (for NVRTC)."""
+    k = launch.kernel
+    header, body = k.render("cuda")
+    params = []
+    for name, (dtype, shape) in zip(k.inputs, launch.inputs):
+        params.append(f"    const {_CUDA_TYPES[dtype]}* {name}")
+        if len(shape) > 0:
+            if f"{name}_shape" in body:
+                params.append(f"    const __grid_constant__ Shape {name}_shape")
+            if f"{name}_strides" in body:
+                params.append(f"    const __grid_constant__ Strides {name}_strides")
+            if f"{name}_ndim" in body:
+                params.append(f"    const __grid_constant__ int {name}_ndim")
+    for name, dtype in zip(k.outputs, launch.output_dtypes):
+        params.append(f"    {_CUDA_TYPES[dtype]}* {name}")
+    consts = []
+    for tname, tval in launch.template:
+        if isinstance(tval, bool):
+            consts.append(f"  constexpr bool {tname} = {'true' if tval else 'false'};")
+        elif isinstance(tval, int):
+            consts.append(f"  constexpr int {tname} = {tval};")
+        else:
+            consts.append(f"  using {tname} = {_CUDA_TYPES[tval]};")
+    return (
+        '#include "mlx/backend/cuda/device/utils.cuh"\n#include <cooperative_groups.h>\n'
+        + header
+        + "\nnamespace mlx::core::cu {\nnamespace cg = cooperative_groups;\n"
+        + f"__global__ void {k.mlx_name('cuda')}(\n"
+        + ",\n".join(params)
+        + ") {\n"
+        + "\n".join(consts)
+        + "\n"
+        + body
+        + "\n}\n} // namespace mlx::core::cu\n"
+    )
+
+
+def metal_source(launch: Launch) -> str:
+    """A host-C++ rendering of the Metal kernel (template values as typedefs) for the shim."""
+    k = launch.kernel
+    header, body = k.render("metal")
+    params = []
+    for name, (dtype, shape) in zip(k.inputs, launch.inputs):
+        size = 1
+        for s in shape:
+            size *= s
+        space = "constant" if size < 8 else "device"
+        ref = "&" if len(shape) == 0 else "*"
+        params.append(f"  const {space} {_METAL_TYPES[dtype]}{ref} {name}")
+        if len(shape) > 0:
+            if f"{name}_shape" in body:
+                params.append(f"  const constant int* {name}_shape")
+            if f"{name}_strides" in body:
+                params.append(f"  const constant int64_t* {name}_strides")
+            if f"{name}_ndim" in body:
+                params.append(f"  const constant int& {name}_ndim")
+    for name, dtype in zip(k.outputs, launch.output_dtypes):
+        params.append(f"  device {_METAL_TYPES[dtype]}* {name}")
+    attrs = {
+        "thread_position_in_grid": "uint3",
+        "thread_position_in_threadgroup": "uint3",
+        "threadgroup_position_in_grid": "uint3",
+        "threads_per_threadgroup": "uint3",
+        "threadgroups_per_grid": "uint3",
+        "threads_per_grid": "uint3",
+        "thread_index_in_simdgroup": "uint",
+        "simdgroup_index_in_threadgroup": "uint",
+    }
+    for a, t in attrs.items():
+        if a in body:
+            params.append(f"  {t} {a}")
+    consts = []
+    for tname, tval in launch.template:
+        if isinstance(tval, bool):
+            consts.append(f"  constexpr bool {tname} = {'true' if tval else 'false'};")
+        elif isinstance(tval, int):
+            consts.append(f"  constexpr int {tname} = {tval};")
+        else:
+            consts.append(f"  using {tname} = {_METAL_TYPES[tval]};")
+    return (
+        METAL_SHIM
+        + header
+        + f"\nvoid {k.mlx_name('metal')}(\n"
+        + ",\n".join(params)
+        + ") {\n"
+        + "\n".join(consts)
+        + "\n"
+        + body
+        + "\n}\n"
+    )
+
+
+def cuda_include_dir() -> str | None:
+    """The folder holding MLX's CUDA device headers, from ``ZMLX_MLX_CUDA_INCLUDE``."""
+    d = os.environ.get("ZMLX_MLX_CUDA_INCLUDE")
+    if d and (Path(d) / "mlx/backend/cuda/device/utils.cuh").is_file():
+        return d
+    return None
+
+
+def cuda_available() -> bool:
+    return shutil.which("nvcc") is not None and cuda_include_dir() is not None
+
+
+def metal_available() -> bool:
+    return shutil.which(os.environ.get("CXX", "c++")) is not None
+
+
+_OK_CACHE: set[str] = set()
+
+
+def _run(cmd: list[str], source: str, suffix: str) -> tuple[bool, str]:
+    digest = hashlib.sha256((" ".join(cmd) + source).encode()).hexdigest()
+    if digest in _OK_CACHE:
+        return True, ""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"k{suffix}"
+        path.write_text(source)
+        proc = subprocess.run(
+            cmd + [str(path)], capture_output=True, text=True, cwd=tmp, timeout=300
+        )
+    ok = proc.returncode == 0
+    if ok:
+        _OK_CACHE.add(digest)
+    return ok, proc.stdout + proc.stderr
+
+
+def check_cuda(launch: Launch) -> CheckResult:
+    """Compile the CUDA rendering of ``launch`` with nvcc for sm_90a."""
+    src = cuda_source(launch)
+    inc = cuda_include_dir()
+    if inc is None or shutil.which("nvcc") is None:
+        raise RuntimeError("[check_cuda] needs nvcc and ZMLX_MLX_CUDA_INCLUDE")
+    cmd = [
+        "nvcc",
+        "-std=c++17",
+        "-arch=sm_90a",
+        "--cubin",
+        "-o",
+        os.devnull,
+        f"-I{inc}",
+        "-diag-suppress=177,550",
+    ]
+    ok, log = _run(cmd, src, ".cu")
+    return CheckResult(ok, "cuda", launch.kernel.name, log, src)
+
+
+def check_metal(launch: Launch) -> CheckResult:
+    """Syntax-check the Metal rendering of ``launch`` against the host-C++ shim."""
+    src = metal_source(launch)
+    cxx = os.environ.get("CXX", "c++")
+    cmd = [cxx, "-std=c++17", "-fsyntax-only", "-Wno-attributes", "-Wno-unused", "-x", "c++"]
+    ok, log = _run(cmd, src, ".cpp")
+    return CheckResult(ok, "metal", launch.kernel.name, log, src)
+
+
+def check(launch: Launch) -> CheckResult:
+    return check_cuda(launch) if launch.backend == "cuda" else check_metal(launch)
