@@ -7,8 +7,16 @@ import zlib
 import mlx.core as mx
 import numpy as np
 import pytest
+from hypothesis import settings
 
+from zmlx.core.backend import gpu_backend
 from zmlx.testing import marker_skip_reason
+
+# Every generated expression compiles two kernels on a GPU (about a second each with NVRTC):
+# fewer examples there, more on the CPU where lowering is cheap.
+settings.register_profile("cpu", max_examples=60)
+settings.register_profile("gpu", max_examples=12)
+settings.load_profile("cpu" if gpu_backend() == "cpu" else "gpu")
 
 
 def pytest_collection_modifyitems(config, items):

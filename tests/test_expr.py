@@ -70,7 +70,7 @@ def test_text_round_trip_is_identity(text):
     assert again is node  # hash-consing makes structural equality identity
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(text=exprs(4), seed=st.integers(0, 2**31 - 1))
 def test_generated_expressions_against_mlx_lowering(text, seed):
     """The op (kernel on a GPU) matches its MLX lowering; its symbolic VJP matches MLX autodiff."""
@@ -92,7 +92,7 @@ def test_generated_expressions_against_mlx_lowering(text, seed):
             argnums=(0, 1, 2),
         )(*xs64)
     for g, r in zip(got, ref):
-        assert_close(g, r.astype(mx.float32), atol=2e-4, rtol=2e-3, check_dtype=False)
+        assert_close(g, r, atol=2e-4, rtol=2e-3, check_dtype=False)
 
 
 def test_common_subexpressions_are_shared():

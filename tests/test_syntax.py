@@ -1,7 +1,7 @@
 """Render every authoring path for CUDA and Metal and compile-check the sources.
 
 Metal is checked with the host C++ compiler against a shim (no Metal compiler here); CUDA with
-nvcc for sm_90a when nvcc and MLX's CUDA device headers are available (ZMLX_MLX_CUDA_INCLUDE).
+NVRTC for sm_90a (as MLX compiles them) when NVRTC and MLX's CUDA device headers are available.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ BACKENDS = [
     pytest.param(
         "cuda",
         marks=pytest.mark.skipif(
-            not syntax.cuda_available(), reason="needs nvcc and ZMLX_MLX_CUDA_INCLUDE"
+            not syntax.cuda_available(),
+            reason="needs NVRTC, CUDA headers and ZMLX_MLX_CUDA_INCLUDE",
         ),
     ),
 ]

@@ -17,8 +17,8 @@ Portable names a body may use (declared on demand, only when the body mentions t
 ``warp``         warp / SIMD-group index inside the group
 ===============  ===========================================================================
 
-Qualifiers and helpers (defined in every prelude): ``ZX_SHARED`` (shared / threadgroup memory,
-also on pointers to it), ``ZX_DEVICE`` (pointer into global memory in a helper's parameters),
+Qualifiers and helpers (defined in every prelude): ``ZX_SHARED`` (declares shared / threadgroup
+memory), ``ZX_SHARED_PTR`` (qualifies a pointer to it in a helper's parameters), ``ZX_DEVICE`` (pointer into global memory in a helper's parameters),
 ``ZX_INLINE`` (helper functions), ``zx_barrier()``, ``zx_shfl_xor(v, mask)``,
 ``zx_warp_sum/max/min(v)``, ``zx_block_sum/max/min(v, buf)`` (``buf``: 32 shared floats; all
 threads get the result), math ``zx_exp, zx_log, zx_log2, zx_log1p, zx_expm1, zx_sqrt,
@@ -62,7 +62,7 @@ ZX_INLINE float zx_warp_min(float v) {
 // Block-wide reductions for 1-D groups of up to 1024 threads; buf holds 32 shared floats.
 // Every thread of the group must call them (they contain barriers); all get the result.
 #define ZX_BLOCK_REDUCE(NAME, WARP_OP, IDENTITY)                                   \
-  ZX_INLINE float NAME(float v, ZX_SHARED float* buf, uint lid_, uint lsize_) {   \
+  ZX_INLINE float NAME(float v, ZX_SHARED_PTR float* buf, uint lid_, uint lsize_) {\
     v = WARP_OP(v);                                                                \
     uint nw = (lsize_ + 31u) / 32u;                                                \
     if (nw == 1u) { return v; }                                                    \
@@ -97,6 +97,7 @@ _CUDA_PRELUDE = r"""
 typedef unsigned int uint;
 #define ZX_INLINE __device__ __forceinline__
 #define ZX_SHARED __shared__
+#define ZX_SHARED_PTR
 #define ZX_DEVICE
 #define zx_barrier() __syncthreads()
 #define ZX_INF __int_as_float(0x7f800000)
@@ -128,6 +129,7 @@ ZX_INLINE float zx_pow(float a, float b) { return powf(a, b); }
 _METAL_PRELUDE = r"""
 #define ZX_INLINE inline
 #define ZX_SHARED threadgroup
+#define ZX_SHARED_PTR threadgroup
 #define ZX_DEVICE device
 #define zx_barrier() threadgroup_barrier(mem_flags::mem_threadgroup)
 #define ZX_INF INFINITY

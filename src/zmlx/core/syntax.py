@@ -1,9 +1,12 @@
 """Compile-check rendered kernels on a machine without the GPU they target.
 
-* **CUDA**: the translation unit MLX's ``cuda_kernel`` would hand to NVRTC, compiled for
-  Hopper (``sm_90a``) by ``nvcc``. Needs ``nvcc`` and MLX's CUDA device headers (the
-  ``mlx/backend/cuda/device/*.cuh`` files from the MLX source tree): point
-  ``ZMLX_MLX_CUDA_INCLUDE`` at a folder that holds ``mlx/backend/cuda/device/utils.cuh``.
+* **CUDA**: the translation unit MLX's ``cuda_kernel`` hands to NVRTC, compiled by NVRTC itself
+  with MLX's options (``--device-as-default-execution-space --gpu-architecture=sm_90a``).
+  Needs the NVRTC library (the ``nvidia-cuda-nvrtc`` wheel, or ``ZMLX_NVRTC`` naming
+  ``libnvrtc.so``), CUDA headers (``CUDA_HOME`` or the ``nvidia-cuda-runtime`` wheel) and
+  MLX's CUDA device headers (the ``mlx/backend/cuda/device/*.cuh`` files of the MLX source
+  tree): point ``ZMLX_MLX_CUDA_INCLUDE`` at a folder holding
+  ``mlx/backend/cuda/device/utils.cuh``.
 * **Metal**: there is no Metal compiler off Apple platforms. The kernel is compiled as C++17 by
   the host C++ compiler (``-fsyntax-only``) against a shim that declares the Metal names
   zmlx's dialect uses (address-space qualifiers, ``half``, ``bfloat16_t``, SIMD-group and
@@ -15,6 +18,8 @@ Both work on :class:`~zmlx.core.kernel.Launch` records from :func:`~zmlx.core.ke
 
 from __future__ import annotations
 
+import ctypes
+import glob
 import hashlib
 import os
 import shutil
@@ -208,8 +213,63 @@ def cuda_include_dir() -> str | None:
     return None
 
 
+def _nvrtc_path() -> str | None:
+    env = os.environ.get("ZMLX_NVRTC")
+    if env and Path(env).is_file():
+        return env
+    try:
+        import nvidia  # namespace package of the nvidia-* wheels
+
+        for root in nvidia.__path__:
+            hits = sorted(glob.glob(os.path.join(root, "*", "lib", "libnvrtc.so*")))
+            hits = [h for h in hits if "builtins" not in h]
+            if hits:
+                return hits[0]
+    except ImportError:
+        pass
+    return None
+
+
+def _cuda_headers() -> str | None:
+    for root in filter(None, [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH")]):
+        if (Path(root) / "include" / "cuda_fp16.h").is_file():
+            return str(Path(root) / "include")
+    try:
+        import nvidia
+
+        for root in nvidia.__path__:
+            for inc in sorted(glob.glob(os.path.join(root, "*", "include"))):
+                if (Path(inc) / "cuda_fp16.h").is_file():
+                    return inc
+    except ImportError:
+        pass
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        inc = Path(nvcc).resolve().parent.parent / "include"
+        if (inc / "cuda_fp16.h").is_file():
+            return str(inc)
+    return None
+
+
 def cuda_available() -> bool:
-    return shutil.which("nvcc") is not None and cuda_include_dir() is not None
+    """True when NVRTC, CUDA headers and MLX's CUDA device headers are all found."""
+    return None not in (_nvrtc_path(), _cuda_headers(), cuda_include_dir())
+
+
+def _nvrtc_compile(source: str, options: list[str]) -> tuple[bool, str]:
+    lib = ctypes.CDLL(_nvrtc_path())
+    prog = ctypes.c_void_p()
+    rc = lib.nvrtcCreateProgram(ctypes.byref(prog), source.encode(), b"kernel.cu", 0, None, None)
+    if rc != 0:
+        return False, f"nvrtcCreateProgram failed ({rc})"
+    opts = (ctypes.c_char_p * len(options))(*[o.encode() for o in options])
+    rc = lib.nvrtcCompileProgram(prog, len(options), opts)
+    size = ctypes.c_size_t()
+    lib.nvrtcGetProgramLogSize(prog, ctypes.byref(size))
+    buf = ctypes.create_string_buffer(size.value)
+    lib.nvrtcGetProgramLog(prog, buf)
+    lib.nvrtcDestroyProgram(ctypes.byref(prog))
+    return rc == 0, buf.value.decode(errors="replace")
 
 
 def metal_available() -> bool:
@@ -236,22 +296,20 @@ def _run(cmd: list[str], source: str, suffix: str) -> tuple[bool, str]:
 
 
 def check_cuda(launch: Launch) -> CheckResult:
-    """Compile the CUDA rendering of ``launch`` with nvcc for sm_90a."""
+    """Compile the CUDA rendering of ``launch`` with NVRTC, as MLX does, for sm_90a."""
     src = cuda_source(launch)
-    inc = cuda_include_dir()
-    if inc is None or shutil.which("nvcc") is None:
-        raise RuntimeError("[check_cuda] needs nvcc and ZMLX_MLX_CUDA_INCLUDE")
-    cmd = [
-        "nvcc",
-        "-std=c++17",
-        "-arch=sm_90a",
-        "--cubin",
-        "-o",
-        os.devnull,
-        f"-I{inc}",
-        "-diag-suppress=177,550",
-    ]
-    ok, log = _run(cmd, src, ".cu")
+    if not cuda_available():
+        raise RuntimeError("[check_cuda] needs NVRTC, CUDA headers and ZMLX_MLX_CUDA_INCLUDE")
+    digest = hashlib.sha256(src.encode()).hexdigest()
+    if digest in _OK_CACHE:
+        return CheckResult(True, "cuda", launch.kernel.name, "", src)
+    incs = [cuda_include_dir(), _cuda_headers()]
+    incs += [str(Path(d) / "cccl") for d in list(incs) if (Path(d) / "cccl").is_dir()]
+    opts = ["--device-as-default-execution-space", "--gpu-architecture=sm_90a"]
+    opts += [f"--include-path={d}" for d in incs]
+    ok, log = _nvrtc_compile(src, opts)
+    if ok:
+        _OK_CACHE.add(digest)
     return CheckResult(ok, "cuda", launch.kernel.name, log, src)
 
 
