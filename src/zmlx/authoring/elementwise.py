@@ -23,7 +23,8 @@ from ..core.dtypes import as_array, check_float, dtype_name, promote
 from ..core.kernel import Kernel, grid_1d, scalar
 
 _MAX_ELEMENTS = 2**31 - 1
-_GROUP = 256  # threads per group; a multiple of 32 that kept H100 elementwise near copy speed
+_GROUP = 256  # threads per group (a multiple of the warp size)
+_VEC = 4  # elements per thread on the contiguous path (memory-level parallelism)
 
 
 def _unbroadcast(g: mx.array, shape: tuple[int, ...]) -> mx.array:
@@ -151,20 +152,54 @@ class ElementwiseOp:
         if k is not None:
             return k
         names = {n: f"v_{i}" for i, n in enumerate(self.inputs)}
-        lines = ["  if (tid >= zx_n[0]) { return; }"]
-        for i, (n, m) in enumerate(zip(self.inputs, modes)):
-            src = f"in_{i}"
-            if m == "s":
-                idx = "0"
-            elif m == "f":
-                idx = "tid"
-            else:
-                idx = f"zx_elem_to_loc(tid, ZX_SHAPE({src}), ZX_STRIDES({src}), ZX_NDIM({src}))"
-            lines.append(f"  const float {names[n]} = static_cast<float>({src}[{idx}]);")
         stmts, exprs = E.render(self.nodes, names)
-        lines += [f"  {s}" for s in stmts]
-        for k_, e in enumerate(exprs):
-            lines.append(f"  out_{k_}[tid] = static_cast<O>({e});")
+        if "b" in modes:
+            # Strided: one element per thread, each input located through its strides.
+            lines = ["  if (tid >= zx_n[0]) { return; }"]
+            for i, (n, m) in enumerate(zip(self.inputs, modes)):
+                src = f"in_{i}"
+                idx = (
+                    "0"
+                    if m == "s"
+                    else (
+                        f"zx_elem_to_loc(tid, ZX_SHAPE({src}), ZX_STRIDES({src}), ZX_NDIM({src}))"
+                    )
+                )
+                lines.append(f"  const float {names[n]} = static_cast<float>({src}[{idx}]);")
+            lines += [f"  {s}" for s in stmts]
+            lines += [f"  out_{j}[tid] = static_cast<O>({e});" for j, e in enumerate(exprs)]
+        else:
+            # Contiguous: VEC elements per thread, VEC apart by the group size so every warp
+            # access is coalesced; all loads are issued before any store (outputs may alias
+            # inputs as far as the compiler knows, which would serialise them).
+            lines = [
+                "  const uint n = zx_n[0];",
+                "  const uint first = gid * (lsize * VEC) + lid;",
+            ]
+            for i, (n, m) in enumerate(zip(self.inputs, modes)):
+                if m == "s":
+                    lines.append(f"  const float s_{i} = static_cast<float>(in_{i}[0]);")
+                else:
+                    lines += [
+                        f"  float a_{i}[VEC];",
+                        "  #pragma unroll",
+                        "  for (int k = 0; k < VEC; ++k) {",
+                        "    const uint i = first + k * lsize;",
+                        f"    a_{i}[k] = (i < n) ? static_cast<float>(in_{i}[i]) : 0.0f;",
+                        "  }",
+                    ]
+            lines += [
+                "  #pragma unroll",
+                "  for (int k = 0; k < VEC; ++k) {",
+                "    const uint i = first + k * lsize;",
+                "    if (i < n) {",
+            ]
+            for i, (n, m) in enumerate(zip(self.inputs, modes)):
+                val = f"s_{i}" if m == "s" else f"a_{i}[k]"
+                lines.append(f"      const float {names[n]} = {val};")
+            lines += [f"      {s}" for s in stmts]
+            lines += [f"      out_{j}[i] = static_cast<O>({e});" for j, e in enumerate(exprs)]
+            lines += ["    }", "  }"]
         k = Kernel(
             f"{self.name}_{''.join(modes)}",
             [f"in_{i}" for i in range(len(self.inputs))] + ["zx_n"],
@@ -188,7 +223,9 @@ class ElementwiseOp:
                 a = a.reshape(1)
             ins.append(a)
         n = math.prod(shape)
-        grid, group = grid_1d(n, _GROUP)
+        vec = 1 if "b" in modes else _VEC
+        grid, group = grid_1d(-(-n // vec), _GROUP)
+        template = [("O", self._dtype)] + ([("VEC", vec)] if vec > 1 else [])
         outs = self._kernel(modes)(
             *ins,
             scalar(n, mx.uint32),
@@ -196,7 +233,7 @@ class ElementwiseOp:
             output_dtypes=[self._dtype] * len(self.nodes),
             grid=grid,
             threadgroup=group,
-            template=[("O", self._dtype)],
+            template=template,
             verbose=self._verbose,
             backend_name=b,
         )
@@ -225,11 +262,14 @@ class ElementwiseOp:
     def backward_op(self) -> ElementwiseOp:
         """The op computing every input's gradient at once (an ``elementwise`` op itself).
 
-        Its inputs are the forward inputs, one cotangent per output (``zx_g<k>``) and, when a
-        user gradient refers to ``y``, the forward outputs (``zx_y<k>``).
+        Its inputs are the forward inputs, one cotangent per output (``zx_g<level>_<k>``) and,
+        when a user gradient refers to ``y``, the forward outputs (``zx_y<k>``).
         """
         if self._backward is None:
-            g_names = [f"zx_g{k}" for k in range(len(self.nodes))]
+            # Cotangent names must differ from every input (a backward op's own inputs include
+            # the previous level's cotangents when differentiating twice).
+            level = sum(n.startswith("zx_g") for n in self.inputs)
+            g_names = [f"zx_g{level}_{k}" for k in range(len(self.nodes))]
             y_names = [f"zx_y{k}" for k in range(len(self.nodes))] if self._uses_output else []
             grads = []
             for n in self.inputs:
@@ -328,7 +368,7 @@ def elementwise(
             grad = {inputs[0]: grad}
         if len(nodes) != 1:
             raise ValueError(f"[{op_name}] gradient overrides need a single-output op")
-        env = {"g": E.var("zx_g0"), "y": E.var("zx_y0")}
+        env = {"g": E.var("zx_g0_0"), "y": E.var("zx_y0")}
         for n, text in grad.items():
             if n not in inputs:
                 raise ValueError(f"[{op_name}] gradient given for unknown input {n!r}")

@@ -157,6 +157,7 @@ def _row_prologue(mode: str) -> list[str]:
             "const uint r_lid = lane;",
             "const uint r_step = 32u;",
             "const long base = (long)row * D;",
+            "ZX_SHARED float zx_buf[32];  // unused by warp rows; declared so bodies can name it",
         ]
     return [
         "const uint D = zx_dims[1];",
@@ -233,29 +234,40 @@ class ReduceOp(_RowOp):
         need = E.free_vars([self.map_node])
         init = E._c_float(self.init)
         stmts, (mexpr,) = E.render([self.map_node], {n: f"v_{n}" for n in self.inputs}, prefix="m")
+        # Partial results carry a "has data" flag instead of relying on init being an identity
+        # of combine: threads and lanes past the end of a row never enter the combine.
+        merge = _render_combine(self.combine_node, "acc", "other")
         lines = _row_prologue(dmode)
-        lines += [f"float acc = {init};", "for (uint j = r_lid; j < D; j += r_step) {"]
+        lines += [
+            f"float acc = {init};",
+            "bool has = false;",
+            "for (uint j = r_lid; j < D; j += r_step) {",
+        ]
         lines += ["  " + s for s in _load_lines(self.inputs, modes, need, "j")]
         lines += ["  " + s for s in stmts]
         lines += ["  const float m_val = " + mexpr + ";"]
-        lines += ["  " + _render_combine(self.combine_node, "acc", "m_val"), "}"]
         lines += [
-            "for (int m = 16; m > 0; m >>= 1) {",
-            "  float other = zx_shfl_xor(acc, m);",
-            "  " + _render_combine(self.combine_node, "acc", "other"),
+            "  if (has) " + _render_combine(self.combine_node, "acc", "m_val"),
+            "  else { acc = m_val; has = true; }",
             "}",
         ]
+        warp_merge = [
+            "for (int m = 16; m > 0; m >>= 1) {",
+            "  const float other = zx_shfl_xor(acc, m);",
+            "  const bool other_has = zx_shfl_xor(has ? 1.0f : 0.0f, m) > 0.5f;",
+            f"  if (other_has) {{ if (has) {merge} else {{ acc = other; has = true; }} }}",
+            "}",
+        ]
+        lines += warp_merge
         if dmode == "block":
             lines += [
-                "if (lane == 0u) { zx_buf[warp] = acc; }",
+                "ZX_SHARED float zx_has[32];",
+                "if (lane == 0u) { zx_buf[warp] = acc; zx_has[warp] = has ? 1.0f : 0.0f; }",
                 "zx_barrier();",
                 "if (warp != 0u) { return; }",
-                f"acc = (lane < (lsize + 31u) / 32u) ? zx_buf[lane] : {init};",
-                "for (int m = 16; m > 0; m >>= 1) {",
-                "  float other = zx_shfl_xor(acc, m);",
-                "  " + _render_combine(self.combine_node, "acc", "other"),
-                "}",
-            ]
+                "has = (lane < (lsize + 31u) / 32u) && zx_has[lane] > 0.5f;",
+                f"acc = has ? zx_buf[lane] : {init};",
+            ] + warp_merge
         fstmts, (fexpr,) = E.render(
             [self.finalize_node], {"acc": "acc", "n": "((float)D)"}, prefix="f"
         )
