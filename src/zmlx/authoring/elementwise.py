@@ -176,7 +176,7 @@ class ElementwiseOp:
                 "  const uint n = zx_n[0];",
                 "  const uint first = gid * (lsize * VEC) + lid;",
             ]
-            for i, (n, m) in enumerate(zip(self.inputs, modes)):
+            for i, m in enumerate(modes):
                 if m == "s":
                     lines.append(f"  const float s_{i} = static_cast<float>(in_{i}[0]);")
                 else:
