@@ -27,6 +27,13 @@ TemplateValue = bool | int | mx.Dtype
 
 _BUILD_CACHE: dict[tuple, object] = {}
 _BUILD_LOCK = threading.Lock()
+_LAUNCHES = [0]  # process-wide count of kernel launches (graph-building time)
+
+
+def launch_count() -> int:
+    """How many kernel launches zmlx has issued in this process (tests use it to prove a
+    kernel path ran rather than a fallback)."""
+    return _LAUNCHES[0]
 
 
 def _digest(*parts: str) -> str:
@@ -240,6 +247,7 @@ class Kernel:
                 )
             )
             self.stats.launches += 1
+            _LAUNCHES[0] += 1
             return [mx.zeros(tuple(sh), dtype=dt) for sh, dt in zip(output_shapes, output_dtypes)]
         obj = self._build(b)
         if verbose:
@@ -260,6 +268,7 @@ class Kernel:
             kwargs["stream"] = stream
         self.stats.launches += 1
         self.stats.backends.add(b)
+        _LAUNCHES[0] += 1
         return obj(**kwargs)
 
 

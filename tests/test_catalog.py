@@ -1,0 +1,128 @@
+"""Every catalog op against its reference: outputs, gradients, the path that ran, rendered sources.
+
+Family test files (``test_<family>.py``) add what is specific to a family; this file runs the
+shared checks over the whole registry, so a new op is tested as soon as it is registered.
+"""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import pytest
+
+from zmlx.core import backend, syntax
+from zmlx.core.kernel import capture, launch_count
+from zmlx.kernels import catalog
+from zmlx.testing import assert_close, check_grad
+
+SPECS = catalog.specs()
+DT = {mx.float32: "f32", mx.float16: "f16", mx.bfloat16: "bf16"}
+
+
+def _params(grad: bool = False):
+    out = []
+    for spec in SPECS:
+        if grad and not spec.differentiable:
+            continue
+        cases = [c for c in spec.cases if c.get("grad", True)] if grad else spec.cases
+        for case in cases[:2] if grad else cases:
+            for dtype in spec.dtypes:
+                out.append(
+                    pytest.param(
+                        spec,
+                        case,
+                        dtype,
+                        id=f"{spec.name}-{case['id']}-{DT.get(dtype, dtype)}",
+                        marks=pytest.mark.xdist_group(spec.name),
+                    )
+                )
+    return out
+
+
+def _as_list(x):
+    return list(x) if isinstance(x, (tuple, list)) else [x]
+
+
+@pytest.mark.parametrize("spec,case,dtype", _params())
+def test_op_matches_reference(spec, case, dtype, rng):
+    args = spec.make_inputs(case, dtype, rng)
+    before = launch_count()
+    got = _as_list(spec.op(*args))
+    launched = launch_count() - before
+    if backend() != "cpu" and not case.get("reference_only", False):
+        assert launched > 0, f"{spec.name} took its reference path on {backend()}"
+    want = _as_list(spec.ref(*args))
+    assert len(got) == len(want)
+    atol, rtol = spec.tolerance(dtype)
+    for i, (g, w) in enumerate(zip(got, want)):
+        exact = not mx.issubdtype(w.dtype, mx.floating)
+        assert_close(
+            g, w, atol=0 if exact else atol, rtol=0 if exact else rtol, name=f"{spec.name}[{i}]"
+        )
+
+
+@pytest.mark.parametrize("spec,case,dtype", _params(grad=True))
+def test_op_gradient(spec, case, dtype, rng):
+    args = spec.make_inputs(case, dtype, rng)
+    atol, rtol = spec.tolerance(dtype)
+    check_grad(
+        spec.op,
+        spec.ref,
+        args,
+        argnums=spec.grad_argnums,
+        atol=atol * 4,
+        rtol=rtol * 4,
+        name=spec.name,
+    )
+
+
+def test_registry_is_complete():
+    assert len(SPECS) >= 50, f"only {len(SPECS)} ops registered"
+    names = [s.name for s in SPECS]
+    assert len(names) == len(set(names))
+    for s in SPECS:
+        assert callable(s.op) and callable(s.ref), s.name
+        assert s.cases and s.bench_cases, s.name
+        assert all("id" in c for c in list(s.cases) + list(s.bench_cases)), s.name
+        assert s.description, f"{s.name} has no description"
+
+
+BACKENDS = [
+    pytest.param(
+        "metal", marks=pytest.mark.skipif(not syntax.metal_available(), reason="no C++ compiler")
+    ),
+    pytest.param(
+        "cuda",
+        marks=pytest.mark.skipif(
+            not syntax.cuda_available(), reason="needs NVRTC and ZMLX_MLX_CUDA_INCLUDE"
+        ),
+    ),
+]
+
+
+@pytest.mark.parametrize("backend_name", BACKENDS)
+@pytest.mark.parametrize("spec", SPECS, ids=[s.name for s in SPECS])
+def test_rendered_sources_compile(spec, backend_name, rng):
+    launches = []
+    for dtype in spec.dtypes:
+        for case in spec.cases:
+            args = spec.make_inputs(case, dtype, rng)
+            with capture(backend_name) as got:
+                spec.op(*args)
+            launches += got
+    if not launches:
+        pytest.skip(f"{spec.name} launched no kernel for these cases")
+    seen, failures = set(), []
+    for launch in launches:
+        key = (
+            launch.kernel.mlx_name(backend_name),
+            str(launch.inputs),
+            str(launch.output_dtypes),
+            str(launch.template),
+        )
+        if key in seen:
+            continue
+        seen.add(key)
+        r = syntax.check(launch)
+        if not r.ok:
+            failures.append(f"{launch.kernel.name}:\n{r.log[:2000]}")
+    assert not failures, "\n\n".join(failures)
