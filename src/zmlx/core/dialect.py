@@ -20,6 +20,8 @@ Portable names a body may use (declared on demand, only when the body mentions t
 Qualifiers and helpers (defined in every prelude): ``ZX_SHARED`` (declares shared / threadgroup
 memory), ``ZX_SHARED_PTR`` (qualifies a pointer to it in a helper's parameters), ``ZX_DEVICE`` (pointer into global memory in a helper's parameters),
 ``ZX_INLINE`` (helper functions), ``zx_barrier()``, ``zx_shfl_xor(v, mask)``,
+``zx_shfl(v, src)``, ``zx_as_float(uint)`` / ``zx_as_uint(float)`` (bit casts),
+``zx_mul_rn(a, b)`` (a product never fused into an fma, for exact rounding),
 ``zx_warp_sum/max/min(v)``, ``zx_block_sum/max/min(v, buf)`` (``buf``: 32 shared floats; all
 threads get the result), math ``zx_exp, zx_log, zx_log2, zx_log1p, zx_expm1, zx_sqrt,
 zx_rsqrt, zx_abs, zx_sign, zx_sin, zx_cos, zx_tan, zx_tanh, zx_sigmoid, zx_erf, zx_atan,
@@ -105,6 +107,10 @@ typedef unsigned int uint;
 ZX_INLINE bool zx_isnan(float x) { return isnan(x); }
 ZX_INLINE float zx_shfl_xor(float v, int m) { return __shfl_xor_sync(0xffffffffu, v, m); }
 ZX_INLINE float zx_shfl(float v, int src) { return __shfl_sync(0xffffffffu, v, src); }
+ZX_INLINE float zx_as_float(uint u) { return __uint_as_float(u); }
+ZX_INLINE uint zx_as_uint(float f) { return __float_as_uint(f); }
+// A product the compiler may not contract into an fma with a following add (exact rounding).
+ZX_INLINE float zx_mul_rn(float a, float b) { return __fmul_rn(a, b); }
 ZX_INLINE float zx_exp(float x) { return expf(x); }
 ZX_INLINE float zx_log(float x) { return logf(x); }
 ZX_INLINE float zx_log2(float x) { return log2f(x); }
@@ -137,6 +143,10 @@ _METAL_PRELUDE = r"""
 ZX_INLINE bool zx_isnan(float x) { return isnan(x); }
 ZX_INLINE float zx_shfl_xor(float v, int m) { return simd_shuffle_xor(v, ushort(m)); }
 ZX_INLINE float zx_shfl(float v, int src) { return simd_shuffle(v, ushort(src)); }
+ZX_INLINE float zx_as_float(uint u) { return as_type<float>(u); }
+ZX_INLINE uint zx_as_uint(float f) { return as_type<uint>(f); }
+// Metal has no non-contracting multiply intrinsic; its default safe math mode is relied on.
+ZX_INLINE float zx_mul_rn(float a, float b) { return a * b; }
 ZX_INLINE float zx_exp(float x) { return metal::exp(x); }
 ZX_INLINE float zx_log(float x) { return metal::log(x); }
 ZX_INLINE float zx_log2(float x) { return metal::log2(x); }

@@ -83,6 +83,7 @@ struct bfloat16_t {
 enum class mem_flags { mem_none, mem_device, mem_threadgroup };
 void threadgroup_barrier(mem_flags);
 template <typename T> T simd_shuffle_xor(T v, ushort m);
+template <typename T, typename U> T as_type(U v);
 template <typename T> T simd_shuffle(T v, ushort lane);
 template <typename T> T simd_sum(T v);
 template <typename T> T simd_max(T v);
