@@ -1,0 +1,324 @@
+"""Kernel bodies and launches for the MoE routers in :mod:`zmlx.kernels.routers`.
+
+One body covers every routing rule (softmax -> top-k, top-k -> softmax, sigmoid/softmax +
+selection bias with group-limited top-k); compile-time constants pick the steps, so each
+model's configuration compiles once. A warp routes one token: lane ``l`` holds experts
+``l, l + 32, ...`` (at most 16 each, so ``E <= 512``) in registers, and top-k is ``k`` rounds
+of a warp argmax that breaks ties by the lower expert index.
+
+Where mlx-lm computes in the activation dtype (bfloat16 softmax output, renormalisation,
+scaling), the kernel rounds to that dtype at the same points (``zx_rnd<S>``), so its weights
+match mlx-lm's rounding rather than a float32 re-derivation.
+"""
+
+from __future__ import annotations
+
+import math
+
+import mlx.core as mx
+
+from ..core.kernel import Kernel, scalar
+
+MAX_EXPERTS = 512  # 16 experts per lane in registers
+MAX_K = 32  # lane i keeps the i-th pick
+MAX_GROUPS = 32  # kept groups are a 32-bit mask
+FUSED_MAX_TOKENS = 16
+FUSED_MAX_DIM = 7168  # x row in shared memory: 28 KiB + logits, under Metal's 32 KiB
+FUSED_THREADS = 512
+_ROUTE_WARPS = 4  # tokens per group in the logits -> routing kernel
+
+HEADER = r"""
+template <typename S> ZX_INLINE float zx_rnd(float v) { return static_cast<float>(static_cast<S>(v)); }
+"""
+
+# The routing core. Before it: `tok` (token), `lane`, and LOGIT(e) reading expert e's logit.
+_CORE = r"""
+  const float r_eps = prm[0];
+  const float r_scale = prm[1];
+  float sel[EPL];
+  float wsrc[EPL];
+  float r_m = ZX_NEG_INF;
+  for (int j = 0; j < EPL; ++j) {
+    const int e = (int)lane + 32 * j;
+    float v = ZX_NEG_INF;
+    if (e < E) { v = LOGIT(e); }
+    sel[j] = v;
+    r_m = zx_max(r_m, v);
+  }
+  if (SCORE == 1) {  // softmax over all experts in float32, output rounded to S (mx precise)
+    r_m = zx_warp_max(r_m);
+    float s = 0.0f;
+    for (int j = 0; j < EPL; ++j) {
+      const float p = ((int)lane + 32 * j < E) ? zx_exp(sel[j] - r_m) : 0.0f;
+      sel[j] = p;
+      s += p;
+    }
+    const float inv = 1.0f / zx_warp_sum(s);
+    for (int j = 0; j < EPL; ++j) { sel[j] = zx_rnd<S>(sel[j] * inv); }
+  } else if (SCORE == 2) {
+    for (int j = 0; j < EPL; ++j) { sel[j] = zx_rnd<S>(zx_sigmoid(sel[j])); }
+  }
+  for (int j = 0; j < EPL; ++j) { wsrc[j] = sel[j]; }
+  if (HAS_BIAS) {  // selection-only bias: weights keep the unbiased scores
+    for (int j = 0; j < EPL; ++j) {
+      const int e = (int)lane + 32 * j;
+      if (e < E) {
+        float b = static_cast<float>(sbias[e]);
+        if (BIAS_CAST) { b = zx_rnd<S>(b); }
+        sel[j] = zx_rnd<SD>(sel[j] + b);
+      }
+    }
+  }
+  if (GMODE != 0) {  // keep the TG best of NG groups; the others' scores become 0.0
+    float gsc[NG];
+    for (int g = 0; g < NG; ++g) {
+      float a1 = ZX_NEG_INF;
+      float a2 = ZX_NEG_INF;
+      for (int j = 0; j < EPL; ++j) {
+        const int e = (int)lane + 32 * j;
+        if (e < E && e / GS == g) {
+          const float v = sel[j];
+          if (v > a1) { a2 = a1; a1 = v; } else if (v > a2) { a2 = v; }
+        }
+      }
+      for (int mm = 16; mm > 0; mm >>= 1) {  // merge sorted pairs across the warp
+        const float b1 = zx_shfl_xor(a1, mm);
+        const float b2 = zx_shfl_xor(a2, mm);
+        const float hi = zx_max(a1, b1);
+        a2 = zx_max(zx_min(a1, b1), zx_max(a2, b2));
+        a1 = hi;
+      }
+      gsc[g] = (GMODE == 1) ? a1 : zx_rnd<SD>(a1 + a2);
+    }
+    uint keep = 0u;
+    for (int g = 0; g < NG; ++g) {
+      int rank = 0;
+      for (int h = 0; h < NG; ++h) {
+        rank += (gsc[h] > gsc[g] || (gsc[h] == gsc[g] && h < g)) ? 1 : 0;
+      }
+      if (rank < TG) { keep |= (1u << g); }
+    }
+    for (int j = 0; j < EPL; ++j) {
+      const int e = (int)lane + 32 * j;
+      if (e < E && ((keep >> (e / GS)) & 1u) == 0u) {
+        sel[j] = 0.0f;
+        if (MASK_W) { wsrc[j] = 0.0f; }
+      }
+    }
+  }
+  // Top-k: K rounds of a warp argmax (larger score first, then the lower index).
+  const float none = 1048576.0f;
+  uint taken = 0u;
+  int my_i = 0;
+  float my_w = 0.0f;
+  for (int i = 0; i < K; ++i) {
+    float bv = ZX_NEG_INF;
+    float bi = none;
+    float bw = 0.0f;
+    for (int j = 0; j < EPL; ++j) {
+      const int e = (int)lane + 32 * j;
+      if (e < E && ((taken >> j) & 1u) == 0u && (bi == none || sel[j] > bv)) {
+        bv = sel[j];
+        bi = (float)e;
+        bw = wsrc[j];
+      }
+    }
+    for (int mm = 16; mm > 0; mm >>= 1) {
+      const float ov = zx_shfl_xor(bv, mm);
+      const float oi = zx_shfl_xor(bi, mm);
+      const float ow = zx_shfl_xor(bw, mm);
+      if (oi != none && (bi == none || ov > bv || (ov == bv && oi < bi))) {
+        bv = ov;
+        bi = oi;
+        bw = ow;
+      }
+    }
+    const int win = (int)bi;
+    if ((win & 31) == (int)lane) { taken |= (1u << (win >> 5)); }
+    if ((int)lane == i) { my_i = win; my_w = bw; }
+  }
+  const bool act = (int)lane < K;
+  float wt = my_w;
+  if (POST == 1) {  // softmax over the k picked logits, float32 (mx precise)
+    const float m2 = zx_warp_max(act ? wt : ZX_NEG_INF);
+    const float ex = act ? zx_exp(wt - m2) : 0.0f;
+    wt = ex * (1.0f / zx_warp_sum(ex));
+  } else {
+    if (NORM) {
+      float s = zx_rnd<S>(zx_warp_sum(act ? wt : 0.0f));
+      s = zx_rnd<S>(s + zx_rnd<S>(r_eps));
+      wt = zx_rnd<S>(wt / s);
+    }
+    wt = zx_rnd<S>(wt * zx_rnd<S>(r_scale));
+  }
+  if (act) {
+    inds[tok * K + lane] = static_cast<uint32_t>(my_i);
+    weights[tok * K + lane] = static_cast<O>(wt);
+  }
+"""
+
+ROUTE_BODY = (
+    r"""
+  const uint tok = gid * (lsize / 32u) + warp;
+  if (tok >= dims[0]) { return; }
+#define LOGIT(e) static_cast<float>(logits[tok * E + (e)])
+"""
+    + _CORE
+    + "#undef LOGIT\n"
+)
+
+# One group per token: the router matvec into shared memory, then warp 0 routes.
+_FUSED_HEAD = r"""
+  const uint tok = gid;
+  if (tok >= dims[0]) { return; }
+  ZX_SHARED float xs[DIN];
+  ZX_SHARED float lg[E];
+  for (uint i = lid; i < (uint)DIN; i += lsize) { xs[i] = static_cast<float>(x[tok * DIN + i]); }
+  zx_barrier();
+  const int nw = (int)(lsize / 32u);
+  for (int e = (int)warp; e < E; e += nw) {
+    float acc = 0.0f;
+"""
+_DOT_AFFINE = r"""
+    // MLX affine quantization: w = scale * q + bias per group of GSZ along the row.
+    const int vpw = 32 / QBITS;
+    const int wpr = DIN / vpw;
+    const int ngr = DIN / GSZ;
+    const uint qmask = (1u << QBITS) - 1u;
+    for (int i = (int)lane; i < wpr; i += 32) {
+      const uint word = rw[e * wpr + i];
+      const int k0 = i * vpw;
+      const int g = k0 / GSZ;
+      float dq = 0.0f;
+      float xsum = 0.0f;
+      for (int t = 0; t < vpw; ++t) {
+        const float xv = xs[k0 + t];
+        dq += static_cast<float>((word >> (QBITS * t)) & qmask) * xv;
+        xsum += xv;
+      }
+      acc += static_cast<float>(scales[e * ngr + g]) * dq
+           + static_cast<float>(qbias[e * ngr + g]) * xsum;
+    }
+"""
+_DOT_FLOAT = r"""
+    for (int i = (int)lane; i < DIN; i += 32) { acc += static_cast<float>(rw[e * DIN + i]) * xs[i]; }
+"""
+_FUSED_TAIL = (
+    r"""
+    acc = zx_warp_sum(acc);
+    if (lane == 0u) {
+      float lv = zx_rnd<LG>(acc);
+      if (HAS_LBIAS) {  // quantized Linear adds the bias after rounding; addmm rounds once
+        lv = zx_rnd<LG>((QBITS > 0 ? lv : acc) + static_cast<float>(lbias[e]));
+      }
+      lg[e] = lv;
+    }
+  }
+  zx_barrier();
+  if (warp != 0u) { return; }
+#define LOGIT(e) lg[(e)]
+"""
+    + _CORE
+    + "#undef LOGIT\n"
+)
+
+ROUTE = Kernel(
+    "moe_route", ("logits", "sbias", "prm", "dims"), ("inds", "weights"), ROUTE_BODY, header=HEADER
+)
+_FUSED_INPUTS = ("x", "rw", "scales", "qbias", "lbias", "sbias", "prm", "dims")
+# Float weights and affine-quantized weights differ only in the dot product.
+FUSED = {
+    quant: Kernel(
+        "moe_route_fused" + ("_affine" if quant else ""),
+        _FUSED_INPUTS,
+        ("inds", "weights"),
+        _FUSED_HEAD + (_DOT_AFFINE if quant else _DOT_FLOAT) + _FUSED_TAIL,
+        header=HEADER,
+    )
+    for quant in (False, True)
+}
+
+_PRM: dict[tuple[float, float], mx.array] = {}
+
+
+def params(eps: float, scale: float) -> mx.array:
+    """A cached float32 ``[eps, scale]`` (runtime values, so no recompile per value)."""
+    key = (eps, scale)
+    arr = _PRM.get(key)
+    if arr is None:
+        arr = _PRM[key] = mx.array([eps, scale], dtype=mx.float32)
+    return arr
+
+
+def dummy() -> mx.array:
+    return scalar(0.0, mx.float32)
+
+
+def route_template(plan, n_experts: int) -> list:
+    """Template constants for one routing configuration (``plan`` from ``routers``)."""
+    ng = plan.n_group
+    return [
+        ("E", n_experts),
+        ("EPL", math.ceil(n_experts / 32)),
+        ("K", plan.k),
+        ("SCORE", plan.score_code),
+        ("POST", plan.post_code),
+        ("GMODE", plan.gmode),
+        ("NG", ng),
+        ("TG", plan.topk_group),
+        ("GS", n_experts // ng),
+        ("MASK_W", plan.mask_w),
+        ("HAS_BIAS", plan.has_bias),
+        ("BIAS_CAST", plan.bias_cast),
+        ("NORM", plan.norm),
+        ("S", plan.score_dtype),
+        ("SD", plan.select_dtype),
+        ("O", plan.out_dtype),
+    ]
+
+
+def launch_route(logits: mx.array, sbias, plan, template, t: int) -> tuple[mx.array, mx.array]:
+    """Route ``t`` tokens of logits (``(..., E)``, read row-contiguous): one warp per token."""
+    wpg = min(_ROUTE_WARPS, t)
+    n_groups = math.ceil(t / wpg)
+    inds, weights = ROUTE(
+        logits,
+        sbias if sbias is not None else dummy(),
+        params(plan.norm_eps, plan.scale),
+        scalar(t, mx.uint32),
+        output_shapes=[(t, plan.k), (t, plan.k)],
+        output_dtypes=[mx.uint32, plan.out_dtype],
+        grid=(n_groups * 32 * wpg, 1, 1),
+        threadgroup=(32 * wpg, 1, 1),
+        template=template,
+    )
+    return inds, weights
+
+
+def launch_fused(x, w, scales, qbias, lbias, sbias, plan, template, logits_dtype, bits, gsz, t, d):
+    """Router matvec + routing for ``t`` tokens of ``d`` features: one group per token."""
+    extra = [
+        ("DIN", d),
+        ("QBITS", bits),
+        ("GSZ", gsz),
+        ("HAS_LBIAS", lbias is not None),
+        ("LG", logits_dtype),
+    ]
+    z = dummy()
+    kernel = FUSED[bits > 0]
+    inds, weights = kernel(
+        x,
+        w,
+        scales if scales is not None else z,
+        qbias if qbias is not None else z,
+        lbias if lbias is not None else z,
+        sbias if sbias is not None else z,
+        params(plan.norm_eps, plan.scale),
+        scalar(t, mx.uint32),
+        output_shapes=[(t, plan.k), (t, plan.k)],
+        output_dtypes=[mx.uint32, plan.out_dtype],
+        grid=(t * FUSED_THREADS, 1, 1),
+        threadgroup=(FUSED_THREADS, 1, 1),
+        template=template + extra,
+    )
+    return inds, weights

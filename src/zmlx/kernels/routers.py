@@ -1,0 +1,460 @@
+"""MoE routers: ``(indices, weights)`` exactly as each mlx-lm family computes them.
+
+Three families of rules, one parameterised kernel (:mod:`.router_kernels`):
+
+* ``softmax_topk``: softmax (float32, output in the logits dtype) -> top-k, optional
+  renormalisation, DeepSeek-V2's group-limited greedy and ``routed_scaling_factor``
+  (Qwen3-MoE, Qwen3-Next, OLMoE, DeepSeek-V2).
+* ``topk_softmax``: top-k of the logits -> softmax over the k (Mixtral, GPT-OSS; Granite in
+  float32).
+* ``sigmoid_topk``: sigmoid (or softmax, Kimi) scores + a selection-only bias, group-limited
+  top-k on the sum of each group's two best scores, renormalise, scale (GLM-4.x,
+  DeepSeek-V3/Kimi-K2, Kimi-Linear, MiniMax, LFM2-MoE).
+
+:func:`router_rule` maps an mlx-lm ``model_type`` and its ``ModelArgs`` to a
+:class:`RouterRule`; :func:`route` applies one to logits and :func:`router_fused` runs the
+router matvec (float or 8-bit affine, as mlx-lm's ``quant_predicate`` quantizes routers) and
+the routing in one launch for decode.
+
+Order and ties: mlx-lm takes ``argpartition``, whose order is unspecified (and on CPU, which
+of two tied experts it keeps). zmlx returns the k experts by descending selection score with
+ties going to the lower expert index, on every backend; the reference uses a stable argsort
+for that. The set equals mlx-lm's whenever there is no tie at the k-th place, and
+tests against mlx-lm's own code compare sorted ``(index, weight)`` pairs.
+"""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import numpy as np
+
+from ..core.backend import backend
+from ..core.dtypes import FLOAT_DTYPES, check_float, promote
+from ..core.fallback import note
+from . import router_kernels as RK
+from .catalog import KernelSpec, register
+from .router_rules import (
+    RouterRule,
+    _check,
+    _covered,
+    _plan,
+    route_ref,
+    router_fused_ref,
+    router_linear_ref,
+    router_rule,
+)
+
+__all__ = [
+    "RouterRule",
+    "route",
+    "route_ref",
+    "router_fused",
+    "router_fused_ref",
+    "router_rule",
+    "sigmoid_topk",
+    "softmax_topk",
+    "topk_softmax",
+]
+
+# ---------------------------------------------------------------------------------------
+# Public ops
+
+
+def route(logits: mx.array, rule: RouterRule, select_bias: mx.array | None = None, *,
+          verbose: bool = False):  # fmt: skip
+    """Route tokens: the k experts of each token and their weights, as mlx-lm computes them.
+
+    Args:
+        logits: router logits (the router Linear's output).
+        rule: the family's :class:`RouterRule` (:func:`router_rule`).
+        select_bias: ``sigmoid_topk`` only: ``e_score_correction_bias`` / ``expert_bias``,
+            used to select experts but not in the weights.
+        verbose: print why the reference path was taken, if it was.
+
+    Returns:
+        ``(indices, weights)``: uint32 expert indices by descending selection score (ties to
+        the lower index) and their weights.
+
+    Shapes:
+        logits: ``(..., E)``, select_bias: ``(E,)`` -> ``(..., k)``, ``(..., k)``.
+    """
+    check_float("route", "logits", logits)
+    e = _check("route", logits.shape, rule, select_bias)
+    if backend() == "cpu":
+        return route_ref(logits, rule, select_bias)
+    why = _covered(rule, e)
+    if why is not None:
+        note("route", why, verbose=verbose)
+        return route_ref(logits, rule, select_bias)
+    if logits.size == 0:
+        return route_ref(logits, rule, select_bias)
+    return _route_fn(rule)(logits, select_bias if select_bias is not None else RK.dummy())
+
+
+_FNS: dict[RouterRule, object] = {}
+
+
+def _route_fn(rule: RouterRule):
+    """A cached ``custom_function`` per rule; its VJP differentiates the reference weights."""
+    fn = _FNS.get(rule)
+    if fn is not None:
+        return fn
+
+    @mx.custom_function
+    def fn(logits, sbias):
+        has_bias = sbias.size == logits.shape[-1] and rule.kind == "sigmoid_topk"
+        bias = sbias if has_bias else None
+        e = logits.shape[-1]
+        plan, template = _plan(rule, logits.dtype, bias.dtype if has_bias else None, e)
+        t = logits.size // e
+        inds, w = RK.launch_route(logits, bias, plan, template, t)
+        shape = tuple(logits.shape[:-1]) + (rule.k,)
+        return inds.reshape(shape), w.reshape(shape)
+
+    @fn.vjp
+    def fn_vjp(primals, cotangents, outputs):
+        logits, sbias = primals
+        bias = sbias if sbias.size == logits.shape[-1] else None
+        _, (g,) = mx.vjp(lambda x: route_ref(x, rule, bias)[1], [logits], [cotangents[1]])
+        return g, mx.zeros_like(sbias)
+
+    _FNS[rule] = fn
+    return fn
+
+
+def softmax_topk(logits, k: int, *, norm: bool = False, scale: float = 1.0, n_group: int = 1,
+                 topk_group: int = 1, verbose: bool = False):  # fmt: skip
+    """Softmax over the experts, then top-k (Qwen3-MoE, OLMoE, DeepSeek-V2).
+
+    Shapes:
+        logits: ``(..., E)`` -> indices ``(..., k)``, weights ``(..., k)`` in logits dtype.
+    """
+    rule = RouterRule("softmax_topk", k, norm=norm, scale=scale, n_group=n_group,
+                      topk_group=topk_group)  # fmt: skip
+    return route(logits, rule, verbose=verbose)
+
+
+def topk_softmax(logits, k: int, *, float32: bool = False, verbose: bool = False):
+    """Top-k of the logits, then softmax over the k (Mixtral, GPT-OSS; Granite: float32).
+
+    Shapes:
+        logits: ``(..., E)`` -> indices ``(..., k)``, weights ``(..., k)``.
+    """
+    return route(logits, RouterRule("topk_softmax", k, float32=float32), verbose=verbose)
+
+
+def sigmoid_topk(logits, k: int, select_bias=None, *, score: str = "sigmoid",
+                 float32: bool = True, n_group: int = 1, topk_group: int = 1, norm: bool = True,
+                 norm_eps: float = 0.0, scale: float = 1.0, bias_cast: bool = False,
+                 out_dtype=None, verbose: bool = False):  # fmt: skip
+    """Sigmoid scores + selection-only bias, group-limited top-k, renormalise and scale.
+
+    See :class:`RouterRule` for the arguments.
+
+    Shapes:
+        logits: ``(..., E)``, select_bias: ``(E,)`` -> indices ``(..., k)``, weights ``(..., k)``.
+    """
+    rule = RouterRule(
+        "sigmoid_topk", k, norm=norm, norm_eps=norm_eps, scale=scale, n_group=n_group,
+        topk_group=topk_group, score=score, float32=float32, bias_cast=bias_cast,
+        out_dtype=out_dtype,
+    )  # fmt: skip
+    return route(logits, rule, select_bias, verbose=verbose)
+
+
+def router_fused(x, weight, rule: RouterRule, *, bias=None, select_bias=None, scales=None,
+                 biases=None, group_size: int = 64, bits: int = 8, verbose: bool = False):  # fmt: skip
+    """The router Linear and the routing in one launch, for decode (up to 16 tokens).
+
+    ``logits = x @ weight.T (+ bias)`` as mlx-lm's router computes them (float ``nn.Linear``
+    or ``MoEGate``, or an affine-quantized ``QuantizedLinear``: pass ``scales``/``biases``),
+    rounded to the logits dtype, then :func:`route`. Other sizes compute the logits with MLX
+    and route with the routing kernel. Whether one launch beats two is for the benchmarks.
+
+    Args:
+        x: hidden states.
+        weight: ``(E, D)`` float, or ``(E, D * bits / 32)`` uint32 when quantized.
+        rule: the family's :class:`RouterRule`.
+        bias: the router Linear's bias (GPT-OSS).
+        select_bias: the selection-only bias of ``sigmoid_topk`` rules.
+        scales, biases: affine quantization parameters ``(E, D / group_size)``.
+        group_size, bits: quantization group size and bits (4 or 8 in the kernel).
+        verbose: print why a slower path was taken.
+
+    Returns:
+        ``(indices, weights)`` as :func:`route`.
+
+    Shapes:
+        x: ``(..., D)`` -> ``(..., k)``, ``(..., k)``.
+    """
+    op = "router_fused"
+    check_float(op, "x", x)
+    quant = scales is not None
+    if quant:
+        if weight.dtype != mx.uint32 or biases is None:
+            raise TypeError(f"[{op}] expected uint32 weight with scales and biases (affine)")
+        n_experts, d = weight.shape[0], weight.shape[-1] * 32 // bits
+    else:
+        check_float(op, "weight", weight)
+        n_experts, d = weight.shape[0], weight.shape[-1]
+    if weight.ndim != 2 or x.ndim == 0 or x.shape[-1] != d:
+        raise ValueError(
+            f"[{op}] expected x (..., {d}) and a 2-D weight, got {tuple(x.shape)} and "
+            f"{tuple(weight.shape)}"
+        )
+    _check(op, (n_experts,), rule, select_bias)
+    args = (x, weight, rule, bias, select_bias, scales, biases, group_size, bits)
+    if backend() == "cpu":
+        return router_fused_ref(*args)
+    t = x.size // d
+    why = _covered(rule, n_experts)
+    if why is None and t > RK.FUSED_MAX_TOKENS:
+        why = f"{t} tokens > {RK.FUSED_MAX_TOKENS} (prefill)"
+    if why is None and (d > RK.FUSED_MAX_DIM or (quant and (bits not in (4, 8) or d % group_size))):
+        why = f"D = {d}, bits = {bits}, group_size = {group_size} not covered"
+    if why is not None or x.dtype not in FLOAT_DTYPES or t == 0:
+        note(op, f"{why}; router Linear in MLX, then the routing kernel", verbose=verbose)
+        logits = router_linear_ref(x, weight, rule, bias, scales, biases, group_size, bits)
+        return route(logits, rule, select_bias, verbose=verbose)
+    xin = mx.float32 if rule.gate_float32 else x.dtype
+    logits_dtype = promote((xin, scales.dtype if quant else weight.dtype))
+    if bias is not None:
+        logits_dtype = promote((logits_dtype, bias.dtype))
+    plan, template = _plan(
+        rule, logits_dtype, select_bias.dtype if select_bias is not None else None, n_experts
+    )
+    inds, w = RK.launch_fused(
+        x, weight, scales, biases, bias, select_bias if plan.has_bias else None, plan, template,
+        logits_dtype, bits if quant else 0, group_size, t, d,
+    )  # fmt: skip
+    shape = tuple(x.shape[:-1]) + (rule.k,)
+    return inds.reshape(shape), w.reshape(shape)
+
+
+# ---------------------------------------------------------------------------------------
+# Catalog entries
+
+
+def route_stock(logits, select_bias, rule):
+    """mlx-lm's own expression (``argpartition``), the stock-MLX baseline for benchmarks."""
+    return route_ref(logits, rule, select_bias, partition=True)
+
+
+def _route_op(logits, select_bias, rule):
+    return route(logits, rule, select_bias)
+
+
+def _route_ref(logits, select_bias, rule):
+    return route_ref(logits, rule, select_bias)
+
+
+def _fused_op(x, weight, scales, biases, bias, select_bias, rule, bits):
+    return router_fused(x, weight, rule, bias=bias, select_bias=select_bias, scales=scales,
+                        biases=biases, group_size=_GSZ[bits], bits=bits or 8)  # fmt: skip
+
+
+def _fused_ref(x, weight, scales, biases, bias, select_bias, rule, bits):
+    return router_fused_ref(
+        x, weight, rule, bias, select_bias, scales, biases, _GSZ[bits], bits or 8
+    )
+
+
+_GSZ = {0: 64, 8: 64, 4: 32}
+_STEP = 0.05  # logits this far apart stay distinct (and ordered) after every rounding
+
+
+def _tokens(case) -> tuple[int, ...]:
+    return tuple(case.get("tokens", (1,)))
+
+
+def _separated(rng, n: int, e: int) -> np.ndarray:
+    """``n`` rows of ``e`` logits: a random permutation of ``-step * (0..e-1)`` plus jitter."""
+    rows = np.stack([rng.permutation(e) for _ in range(n)]).astype(np.float32)
+    return -_STEP * rows + rng.uniform(0, 0.2 * _STEP, size=(n, e)).astype(np.float32)
+
+
+def _rule(case, dtype) -> RouterRule:
+    kw = dict(case["rule"])
+    if kw.pop("out_act", False):
+        kw["out_dtype"] = dtype
+    return RouterRule(**kw)
+
+
+def _make_route(case, dtype, rng):
+    tok, e = _tokens(case), case["E"]
+    logits = _separated(rng, int(np.prod(tok)), e)
+    if case.get("transpose"):
+        x = mx.array(np.ascontiguousarray(logits.T)).astype(dtype).T
+    else:
+        x = mx.array(logits.reshape(*tok, e)).astype(case.get("logits_dtype", dtype))
+    bias = None
+    if case.get("bias"):
+        b = rng.normal(0, 0.02, size=(e,)).astype(np.float32)
+        bias = mx.array(b).astype(case.get("bias_dtype", dtype))
+    return x, bias, _rule(case, dtype)
+
+
+def _make_fused(case, dtype, rng):
+    """One-hot tokens against designed weights: every logit is exact in every dtype (values
+    on a 1/16 grid with at most 8 significant bits), and no two experts tie."""
+    tok, e, d, bits = _tokens(case), case["E"], case["D"], case.get("bits", 0)
+    n = int(np.prod(tok))
+    x = np.zeros((n, d), np.float32)
+    x[np.arange(n), (np.arange(n) * 7) % d] = 1.0
+    cols = np.stack([rng.permutation(e) for _ in range(d)], axis=1)  # (e, d)
+    scales = biases = None
+    if bits == 8:  # w = q / 16 - 16: distinct per column for E <= 256
+        q, step, base = cols, 1 / 16, np.full(e, -16.0)
+    elif bits == 4:  # w = q / 32 - r / 4: the row offset separates experts, q < 8 keeps it
+        q, step, base = cols % 8, 1 / 32, -rng.permutation(e) / 4
+    if bits:
+        ng = d // _GSZ[bits]
+        words = q.reshape(e, d * bits // 32, 32 // bits).astype(np.uint32)
+        shifts = (np.arange(32 // bits) * bits).astype(np.uint32)
+        w = mx.array((words << shifts).sum(axis=-1).astype(np.uint32))
+        scales = mx.array(np.full((e, ng), step, np.float32)).astype(dtype)
+        biases = mx.array(np.repeat(base[:, None], ng, axis=1).astype(np.float32)).astype(dtype)
+    else:
+        w = mx.array((-cols / 16).astype(np.float32)).astype(dtype)
+    lbias = None
+    if case.get("lbias"):
+        lbias = mx.array(rng.integers(0, 8, size=(e,)) / 128).astype(dtype)
+    sbias = None
+    if case.get("bias"):
+        sbias = mx.array(rng.normal(0, 0.02, size=(e,)).astype(np.float32))
+    xs = mx.array(x.reshape(*tok, d)).astype(dtype)
+    return xs, w, scales, biases, lbias, sbias, _rule(case, dtype), bits
+
+
+def _r(kind, k, **kw):
+    return dict(kind=kind, k=k, **kw)
+
+
+ROUTE_CASES = {
+    "softmax_topk": (
+        {"id": "qwen3-decode", "tokens": (1, 1), "E": 128, "rule": _r("softmax_topk", 8, norm=True)},
+        {"id": "olmoe-33tok", "tokens": (33,), "E": 64, "rule": _r("softmax_topk", 8)},
+        {"id": "dsv2-grouped", "tokens": (4,), "E": 160,
+         "rule": _r("softmax_topk", 6, scale=16.0, n_group=8, topk_group=3)},
+        {"id": "E31-k1", "tokens": (3,), "E": 31, "rule": _r("softmax_topk", 1)},
+        {"id": "E512-k16", "tokens": (2,), "E": 512, "rule": _r("softmax_topk", 16, norm=True)},
+        {"id": "transposed", "tokens": (5,), "E": 64, "transpose": True,
+         "rule": _r("softmax_topk", 4, norm=True)},
+    ),
+    "topk_softmax": (
+        {"id": "mixtral-decode", "tokens": (1, 1), "E": 8, "rule": _r("topk_softmax", 2)},
+        {"id": "gpt-oss-4tok", "tokens": (4,), "E": 32, "rule": _r("topk_softmax", 4)},
+        {"id": "granite-33tok", "tokens": (33,), "E": 40,
+         "rule": _r("topk_softmax", 8, float32=True)},
+        {"id": "E97-k16", "tokens": (2,), "E": 97, "rule": _r("topk_softmax", 16)},
+    ),
+    "sigmoid_topk": (
+        {"id": "glm47-flash", "tokens": (1, 1), "E": 64, "bias": True,
+         "rule": _r("sigmoid_topk", 4, norm=True, norm_eps=1e-20, scale=1.8, float32=True)},
+        {"id": "dsv3-grouped", "tokens": (4,), "E": 256, "bias": True,
+         "rule": _r("sigmoid_topk", 8, norm=True, scale=2.5, n_group=8, topk_group=4,
+                    float32=True)},
+        {"id": "minimax-33tok", "tokens": (33,), "E": 256, "bias": True,
+         "logits_dtype": mx.float32,
+         "rule": _r("sigmoid_topk", 8, norm=True, norm_eps=1e-20, float32=True, out_act=True)},
+        {"id": "lfm2", "tokens": (2,), "E": 32, "bias": True, "bias_dtype": mx.float32,
+         "rule": _r("sigmoid_topk", 4, norm=True, norm_eps=1e-6, out_act=True)},
+        {"id": "lfm2-nobias", "tokens": (2,), "E": 32,
+         "rule": _r("sigmoid_topk", 4, norm=True, norm_eps=1e-6, scale=1.5, out_act=True)},
+        {"id": "kimi-grouped", "tokens": (3,), "E": 256, "bias": True, "bias_dtype": mx.float32,
+         "rule": _r("sigmoid_topk", 8, norm=True, norm_eps=1e-20, scale=2.446, n_group=8,
+                    topk_group=4, bias_cast=True)},
+        {"id": "kimi-softmax", "tokens": (2,), "E": 64, "bias": True,
+         "rule": _r("sigmoid_topk", 6, norm=True, norm_eps=1e-20, score="softmax",
+                    bias_cast=True)},
+        {"id": "E33-k3", "tokens": (31,), "E": 33, "rule": _r("sigmoid_topk", 3, float32=True)},
+    ),
+}  # fmt: skip
+
+FUSED_CASES = (
+    {"id": "qwen3-q8-decode", "tokens": (1, 1), "E": 128, "D": 256, "bits": 8,
+     "rule": _r("softmax_topk", 8, norm=True)},
+    {"id": "gpt-oss-bias-4tok", "tokens": (4,), "E": 32, "D": 192, "lbias": True,
+     "rule": _r("topk_softmax", 4)},
+    {"id": "minimax-q8-f32gate", "tokens": (2,), "E": 64, "D": 256, "bits": 8, "bias": True,
+     "rule": _r("sigmoid_topk", 8, norm=True, norm_eps=1e-20, float32=True, out_act=True,
+                gate_float32=True)},
+    {"id": "glm-grouped-16tok", "tokens": (16,), "E": 64, "D": 128, "bias": True,
+     "rule": _r("sigmoid_topk", 4, norm=True, scale=2.5, n_group=4, topk_group=2,
+                float32=True)},
+    {"id": "lfm2-q4", "tokens": (1,), "E": 32, "D": 128, "bits": 4,
+     "rule": _r("sigmoid_topk", 4, norm=True, norm_eps=1e-6, out_act=True)},
+    {"id": "prefill-33tok", "tokens": (33,), "E": 16, "D": 96, "rule": _r("topk_softmax", 2)},
+)  # fmt: skip
+
+ROUTE_BENCH = {
+    "softmax_topk": (
+        {"id": "qwen3-30b-decode", "tokens": (1, 1), "E": 128, "rule": _r("softmax_topk", 8, norm=True)},
+        {"id": "qwen3-30b-16tok", "tokens": (16,), "E": 128, "rule": _r("softmax_topk", 8, norm=True)},
+        {"id": "qwen3-30b-prefill", "tokens": (2048,), "E": 128, "rule": _r("softmax_topk", 8, norm=True)},
+    ),
+    "topk_softmax": (
+        {"id": "gpt-oss-20b-decode", "tokens": (1, 1), "E": 32, "rule": _r("topk_softmax", 4)},
+        {"id": "gpt-oss-20b-16tok", "tokens": (16,), "E": 32, "rule": _r("topk_softmax", 4)},
+        {"id": "gpt-oss-20b-prefill", "tokens": (2048,), "E": 32, "rule": _r("topk_softmax", 4)},
+    ),
+    "sigmoid_topk": (
+        {"id": "glm47-flash-decode", "tokens": (1, 1), "E": 64, "bias": True,
+         "rule": _r("sigmoid_topk", 4, norm=True, norm_eps=1e-20, scale=1.8, float32=True)},
+        {"id": "lfm2-8b-decode", "tokens": (1, 1), "E": 32, "bias": True, "bias_dtype": mx.float32,
+         "rule": _r("sigmoid_topk", 4, norm=True, norm_eps=1e-6, out_act=True)},
+        {"id": "dsv3-decode", "tokens": (1, 1), "E": 256, "bias": True,
+         "rule": _r("sigmoid_topk", 8, norm=True, scale=2.5, n_group=8, topk_group=4, float32=True)},
+        {"id": "dsv3-prefill", "tokens": (2048,), "E": 256, "bias": True,
+         "rule": _r("sigmoid_topk", 8, norm=True, scale=2.5, n_group=8, topk_group=4, float32=True)},
+    ),
+}  # fmt: skip
+
+FUSED_BENCH = (
+    {"id": "qwen3-30b-q8-decode", "tokens": (1, 1), "E": 128, "D": 2048, "bits": 8,
+     "rule": _r("softmax_topk", 8, norm=True)},
+    {"id": "qwen3-30b-q8-4tok", "tokens": (4,), "E": 128, "D": 2048, "bits": 8,
+     "rule": _r("softmax_topk", 8, norm=True)},
+    {"id": "gpt-oss-20b-q8-decode", "tokens": (1, 1), "E": 32, "D": 2880, "bits": 8,
+     "lbias": True, "rule": _r("topk_softmax", 4)},
+    {"id": "glm47-flash-decode", "tokens": (1, 1), "E": 64, "D": 2048, "bias": True,
+     "rule": _r("sigmoid_topk", 4, norm=True, norm_eps=1e-20, scale=1.8, float32=True)},
+    {"id": "lfm2-8b-q8-16tok", "tokens": (16,), "E": 32, "D": 2048, "bits": 8, "bias": True,
+     "bias_dtype": mx.float32, "rule": _r("sigmoid_topk", 4, norm=True, norm_eps=1e-6, out_act=True)},
+)  # fmt: skip
+
+_DESCR = {
+    "softmax_topk": "MoE router: softmax -> top-k (+renorm, group-limited, scale): Qwen3/OLMoE/DeepSeek-V2",
+    "topk_softmax": "MoE router: top-k of logits -> softmax over k: Mixtral/GPT-OSS/Granite",
+    "sigmoid_topk": "MoE router: sigmoid + selection bias, group top-k, renorm, scale: GLM/DeepSeek-V3/Kimi/MiniMax/LFM2",
+}
+
+for _kind, _cases in ROUTE_CASES.items():
+    register(
+        KernelSpec(
+            name=f"router_{_kind}",
+            family="routers",
+            op=_route_op,
+            ref=_route_ref,
+            make_inputs=_make_route,
+            cases=_cases,
+            bench_cases=ROUTE_BENCH[_kind],
+            stock=route_stock,
+            grad_argnums=(0,),
+            description=_DESCR[_kind],
+        )
+    )
+
+register(
+    KernelSpec(
+        name="router_fused",
+        family="routers",
+        op=_fused_op,
+        ref=_fused_ref,
+        make_inputs=_make_fused,
+        cases=FUSED_CASES,
+        bench_cases=FUSED_BENCH,
+        stock=_fused_ref,
+        description="MoE router Linear (float or 4/8-bit affine) + routing in one launch (decode)",
+    )
+)
