@@ -1,0 +1,396 @@
+"""MoE expert kernels over quantized weights, and the weighted combine over experts.
+
+mlx-lm's ``SwitchGLU`` runs three ``mx.gather_qmm`` calls (gate, up, down), SwiGLU, then each
+block combines ``(y * scores[..., None]).sum(axis=-2)``. Here the selected experts' gate and up
+projections and the activation are ONE kernel (:func:`gather_qmv_swiglu`), and the down
+projection times the router weight, summed over the ``K`` experts, is another
+(:func:`gather_qmv_combine`; one warp owns an output row across all ``K`` experts, so no
+atomics). Kernel bodies are in :mod:`.quant_kernels`; every op has a plain-MLX ``<op>_ref``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import mlx.core as mx
+
+from ..core.backend import backend
+from ..core.dtypes import check_float, dtype_name, promote
+from ..core.kernel import grid_1d, scalar
+from . import moe_kernels as mk
+from . import quant_kernels as qk
+from ._common import vector
+from .quant import check_qweight, check_x, fmt_template, swiglu_ref, use_kernel
+
+# ---------------------------------------------------------------------------------------
+# References (what mlx-lm computes)
+
+
+def _gather(x, w, scales, biases, indices, group_size, bits, mode, bias=None):
+    y = mx.gather_qmm(
+        mx.expand_dims(x, -2),
+        w,
+        scales,
+        biases,
+        rhs_indices=indices,
+        transpose=True,
+        group_size=group_size,
+        bits=bits,
+        mode=mode,
+    ).squeeze(-2)
+    return y if bias is None else y + bias[indices]
+
+
+def _slots(x, indices):
+    """x as one row per slot: ``(..., D)`` -> ``(..., 1, D)`` broadcast over ``K``."""
+    return x if x.ndim == indices.ndim + 1 else mx.expand_dims(x, -2)
+
+
+def gather_qmv_ref(x, w, scales, biases, indices, group_size=64, bits=4, mode="affine",
+                   bias=None):  # fmt: skip
+    """``QuantizedSwitchLinear``: each token times each of its selected experts.
+
+    Shapes:
+        x: ``(..., D)`` or ``(..., K, D)``; w: ``(E, N, D * bits / 32)``; indices:
+        ``(..., K)``; bias: ``(E, N)`` -> ``(..., K, N)``.
+    """
+    return _gather(_slots(x, indices), w, scales, biases, indices, group_size, bits, mode, bias)
+
+
+def swiglu_oai_ref(gate, up, alpha=1.702, limit=7.0):
+    """GPT-OSS's clamped SwiGLU (mlx-lm ``swiglu_oai``)."""
+    gate = mx.minimum(gate, limit)
+    up = mx.clip(up, -limit, limit)
+    return (up + 1.0) * (gate * mx.sigmoid(alpha * gate))
+
+
+def gather_qmv_swiglu_ref(x, wg, sg, bg, wu, su, bu, indices, group_size=64, bits=4,
+                          mode="affine", bias_gate=None, bias_up=None, activation="swiglu",
+                          alpha=1.702, limit=7.0):  # fmt: skip
+    """``SwitchGLU``'s gate and up projections and activation. Shapes: ``-> (..., K, I)``."""
+    xs = _slots(x, indices)
+    g = _gather(xs, wg, sg, bg, indices, group_size, bits, mode, bias_gate)
+    u = _gather(xs, wu, su, bu, indices, group_size, bits, mode, bias_up)
+    if activation == "swiglu_oai":
+        return swiglu_oai_ref(g, u, alpha, limit)
+    return swiglu_ref(g, u)
+
+
+def gather_qmv_swiglu_oai_ref(x, wg, sg, bg, wu, su, bu, indices, group_size=32, bits=4,
+                              mode="mxfp4", bias_gate=None, bias_up=None):  # fmt: skip
+    return gather_qmv_swiglu_ref(x, wg, sg, bg, wu, su, bu, indices, group_size, bits, mode,
+                                 bias_gate, bias_up, "swiglu_oai")  # fmt: skip
+
+
+def moe_combine_ref(y, weights):
+    """Weighted sum over experts with float32 accumulation. Shapes: ``(..., K, D) -> (..., D)``."""
+    w = weights.astype(mx.float32)[..., None]
+    return (y.astype(mx.float32) * w).sum(axis=-2).astype(y.dtype)
+
+
+def moe_combine_exact_ref(y, weights):
+    """mlx-lm's expression itself: ``(y * weights[..., None]).sum(axis=-2).astype(y.dtype)``."""
+    return (y * weights[..., None]).sum(axis=-2).astype(y.dtype)
+
+
+def _shared_add(out, shared, shared_gate):
+    if shared is None:
+        return out
+    return out + (shared if shared_gate is None else mx.sigmoid(shared_gate) * shared)
+
+
+def moe_combine_shared_ref(y, weights, shared, shared_gate=None):
+    """Combine plus a shared expert: ``+ shared`` (GLM-4, DeepSeek) or
+    ``+ sigmoid(shared_gate) * shared`` (Qwen3-Next). Shapes: ``shared_gate (..., 1)``."""
+    return _shared_add(moe_combine_ref(y, weights), shared, shared_gate)
+
+
+def gather_qmv_combine_ref(h, w, scales, biases, indices, weights, group_size=64, bits=4,
+                           mode="affine", bias=None, shared=None, shared_gate=None):  # fmt: skip
+    """Down projection of each selected expert, weighted and summed over experts.
+
+    Shapes:
+        h: ``(..., K, I)``; w: ``(E, D, I * bits / 32)``; indices, weights: ``(..., K)``
+        -> ``(..., D)``.
+    """
+    y = _gather(h, w, scales, biases, indices, group_size, bits, mode, bias)
+    return _shared_add(moe_combine_ref(y, weights), shared, shared_gate)
+
+
+# ---------------------------------------------------------------------------------------
+# Checks
+
+
+def _check_indices(op, indices, lead, k=None):
+    if not isinstance(indices, mx.array) or not mx.issubdtype(indices.dtype, mx.integer):
+        raise TypeError(f"[{op}] expected integer expert 'indices'")
+    if tuple(indices.shape[:-1]) != tuple(lead) or (k is not None and indices.shape[-1] != k):
+        raise ValueError(
+            f"[{op}] expected indices of shape {tuple(lead)} + (K,), got {tuple(indices.shape)}"
+        )
+
+
+def _check_like(op, name, a, shape, dtype=None):
+    if a is None:
+        return
+    if not isinstance(a, mx.array) or tuple(a.shape) != tuple(shape):
+        got = tuple(a.shape) if isinstance(a, mx.array) else type(a).__name__
+        raise ValueError(f"[{op}] expected '{name}' of shape {tuple(shape)}, got {got}")
+    check_float(op, name, a)
+    if dtype is not None and a.dtype != dtype:
+        raise TypeError(f"[{op}] expected '{name}' in {dtype_name(dtype)}, got {a.dtype}")
+
+
+def _x_layout(op, x, indices) -> tuple[bool, tuple]:
+    """Whether x has one row per slot, and the token shape."""
+    if x.ndim == indices.ndim + 1 and x.shape[:-1] == indices.shape:
+        return True, tuple(indices.shape[:-1])
+    _check_indices(op, indices, x.shape[:-1])
+    return False, tuple(x.shape[:-1])
+
+
+# ---------------------------------------------------------------------------------------
+# Ops
+
+
+def _gather_launch(op, kind, x, mats, indices, group_size, bits, mode, lins, fp, verbose):
+    per_slot, lead = _x_layout(op, x, indices)
+    k = indices.shape[-1]
+    slots = math.prod(lead) * k
+    d = x.shape[-1]
+    if slots == 0 or not use_kernel(op, x, mats[0][1], group_size, bits, mode,
+                                    math.prod(lead), verbose):  # fmt: skip
+        return None
+    n = mats[0][0].shape[1]
+    joint = 1 if kind == "plain" else 2
+    r = qk.rows_per_warp(slots, n, joint, d)
+    nb = math.ceil(n / r)
+    kern = qk.matvec_kernel(kind, mode, True, per_slot, lins is not None, False,
+                            d <= qk.X_REG_MAX)  # fmt: skip
+    ins = [x]
+    for w, s, b in mats:
+        ins += [w, s] + ([b] if mode == "affine" else [])
+    ins.append(indices)
+    if lins is not None:
+        ins += lins
+    if fp is not None:
+        ins.append(fp)
+    grid, tg = qk.launch_shape(slots * nb)
+    tmpl = fmt_template(x, d, bits, group_size)
+    tmpl += [("N", n), ("R", r), ("NB", nb), ("K", k)]
+    return kern(
+        *ins,
+        scalar(slots, mx.int32),
+        output_shapes=[lead + (k, n)],
+        output_dtypes=[x.dtype],
+        grid=grid,
+        threadgroup=tg,
+        template=tmpl,
+    )[0]
+
+
+def gather_qmv(x, w, scales, biases, indices, group_size=64, bits=4, mode="affine", bias=None,
+               *, verbose=False):  # fmt: skip
+    """Each token times each of its selected experts' quantized weights (decode).
+
+    Args:
+        x: activations, one row per token (shared by its experts) or one per slot.
+        w, scales, biases: experts' weights stacked on the first axis (``E``).
+        indices: selected experts per token (any integer dtype).
+        bias: optional per-expert linear bias ``(E, N)``.
+
+    Shapes:
+        x: ``(..., D)`` or ``(..., K, D)``; indices: ``(..., K)`` -> ``(..., K, N)``.
+    """
+    op = "gather_qmv"
+    d = check_qweight(op, "w", w, scales, biases, group_size, bits, mode, stacked=True)
+    check_x(op, x, d)
+    _x_layout(op, x, indices)
+    _check_like(op, "bias", bias, w.shape[:2], x.dtype)
+    out = _gather_launch(op, "plain", x, [(w, scales, biases)], indices, group_size, bits, mode,
+                         None if bias is None else [bias], None, verbose)  # fmt: skip
+    if out is not None:
+        return out
+    return gather_qmv_ref(x, w, scales, biases, indices, group_size, bits, mode, bias)
+
+
+def gather_qmv_swiglu(x, wg, sg, bg, wu, su, bu, indices, group_size=64, bits=4, mode="affine",
+                      bias_gate=None, bias_up=None, activation="swiglu", alpha=1.702, limit=7.0,
+                      *, verbose=False):  # fmt: skip
+    """Selected experts' gate and up projections and SwiGLU in ONE kernel.
+
+    Args:
+        x: activations, one row per token.
+        wg, sg, bg, wu, su, bu: gate and up experts' weights (``E`` stacked).
+        indices: selected experts per token.
+        bias_gate, bias_up: optional per-expert biases ``(E, I)`` (GPT-OSS).
+        activation: ``"swiglu"`` (``silu(g) * u``) or ``"swiglu_oai"`` (GPT-OSS:
+            ``(clip(u, -limit, limit) + 1) * min(g, limit) * sigmoid(alpha * min(g, limit))``).
+
+    Shapes:
+        x: ``(..., D)``; indices: ``(..., K)`` -> ``(..., K, I)``.
+    """
+    op = "gather_qmv_swiglu"
+    if activation not in ("swiglu", "swiglu_oai"):
+        raise ValueError(f"[{op}] expected activation 'swiglu' or 'swiglu_oai', got {activation!r}")
+    d = check_qweight(op, "wg", wg, sg, bg, group_size, bits, mode, stacked=True)
+    check_qweight(op, "wu", wu, su, bu, group_size, bits, mode, stacked=True)
+    if wu.shape != wg.shape:
+        raise ValueError(f"[{op}] expected wu of shape {wg.shape} like wg, got {wu.shape}")
+    check_x(op, x, d)
+    _check_indices(op, indices, x.shape[:-1])
+    if (bias_gate is None) != (bias_up is None):
+        raise ValueError(f"[{op}] expected both bias_gate and bias_up, or neither")
+    _check_like(op, "bias_gate", bias_gate, wg.shape[:2], x.dtype)
+    _check_like(op, "bias_up", bias_up, wg.shape[:2], x.dtype)
+    lins = None if bias_gate is None else [bias_gate, bias_up]
+    fp = vector((alpha, limit), mx.float32) if activation == "swiglu_oai" else None
+    out = _gather_launch(op, activation, x, [(wg, sg, bg), (wu, su, bu)], indices, group_size,
+                         bits, mode, lins, fp, verbose)  # fmt: skip
+    if out is not None:
+        return out
+    return gather_qmv_swiglu_ref(x, wg, sg, bg, wu, su, bu, indices, group_size, bits, mode,
+                                 bias_gate, bias_up, activation, alpha, limit)  # fmt: skip
+
+
+def gather_qmv_swiglu_oai(x, wg, sg, bg, wu, su, bu, indices, group_size=32, bits=4,
+                          mode="mxfp4", bias_gate=None, bias_up=None, alpha=1.702, limit=7.0,
+                          *, verbose=False):  # fmt: skip
+    """:func:`gather_qmv_swiglu` with GPT-OSS's clamped activation (mxfp4 by default)."""
+    return gather_qmv_swiglu(x, wg, sg, bg, wu, su, bu, indices, group_size, bits, mode,
+                             bias_gate, bias_up, "swiglu_oai", alpha, limit,
+                             verbose=verbose)  # fmt: skip
+
+
+def gather_qmv_combine(h, w, scales, biases, indices, weights, group_size=64, bits=4,
+                       mode="affine", bias=None, shared=None, shared_gate=None, *,
+                       verbose=False):  # fmt: skip
+    """Down projection of the selected experts times their router weights, summed over the
+    ``K`` experts, in ONE kernel with float32 accumulation.
+
+    Args:
+        h: activated expert inputs (the output of :func:`gather_qmv_swiglu`).
+        w, scales, biases: down-projection experts (``E`` stacked).
+        indices, weights: selected experts and their router weights.
+        bias: optional per-expert bias ``(E, D)``.
+        shared: optional shared-expert output ``(..., D)`` added at the end;
+            shared_gate ``(..., 1)`` scales it by ``sigmoid(shared_gate)`` first.
+
+    Shapes:
+        h: ``(..., K, I)``; indices, weights: ``(..., K)`` -> ``(..., D)``.
+    """
+    op = "gather_qmv_combine"
+    i_dim = check_qweight(op, "w", w, scales, biases, group_size, bits, mode, stacked=True)
+    check_x(op, h, i_dim, "h")
+    if h.ndim < 2:
+        raise ValueError(f"[{op}] expected 'h' of shape (..., K, I), got {h.shape}")
+    lead, k, dout = tuple(h.shape[:-2]), h.shape[-2], w.shape[1]
+    _check_indices(op, indices, lead, k)
+    _check_like(op, "weights", weights, lead + (k,))
+    _check_like(op, "bias", bias, w.shape[:2], h.dtype)
+    _check_like(op, "shared", shared, lead + (dout,), h.dtype)
+    if shared_gate is not None:
+        if shared is None:
+            raise ValueError(f"[{op}] expected 'shared' with 'shared_gate'")
+        _check_like(op, "shared_gate", shared_gate, lead + (1,), h.dtype)
+    tokens = math.prod(lead)
+    if tokens and use_kernel(op, h, scales, group_size, bits, mode, tokens, verbose):
+        r = qk.rows_per_warp(tokens, dout, 1, i_dim)
+        nb = math.ceil(dout / r)
+        kern = mk.gather_combine_kernel(mode, bias is not None, shared is not None,
+                                 shared_gate is not None, i_dim <= qk.X_REG_MAX)  # fmt: skip
+        ins = [h, w, scales] + ([biases] if mode == "affine" else []) + [indices, weights]
+        ins += [a for a in (bias, shared, shared_gate) if a is not None]
+        grid, tg = qk.launch_shape(tokens * nb)
+        tmpl = [("T", h.dtype), ("I", i_dim), ("D", dout), ("BITS", bits)]
+        tmpl += [("GROUP_SIZE", group_size), ("K", k), ("R", r), ("NB", nb)]
+        return kern(*ins, scalar(tokens, mx.int32), output_shapes=[lead + (dout,)],
+                    output_dtypes=[h.dtype], grid=grid, threadgroup=tg,
+                    template=tmpl)[0]  # fmt: skip
+    return gather_qmv_combine_ref(h, w, scales, biases, indices, weights, group_size, bits, mode,
+                                  bias, shared, shared_gate)  # fmt: skip
+
+
+def moe_experts(x, wg, sg, bg, wu, su, bu, wd, sd, bd, indices, weights, group_size=64, bits=4,
+                mode="affine", *, verbose=False):  # fmt: skip
+    """One MoE block's routed experts in two kernels: :func:`gather_qmv_swiglu` then
+    :func:`gather_qmv_combine`. Shapes: ``x (..., D)``, ``indices, weights (..., K)`` ->
+    ``(..., D)``."""
+    h = gather_qmv_swiglu(x, wg, sg, bg, wu, su, bu, indices, group_size, bits, mode,
+                          verbose=verbose)  # fmt: skip
+    return gather_qmv_combine(h, wd, sd, bd, indices, weights, group_size, bits, mode,
+                              verbose=verbose)  # fmt: skip
+
+
+def moe_experts_ref(x, wg, sg, bg, wu, su, bu, wd, sd, bd, indices, weights, group_size=64,
+                    bits=4, mode="affine"):  # fmt: skip
+    """Stock mlx-lm: ``SwitchGLU`` (three ``gather_qmm``, SwiGLU) then the block's combine."""
+    h = gather_qmv_swiglu_ref(x, wg, sg, bg, wu, su, bu, indices, group_size, bits, mode)
+    y = _gather(h, wd, sd, bd, indices, group_size, bits, mode)
+    return moe_combine_exact_ref(y, weights)
+
+
+# ---------------------------------------------------------------------------------------
+# Weighted combine over experts
+
+
+def _combine(op, y, weights, shared=None, shared_gate=None, exact=False):
+    if not isinstance(y, mx.array) or y.ndim < 2:
+        raise ValueError(f"[{op}] expected 'y' of shape (..., K, D), got {getattr(y, 'shape', y)}")
+    check_float(op, "y", y)
+    lead, k, d = tuple(y.shape[:-2]), y.shape[-2], y.shape[-1]
+    _check_like(op, "weights", weights, lead + (k,))
+    _check_like(op, "shared", shared, lead + (d,), y.dtype)
+    _check_like(op, "shared_gate", shared_gate, lead + (1,), y.dtype)
+    tokens = math.prod(lead)
+    if backend() == "cpu" or tokens * d == 0:
+        return None
+    ins = [y, weights] + [a for a in (shared, shared_gate) if a is not None]
+    tmpl = [("T", y.dtype), ("K", k), ("D", d)]
+    if exact:
+        tmpl.append(("P", promote((y.dtype, weights.dtype))))
+    grid, tg = grid_1d(tokens * d, 256)
+    kern = mk.combine_kernel(exact, shared is not None, shared_gate is not None)
+    return kern(*ins, scalar(tokens, mx.int32), output_shapes=[lead + (d,)],
+                output_dtypes=[y.dtype], grid=grid, threadgroup=tg, template=tmpl)[0]  # fmt: skip
+
+
+def moe_combine(y, weights):
+    """Weighted sum of the experts' outputs with float32 accumulation.
+
+    Shapes:
+        y: ``(..., K, D)``; weights: ``(..., K)`` -> ``(..., D)`` in y's dtype.
+    """
+    out = _combine("moe_combine", y, weights)
+    return moe_combine_ref(y, weights) if out is None else out
+
+
+def moe_combine_exact(y, weights):
+    """mlx-lm's ``(y * weights[..., None]).sum(axis=-2).astype(y.dtype)``, bit for bit.
+
+    The product dtype follows MLX's promotion: Qwen3-MoE's bf16 scores keep bf16 products
+    and a bf16 running sum; GLM-4/DeepSeek's float32 scores give float32 products and sum,
+    cast to y's dtype at the end.
+
+    Shapes:
+        y: ``(..., K, D)``; weights: ``(..., K)`` -> ``(..., D)``.
+    """
+    out = _combine("moe_combine_exact", y, weights, exact=True)
+    return moe_combine_exact_ref(y, weights) if out is None else out
+
+
+def moe_combine_shared(y, weights, shared, shared_gate=None):
+    """:func:`moe_combine` plus the shared expert's output in the same kernel.
+
+    Shapes:
+        y: ``(..., K, D)``; weights: ``(..., K)``; shared: ``(..., D)``;
+        shared_gate: ``(..., 1)`` (Qwen3-Next's gate logit) -> ``(..., D)``.
+    """
+    if shared is None:
+        raise ValueError("[moe_combine_shared] expected a 'shared' array, got None")
+    out = _combine("moe_combine_shared", y, weights, shared, shared_gate)
+    return moe_combine_shared_ref(y, weights, shared, shared_gate) if out is None else out
+
+
+# Registers the catalog entries (kept apart to keep this file short).
+from . import moe_specs as _specs  # noqa: E402,F401

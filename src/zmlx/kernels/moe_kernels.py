@@ -1,0 +1,124 @@
+"""Kernel bodies of the moe family: the fused down projection + combine, and the combine.
+
+The down-projection kernel reuses the quantized row loop of :mod:`.quant_kernels`: one warp
+owns ``R`` output rows of one token and walks its ``K`` experts, keeping lane partial sums of
+``weight_k * (h_k . W_k[row])`` in float32; one warp reduction at the end, no atomics.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+from ..core.kernel import Kernel
+from .quant_kernels import HEADER, _acc_decl, _mat, _prologue, _qinputs, _reduce, _row_loop, _to_t
+
+# ---------------------------------------------------------------------------------------
+# Down projection x router weight, summed over the K experts of each token
+
+
+@cache
+def gather_combine_kernel(mode: str, has_bias: bool, has_shared: bool, has_gate: bool, regs: bool):
+    """``out[t, row] = sum_j weights[t, j] * (h[t, j] . W[idx[t, j], row])``, float32 sums.
+
+    One warp owns ``R`` output rows of one token across all ``K`` experts, so no atomics
+    are needed. Template constants: ``T``, ``I`` (inputs), ``D`` (outputs), ``BITS``,
+    ``GROUP_SIZE``, ``K``, ``R``, ``NB`` (warps per token). Runtime: ``rt[0]`` = tokens.
+    """
+    inputs = ["h", *_qinputs("0", mode), "idx", "wts"]
+    if has_bias:
+        inputs.append("bias")
+    if has_shared:
+        inputs.append("shared")
+    if has_gate:
+        inputs.append("sgate")
+    inputs.append("rt")
+    body = """
+  const int wid = (int)(gid * (lsize / 32u) + warp);
+  const int t = wid / NB;
+  if (t >= rt[0]) {
+    return;
+  }
+  const int row0 = (wid % NB) * R;
+"""
+    body += _acc_decl(["tot"])
+    body += """
+  for (int k = 0; k < K; ++k) {
+    const int slot = t * K + k;
+    const int ex = static_cast<int>(idx[slot]);
+    const float wk = static_cast<float>(wts[slot]);
+    const T* xp = h + (size_t)slot * I;
+"""
+    body += _prologue("I", regs, mode)
+    body += _acc_decl(["acc0"])
+    body += _row_loop(mode, [_mat("0", mode)], "D", "ex * D", regs, "acc")
+    body += """
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      tot[r] += wk * acc0[r];
+    }
+  }
+"""
+    body += _reduce(["tot"])
+    epi = ["  if (lane == 0u) {", "#pragma unroll", "    for (int r = 0; r < R; ++r) {"]
+    epi += ["      const int row = row0 + r;", "      if (row < D) {", "        float v = tot[r];"]
+    if has_bias:
+        epi += [
+            "        for (int k = 0; k < K; ++k) {",
+            "          const int ex = static_cast<int>(idx[t * K + k]);",
+            "          v += static_cast<float>(wts[t * K + k]) *",
+            "               static_cast<float>(bias[(size_t)ex * D + row]);",
+            "        }",
+        ]
+    epi.append(f"        v = {_to_t('v')};")
+    if has_shared:
+        sh = "static_cast<float>(shared[(size_t)t * D + row])"
+        if has_gate:
+            # qwen3_next: sigmoid(gate) * shared_expert(x), each rounded to T, then added.
+            g = _to_t("zx_sigmoid(static_cast<float>(sgate[t]))")
+            sh = _to_t(f"{g} * {sh}")
+        epi.append(f"        v = v + {sh};")
+    epi += ["        out[(size_t)t * D + row] = static_cast<T>(v);", "      }", "    }", "  }"]
+    body += "\n".join(epi) + "\n"
+    return Kernel(f"qmv_combine_{mode}", inputs, ["out"], body, header=HEADER)
+
+
+# ---------------------------------------------------------------------------------------
+# Weighted combine over experts: one thread per output element, K read in order
+
+_COMBINE_BODY = """
+  const size_t i = tid;
+  if (i >= (size_t)rt[0] * D) {
+    return;
+  }
+  const size_t t = i / D;
+  const size_t d = i % D;
+  float acc = 0.0f;
+  for (int k = 0; k < K; ++k) {
+    const float yv = static_cast<float>(y[(t * K + k) * D + d]);
+    const float wv = static_cast<float>(wts[t * K + k]);
+    STEP
+  }
+  STORE
+"""
+
+
+@cache
+def combine_kernel(exact: bool, has_shared: bool, has_gate: bool) -> Kernel:
+    if exact:
+        # MLX rounds each product to P, then sums in P in order (CPU, and CUDA's
+        # col_reduce_small for K <= 32 and D % 8 == 0), then casts to y's dtype.
+        step = "acc = static_cast<float>(static_cast<P>(acc + static_cast<float>(static_cast<P>(zx_mul_rn(yv, wv)))));"
+    else:
+        step = "acc += wv * yv;"
+    store = "float v = static_cast<float>(static_cast<T>(acc));"
+    if has_shared:
+        sh = "static_cast<float>(shared[i])"
+        if has_gate:
+            g = "static_cast<float>(static_cast<T>(zx_sigmoid(static_cast<float>(sgate[t]))))"
+            sh = f"static_cast<float>(static_cast<T>({g} * {sh}))"
+        store += f"\n  v = v + {sh};"
+    store += "\n  out[i] = static_cast<T>(v);"
+    inputs = ["y", "wts"] + (["shared"] if has_shared else []) + (["sgate"] if has_gate else [])
+    body = _COMBINE_BODY.replace("STEP", step).replace("STORE", store)
+    name = "moe_combine" + ("_exact" if exact else "")
+    return Kernel(name, inputs + ["rt"], ["out"], body)

@@ -1,0 +1,404 @@
+"""Kernel bodies for quantized matrix-vector products (shared by the quant and moe families).
+
+Formats (MLX's, see ``mx.quantize``): a weight row of ``D`` inputs is ``D * BITS / 32`` packed
+uint32 words, element ``i`` at bits ``(i % (32 / BITS)) * BITS`` of word ``i / (32 / BITS)``,
+least significant first. ``affine`` rows carry a scale and a bias per group of ``GROUP_SIZE``
+elements in the activation dtype (``w = scale * q + bias``); ``mxfp4`` rows carry one uint8
+e8m0 scale (``2^(s - 127)``) per 32 e2m1 values and no bias.
+
+How the matvec kernels stream weights (decode is memory-bound):
+
+* One warp owns ``R`` consecutive output rows of one slot (a token, or a token's expert).
+  Lane ``l`` reads words ``l, l + 32, l + 64, ...`` of each row, so every load instruction of
+  the warp reads 128 contiguous bytes and each weight byte is read exactly once.
+* The lane's slice of the activation vector (``D / 32`` floats, the same columns for every
+  row) is loaded once into registers with its per-word sums, then reused for all ``R`` rows.
+* An affine element is decoded as ``1 + q / 2^BITS`` by writing ``q`` into the top mantissa
+  bits of ``1.0f`` (a shift and a mask, no int-to-float conversion), so one word costs about
+  one fma per element; ``sum(x * q) = 2^BITS * (sum(x * (1 + q / 2^BITS)) - sum(x))``. The
+  products are exact for fp16/bf16 activations, and accumulation is float32 throughout.
+* Lane partial sums of all ``R`` rows are kept until the end and reduced with warp shuffles
+  once, so the row loop has no shuffles and the compiler can keep many loads in flight.
+
+Rows per warp: ``R = 4`` (``2`` when two weights share the row loop) when that still leaves
+1024 or more warps, else fewer: 1024 warps are about 8 per SM on a 132-SM H100, enough bytes
+in flight to cover memory latency; larger ``R`` amortises the activation load. Groups are 128
+threads (4 warps) so small launches still spread over many SMs. Not yet tuned on hardware.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import cache
+
+from ..core.kernel import Kernel
+
+MODES = ("affine", "mxfp4")
+KERNEL_FORMATS = {("affine", 4), ("affine", 8), ("mxfp4", 4)}
+KERNEL_GROUPS = {"affine": (32, 64, 128), "mxfp4": (32,)}
+MAX_ROWS = 16  # token rows (T) the decode kernels take; more take the reference path
+X_REG_MAX = 4096  # inputs per row held in registers (D / 32 floats per lane); longer rows stream x
+GROUP = 128  # threads per group
+
+HEADER = r"""
+// Affine element at bit offset sh of w, as the float 1 + q / 2^BITS (q in the top mantissa bits).
+template <int BITS>
+ZX_INLINE float zx_q_unit(uint w, int sh) {
+  const int pos = 23 - BITS;
+  const uint mask = ((1u << BITS) - 1u) << pos;
+  uint v;
+  if (sh <= pos) {
+    v = w << (pos - sh);
+  } else {
+    v = w >> (sh - pos);
+  }
+  return zx_as_float(0x3F800000u | (v & mask));
+}
+// e2m1 element at bit offset sh of w: sign, two exponent bits, one mantissa bit.
+ZX_INLINE float zx_fp4(uint w, int sh) {
+  uint v = (w >> sh) & 0xFu;
+  uint mag = v & 7u;
+  uint bits = (mag >= 2u) ? ((mag << 22) + 0x3F000000u) : (mag == 1u ? 0x3F000000u : 0u);
+  return zx_as_float(bits | ((v & 8u) << 28));
+}
+// e8m0 scale 2^(s - 127); s == 0 is 2^-127 as in MLX.
+ZX_INLINE float zx_e8m0(uint s) {
+  return s == 0u ? zx_as_float(0x00400000u) : zx_as_float(s << 23);
+}
+"""
+
+
+def kernel_covers(mode: str, bits: int, group_size: int) -> bool:
+    """Whether the matvec kernels handle this quantization format."""
+    return (mode, bits) in KERNEL_FORMATS and group_size in KERNEL_GROUPS[mode]
+
+
+def rows_per_warp(slots: int, n_rows: int, joint: int, d: int) -> int:
+    """Rows each warp owns (see the module docstring for why)."""
+    cap = 4 if joint == 1 else 2
+    if d > 2048:
+        cap = min(cap, 2)
+    r = cap
+    while r > 1 and slots * math.ceil(n_rows / r) < 1024:
+        r //= 2
+    return r
+
+
+# ---------------------------------------------------------------------------------------
+# Body pieces (Python builds each body once per op variant; sizes are template constants)
+
+
+def _prologue(d: str, regs: bool, mode: str) -> str:
+    """Constants for rows of ``d`` inputs, and the lane's slice of x (``xp``) in registers."""
+    text = f"""
+  constexpr int EPW = 32 / BITS;
+  constexpr int NW = {d} / EPW;
+  constexpr int NJ = (NW + 31) / 32;
+  constexpr int NG = {d} / GROUP_SIZE;
+"""
+    if regs:
+        sums = mode == "affine"
+        text += (
+            """
+  float xr[NJ * EPW];"""
+            + (
+                """
+  float xs[NJ];"""
+                if sums
+                else ""
+            )
+            + """
+#pragma unroll
+  for (int j = 0; j < NJ; ++j) {
+    const int wi = j * 32 + (int)lane;
+    float sum = 0.0f;
+#pragma unroll
+    for (int e = 0; e < EPW; ++e) {
+      const float v = (NW % 32 == 0 || wi < NW) ? static_cast<float>(xp[wi * EPW + e]) : 0.0f;
+      xr[j * EPW + e] = v;
+      sum += v;
+    }"""
+            + (
+                """
+    xs[j] = sum;"""
+                if sums
+                else ""
+            )
+            + """
+  }
+"""
+        )
+    return text
+
+
+def _word_dot(mode: str, mats: list[tuple[str, str, str]], regs: bool, acc: str) -> str:
+    """Accumulate word ``wi`` of the current row of each weight into ``acc_<m>[r]``."""
+    out = ["        const int g = (wi * EPW) / GROUP_SIZE;"]
+    if not regs:
+        out.append("        float xw[EPW];")
+        out.append("        float xsum = 0.0f;")
+        out.append("#pragma unroll")
+        out.append("        for (int e = 0; e < EPW; ++e) {")
+        out.append("          xw[e] = static_cast<float>(xp[wi * EPW + e]);")
+        if mode == "affine":
+            out.append("          xsum += xw[e];")
+        out.append("        }")
+    xv = "xr[j * EPW + e]" if regs else "xw[e]"
+    xsum = "xs[j]" if regs else "xsum"
+    for m, (w, s, b) in enumerate(mats):
+        out.append(f"        const uint qw{m} = {w}[wbase + wi];")
+        if mode == "affine":
+            out.append(f"        const float sc{m} = static_cast<float>({s}[gbase + g]);")
+            out.append(f"        const float bi{m} = static_cast<float>({b}[gbase + g]);")
+            out.append(f"        float dq{m} = -{xsum};")
+            out.append("#pragma unroll")
+            out.append("        for (int e = 0; e < EPW; ++e) {")
+            out.append(f"          dq{m} += {xv} * zx_q_unit<BITS>(qw{m}, e * BITS);")
+            out.append("        }")
+            out.append(
+                f"        {acc}{m}[r] += (sc{m} * (float)(1 << BITS)) * dq{m} + bi{m} * {xsum};"
+            )
+        else:
+            out.append(f"        const float sc{m} = zx_e8m0(static_cast<uint>({s}[gbase + g]));")
+            out.append(f"        float dq{m} = 0.0f;")
+            out.append("#pragma unroll")
+            out.append("        for (int e = 0; e < EPW; ++e) {")
+            out.append(f"          dq{m} += {xv} * zx_fp4(qw{m}, e * BITS);")
+            out.append("        }")
+            out.append(f"        {acc}{m}[r] += sc{m} * dq{m};")
+    return "\n".join(out)
+
+
+def _row_loop(
+    mode: str, mats: list[tuple[str, str, str]], n: str, ebase: str, regs: bool, acc: str
+) -> str:
+    """Lane partial sums of rows ``row0 .. row0 + R - 1`` (of ``n``) for each weight."""
+    return f"""
+#pragma unroll
+  for (int r = 0; r < R; ++r) {{
+    const int row = row0 + r;
+    if (row < {n}) {{
+      const size_t wbase = (size_t)({ebase} + row) * NW;
+      const size_t gbase = (size_t)({ebase} + row) * NG;
+#pragma unroll
+      for (int j = 0; j < NJ; ++j) {{
+        const int wi = j * 32 + (int)lane;
+        if (NW % 32 == 0 || wi < NW) {{
+{_word_dot(mode, mats, regs, acc)}
+        }}
+      }}
+    }}
+  }}
+"""
+
+
+def _acc_decl(names: list[str]) -> str:
+    lines = [f"  float {a}[R];" for a in names]
+    lines.append("#pragma unroll")
+    lines.append("  for (int r = 0; r < R; ++r) {")
+    lines += [f"    {a}[r] = 0.0f;" for a in names]
+    lines.append("  }")
+    return "\n".join(lines)
+
+
+def _reduce(names: list[str]) -> str:
+    lines = ["#pragma unroll", "  for (int r = 0; r < R; ++r) {"]
+    lines += [f"    {a}[r] = zx_warp_sum({a}[r]);" for a in names]
+    lines.append("  }")
+    return "\n".join(lines)
+
+
+def _qinputs(prefix: str, mode: str) -> list[str]:
+    return [f"w{prefix}", f"s{prefix}"] + ([f"b{prefix}"] if mode == "affine" else [])
+
+
+def _mat(prefix: str, mode: str) -> tuple[str, str, str]:
+    return (f"w{prefix}", f"s{prefix}", f"b{prefix}" if mode == "affine" else "")
+
+
+# ---------------------------------------------------------------------------------------
+# Matvec kernels: out[slot, row] for one, two (SwiGLU) or three (q/k/v) weights
+
+
+def _to_t(v: str) -> str:
+    return f"static_cast<float>(static_cast<T>({v}))"
+
+
+@cache
+def matvec_kernel(
+    kind: str, mode: str, gather: bool, x_per_slot: bool, has_bias: bool, has_res: bool, regs: bool
+) -> Kernel:
+    """The matvec kernel of one variant.
+
+    Args:
+        kind: ``"plain"`` (one weight), ``"swiglu"`` / ``"swiglu_oai"`` (gate and up weights,
+            one activated output) or ``"qkv"`` (three weights, three outputs).
+        mode: ``"affine"`` or ``"mxfp4"``.
+        gather: weights are stacked per expert and ``idx[slot]`` picks one.
+        x_per_slot: x has one row per slot (else one per token, shared by its ``K`` slots).
+        has_bias: add a linear bias per output (per expert when ``gather``).
+        has_res: add a residual (``plain`` only).
+        regs: hold the lane's slice of x in registers.
+
+    Template constants: ``T`` (activation dtype), ``D`` (inputs), ``N`` (rows; ``NQ``,
+    ``NK``, ``NV`` for q/k/v), ``BITS``, ``GROUP_SIZE``, ``R`` (rows per warp), ``NB``
+    (warps per slot), ``K`` (slots per token). Runtime: ``rt[0]`` = number of slots.
+    """
+    joint = {"plain": ["0"], "swiglu": ["g", "u"], "swiglu_oai": ["g", "u"], "qkv": ["q"]}
+    inputs = ["x"]
+    if kind == "qkv":
+        for p in ("q", "k", "v"):
+            inputs += _qinputs(p, mode)
+    else:
+        for p in joint[kind]:
+            inputs += _qinputs(p, mode)
+    if gather:
+        inputs.append("idx")
+    if has_bias:
+        inputs += (
+            ["bias_q", "bias_k", "bias_v"] if kind == "qkv" else [f"bias_{p}" for p in joint[kind]]
+        )
+    if has_res:
+        inputs.append("res")
+    if kind == "swiglu_oai":
+        inputs.append("fp")
+    inputs.append("rt")
+    outputs = ["q_out", "k_out", "v_out"] if kind == "qkv" else ["out"]
+
+    xrow = "slot" if (x_per_slot or not gather) else "slot / K"
+    body = f"""
+  const int wid = (int)(gid * (lsize / 32u) + warp);
+  const int slot = wid / NB;
+  if (slot >= rt[0]) {{
+    return;
+  }}
+  const int wb = wid % NB;
+  const T* xp = x + (size_t)({xrow}) * D;
+"""
+    body += _prologue("D", regs, mode)
+    e = "static_cast<int>(idx[slot])" if gather else "0"
+    body += f"  const int ex = {e};\n"
+
+    if kind == "qkv":
+        body += _acc_decl(["acc0"])
+        parts = []
+        for m, (p, nn, prev) in enumerate(
+            (("q", "NQ", "0"), ("k", "NK", "NBQ"), ("v", "NV", "NBQ + NBK"))
+        ):
+            cond = "if" if m == 0 else "} else if"
+            lim = {0: "wb < NBQ", 1: "wb < NBQ + NBK", 2: "true"}[m]
+            parts.append(f"  {cond} ({lim}) {{")
+            parts.append(f"  const int row0 = (wb - ({prev})) * R;")
+            parts.append(_row_loop(mode, [_mat(p, mode)], nn, f"ex * {nn}", regs, "acc"))
+            parts.append(_reduce(["acc0"]))
+            parts.append(_qkv_store(p, nn, has_bias))
+        body += "\n".join(parts) + "\n  }\n"
+    else:
+        names = [f"acc{m}" for m in range(len(joint[kind]))]
+        body += "  const int row0 = wb * R;\n"
+        body += _acc_decl(names)
+        mats = [_mat(p, mode) for p in joint[kind]]
+        body += _row_loop(mode, mats, "N", "ex * N", regs, "acc")
+        body += _reduce(names)
+        body += _store(kind, joint[kind], gather, has_bias, has_res)
+    return Kernel(
+        f"qmv_{kind}_{mode}{'_gather' if gather else ''}",
+        inputs,
+        outputs,
+        body,
+        header=HEADER,
+    )
+
+
+def _bias_at(name: str, n: str, gather: bool) -> str:
+    return f"static_cast<float>({name}[{'(size_t)ex * ' + n + ' + ' if gather else ''}row])"
+
+
+def _qkv_store(p: str, n: str, has_bias: bool) -> str:
+    bias = f"v = {_to_t('v + ' + _bias_at('bias_' + p, n, False))};" if has_bias else ""
+    return f"""
+  if (lane == 0u) {{
+#pragma unroll
+    for (int r = 0; r < R; ++r) {{
+      const int row = row0 + r;
+      if (row < {n}) {{
+        float v = {_to_t("acc0[r]")};
+        {bias}
+        {p}_out[(size_t)slot * {n} + row] = static_cast<T>(v);
+      }}
+    }}
+  }}"""
+
+
+def _store(kind: str, parts: list[str], gather: bool, has_bias: bool, has_res: bool) -> str:
+    lines = ["  if (lane == 0u) {", "#pragma unroll", "    for (int r = 0; r < R; ++r) {"]
+    lines.append("      const int row = row0 + r;")
+    lines.append("      if (row < N) {")
+    # Round each projection to T (and add its bias in T) where mlx-lm's separate ops would.
+    for m, p in enumerate(parts):
+        lines.append(f"        float v{m} = {_to_t(f'acc{m}[r]')};")
+        if has_bias:
+            lines.append(
+                f"        v{m} = {_to_t(f'v{m} + ' + _bias_at('bias_' + p, 'N', gather))};"
+            )
+    if kind == "plain":
+        if has_res:
+            lines.append("        v0 = static_cast<float>(res[(size_t)slot * N + row]) + v0;")
+        res = "v0"
+    elif kind == "swiglu":
+        res = "v0 * zx_sigmoid(v0) * v1"
+    else:  # GPT-OSS: gate clipped from above, up clipped both ways, (up + 1) * gate * sig
+        lines.append("        const float alpha = fp[0];")
+        lines.append("        const float limit = fp[1];")
+        lines.append("        const float gc = zx_min(v0, limit);")
+        lines.append("        const float uc = zx_max(zx_min(v1, limit), -limit);")
+        res = "(uc + 1.0f) * (gc * zx_sigmoid(alpha * gc))"
+    lines.append(f"        out[(size_t)slot * N + row] = static_cast<T>({res});")
+    lines += ["      }", "    }", "  }"]
+    return "\n".join(lines) + "\n"
+
+
+def launch_shape(warps: int) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    """``(grid, threadgroup)`` for ``warps`` warps in groups of :data:`GROUP` threads."""
+    per = GROUP // 32
+    groups = max(1, math.ceil(warps / per))
+    return (groups * GROUP, 1, 1), (GROUP, 1, 1)
+
+
+# ---------------------------------------------------------------------------------------
+# Dequantize: one thread per packed word, rounding exactly as mx.dequantize
+
+
+@cache
+def dequant_kernel(mode: str) -> Kernel:
+    """Template constants: ``T`` (output dtype), ``BITS``, ``GROUP_SIZE``; ``rt[0]`` = words."""
+    inputs = ["w", "s"] + (["b"] if mode == "affine" else []) + ["rt"]
+    if mode == "affine":
+        # MLX computes q * scale + bias in T: two roundings, never an fma.
+        val = (
+            "static_cast<T>(static_cast<float>(static_cast<T>(zx_mul_rn("
+            "static_cast<float>((q >> (e * BITS)) & mask), sc))) + bi)"
+        )
+        load = (
+            "  const float sc = static_cast<float>(s[g]);\n"
+            "  const float bi = static_cast<float>(b[g]);\n"
+        )
+    else:
+        # MLX: lut value (exact in T) times 2^(s - 127) computed in T.
+        val = "static_cast<T>(zx_fp4(q, e * BITS) * sc)"
+        load = "  const float sc = static_cast<float>(static_cast<T>(zx_e8m0(static_cast<uint>(s[g]))));\n"
+    body = f"""
+  constexpr int EPW = 32 / BITS;
+  const uint mask = (1u << BITS) - 1u;
+  const size_t i = tid;
+  if (i >= (size_t)rt[0]) {{
+    return;
+  }}
+  const uint q = w[i];
+  const size_t g = (i * EPW) / GROUP_SIZE;
+{load}#pragma unroll
+  for (int e = 0; e < EPW; ++e) {{
+    out[i * EPW + e] = {val};
+  }}
+"""
+    return Kernel(f"dequantize_{mode}", inputs, ["out"], body, header=HEADER)
