@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import zlib
 
 import mlx.core as mx
@@ -9,6 +11,7 @@ import numpy as np
 import pytest
 from hypothesis import settings
 
+from zmlx.core import emulate
 from zmlx.core.backend import gpu_backend
 from zmlx.testing import marker_skip_reason
 
@@ -19,9 +22,16 @@ settings.register_profile("gpu", max_examples=12)
 settings.load_profile("cpu" if gpu_backend() == "cpu" else "gpu")
 
 
+EMULATE = os.environ.get("ZMLX_TEST_EMULATE") == "1"
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
+        if EMULATE and item.get_closest_marker("no_emulate"):
+            item.add_marker(pytest.mark.skip(reason="not meaningful under the CPU emulator"))
         for marker in ("gpu", "cuda", "metal"):
+            if EMULATE and marker == "gpu":
+                continue  # the emulator runs kernels, so GPU-only tests of kernel logic run too
             if item.get_closest_marker(marker):
                 reason = marker_skip_reason(marker)
                 if reason:
@@ -37,3 +47,11 @@ def rng(request):
 
 
 DTYPES = [mx.float32, mx.float16, mx.bfloat16]
+
+
+@pytest.fixture(autouse=True)
+def _maybe_emulate():
+    """With ZMLX_TEST_EMULATE=1 every test runs its kernels on the CPU SIMT emulator."""
+    ctx = emulate.emulate() if EMULATE and gpu_backend() == "cpu" else contextlib.nullcontext()
+    with ctx:
+        yield

@@ -9,7 +9,7 @@ from __future__ import annotations
 import mlx.core as mx
 import pytest
 
-from zmlx.core import backend, syntax
+from zmlx.core import backend, emulate, syntax
 from zmlx.core.kernel import capture, launch_count
 from zmlx.kernels import catalog
 from zmlx.testing import assert_close, check_grad
@@ -73,6 +73,56 @@ def test_op_gradient(spec, case, dtype, rng):
         rtol=rtol * 4,
         name=spec.name,
     )
+
+
+EMULATED_MAX_ELEMENTS = 1 << 15  # the emulator runs a fiber per GPU thread: small cases only
+
+
+def _emulated_params():
+    out = []
+    for spec in SPECS:
+        for case in spec.cases:
+            if case.get("reference_only", False):
+                continue
+            for dtype in spec.dtypes:
+                out.append(
+                    pytest.param(
+                        spec,
+                        case,
+                        dtype,
+                        id=f"{spec.name}-{case['id']}-{DT.get(dtype, dtype)}",
+                        marks=pytest.mark.xdist_group(spec.name),
+                    )
+                )
+    return out
+
+
+@pytest.mark.no_emulate  # it enters the emulator itself
+@pytest.mark.skipif(not emulate.available(), reason="needs a C++ compiler")
+@pytest.mark.parametrize("spec,case,dtype", _emulated_params())
+def test_kernel_on_cpu_emulator(spec, case, dtype, rng):
+    """The GPU kernel path, run by the CPU SIMT emulator, against the reference."""
+    args = spec.make_inputs(case, dtype, rng)
+    size = sum(a.size for a in args if isinstance(a, mx.array))
+    if size > EMULATED_MAX_ELEMENTS:
+        pytest.skip(f"{size} input elements: too large for the emulator")
+    before = launch_count()
+    with emulate.emulate():
+        got = _as_list(spec.op(*args))
+        mx.eval(got)
+    if launch_count() == before:
+        pytest.skip(f"{spec.name} launches no kernel for this case")
+    want = _as_list(spec.ref(*args))
+    atol, rtol = spec.tolerance(dtype)
+    for i, (g, w) in enumerate(zip(got, want)):
+        exact = not mx.issubdtype(w.dtype, mx.floating)
+        assert_close(
+            g,
+            w,
+            atol=0 if exact else atol,
+            rtol=0 if exact else rtol,
+            name=f"{spec.name}[{i}] (emulated)",
+        )
 
 
 def test_registry_is_complete():

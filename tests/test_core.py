@@ -5,12 +5,12 @@ from __future__ import annotations
 import mlx.core as mx
 import pytest
 
-import zmlx
 from zmlx.core import Kernel, backend, capture, force_backend
 from zmlx.core.dialect import CUDA, METAL, render_body
 from zmlx.testing import assert_close
 
 
+@pytest.mark.no_emulate
 def test_backend_is_cpu_inside_cpu_stream():
     with mx.stream(mx.cpu):
         assert backend() == "cpu"
@@ -45,6 +45,7 @@ def test_kernel_name_carries_source_hash():
     assert a.mlx_name("cuda") != a.mlx_name("metal")
 
 
+@pytest.mark.no_emulate
 def test_kernel_argument_errors():
     with pytest.raises(ValueError, match="at least one output"):
         Kernel("k", ["x"], [], "")
@@ -100,7 +101,7 @@ def test_raw_kernel_on_gpu():
         template=[("O", mx.float16)],
     )
     assert_close(y, (x.astype(mx.float32) * 2 + 1).astype(mx.float16))
-    assert k.stats.launches == 1 and k.stats.backends == {zmlx.backend()}
+    assert k.stats.launches == 1 and len(k.stats.backends) == 1
 
 
 @pytest.mark.gpu

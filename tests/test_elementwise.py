@@ -227,6 +227,7 @@ def test_bad_inputs_get_clear_errors():
         zmlx.elementwise("x", compute_dtype=mx.float16)
 
 
+@pytest.mark.no_emulate
 def test_cpu_stream_gives_reference_path():
     op = zmlx.elementwise("x + 1")
     with mx.stream(mx.cpu):

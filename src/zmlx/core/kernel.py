@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import mlx.core as mx
 
+from . import emulate as _emulate
 from .backend import backend, force_backend
 from .dialect import DIALECTS, render_body, render_header
 
@@ -232,6 +233,20 @@ class Kernel:
             if isinstance(tval, int) and not isinstance(tval, bool) and tval < 0:
                 # A negative value would give MLX an invalid kernel identifier.
                 raise ValueError(f"[{self.name}] template {tname} must be >= 0, got {tval}")
+        if _emulate.active():
+            self.stats.launches += 1
+            self.stats.backends.add("emulated")
+            _LAUNCHES[0] += 1
+            return _emulate.launch(
+                self,
+                inputs,
+                [tuple(x) for x in output_shapes],
+                list(output_dtypes),
+                tuple(grid),
+                tuple(threadgroup),
+                template,
+                init_value,
+            )
         captured = _CAPTURE.get()
         if captured is not None:
             captured.append(

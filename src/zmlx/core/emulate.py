@@ -1,0 +1,440 @@
+"""Run portable kernels on the CPU: a small SIMT emulator for the zmlx dialect.
+
+Inside ``with emulate():`` :func:`zmlx.backend` answers ``"cuda"`` (so ops take their kernel
+paths) and every :class:`~zmlx.core.kernel.Kernel` launch is rendered for a host dialect,
+compiled with the host C++ compiler into a shared library (cached by source hash) and run on
+numpy copies of the inputs. Every thread of a group is a fiber (``ucontext``); ``zx_barrier()``
+parks a fiber until every thread of its group arrives (a thread that returned before a
+barrier the others wait at is reported: that is undefined on GPUs), and warp shuffles exchange
+values once all live lanes of the warp have called them. Shared memory (``ZX_SHARED``) is one static
+array per kernel, shared by the group being run. Groups run one after another.
+
+What this proves: a kernel body computes the right values for every thread and group, with
+the group sizes, bounds checks, shared memory and shuffles the GPU would use. What it does not:
+speed, memory coalescing, races between groups (they never overlap here), or backend-specific
+code. Divergent shuffles (not all lanes of a warp calling) and barrier deadlocks raise.
+
+Limits: slow (a context switch per barrier and shuffle per thread), so use small shapes;
+needs a C++17 compiler (``CXX``, default ``c++``) with ``_Float16`` (GCC >= 12, Clang >= 15).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import mlx.core as mx
+import numpy as np
+
+from .backend import force_backend
+from .dialect import _COMMON_MATH, Dialect, render_body
+
+_RUNTIME = r"""
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <ucontext.h>
+typedef unsigned int uint;
+typedef unsigned short ushort;
+struct zx_bf16 {
+  uint16_t bits;
+  zx_bf16() = default;
+  zx_bf16(float f) {
+    uint32_t u; std::memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) { bits = 0x7fc0; return; }  // NaN
+    u += 0x7fffu + ((u >> 16) & 1u);  // round to nearest even
+    bits = (uint16_t)(u >> 16);
+  }
+  operator float() const { uint32_t u = (uint32_t)bits << 16; float f; std::memcpy(&f, &u, 4); return f; }
+};
+typedef _Float16 zx_half;
+
+enum { ZX_RUN = 0, ZX_AT_BARRIER = 1, ZX_AT_SHFL = 2, ZX_DONE = 3 };
+struct zx_thread {
+  ucontext_t ctx;
+  uint lx, ly, lz;
+  int state;
+  int shfl_kind, shfl_arg;
+  float shfl_in, shfl_out;
+};
+struct zx_grid_state {
+  uint gx, gy, gz;          // group index
+  uint bx, by, bz;          // threads per group
+  uint nx, ny, nz;          // groups per grid
+  zx_thread* threads;
+  int n, cur;
+  ucontext_t sched;
+  int error;
+};
+static zx_grid_state zx_g;
+
+static inline void zx_yield(int state) {
+  zx_thread* t = &zx_g.threads[zx_g.cur];
+  t->state = state;
+  swapcontext(&t->ctx, &zx_g.sched);
+}
+static inline void zx_host_barrier() { zx_yield(ZX_AT_BARRIER); }
+static inline float zx_host_shfl(float v, int kind, int arg) {
+  zx_thread* t = &zx_g.threads[zx_g.cur];
+  t->shfl_in = v; t->shfl_kind = kind; t->shfl_arg = arg;
+  zx_yield(ZX_AT_SHFL);
+  return zx_g.threads[zx_g.cur].shfl_out;
+}
+"""
+
+_HOST_PRELUDE = r"""
+#define ZX_INLINE static inline
+#define ZX_SHARED static
+#define ZX_SHARED_PTR
+#define ZX_DEVICE
+#define zx_barrier() zx_host_barrier()
+#define ZX_INF INFINITY
+#define ZX_NEG_INF (-INFINITY)
+ZX_INLINE bool zx_isnan(float x) { return std::isnan(x); }
+ZX_INLINE float zx_shfl_xor(float v, int m) { return zx_host_shfl(v, 0, m); }
+ZX_INLINE float zx_shfl(float v, int src) { return zx_host_shfl(v, 1, src); }
+ZX_INLINE float zx_shfl_up(float v, int d) { return zx_host_shfl(v, 2, d); }
+ZX_INLINE float zx_shfl_down(float v, int d) { return zx_host_shfl(v, 3, d); }
+ZX_INLINE float zx_exp(float x) { return std::exp(x); }
+ZX_INLINE float zx_log(float x) { return std::log(x); }
+ZX_INLINE float zx_log2(float x) { return std::log2(x); }
+ZX_INLINE float zx_log1p(float x) { return std::log1p(x); }
+ZX_INLINE float zx_expm1(float x) { return std::expm1(x); }
+ZX_INLINE float zx_sqrt(float x) { return std::sqrt(x); }
+ZX_INLINE float zx_rsqrt(float x) { return 1.0f / std::sqrt(x); }
+ZX_INLINE float zx_abs(float x) { return std::fabs(x); }
+ZX_INLINE float zx_sin(float x) { return std::sin(x); }
+ZX_INLINE float zx_cos(float x) { return std::cos(x); }
+ZX_INLINE float zx_tan(float x) { return std::tan(x); }
+ZX_INLINE float zx_tanh(float x) { return std::tanh(x); }
+ZX_INLINE float zx_erf(float x) { return std::erf(x); }
+ZX_INLINE float zx_atan(float x) { return std::atan(x); }
+ZX_INLINE float zx_sinh(float x) { return std::sinh(x); }
+ZX_INLINE float zx_cosh(float x) { return std::cosh(x); }
+ZX_INLINE float zx_floor(float x) { return std::floor(x); }
+ZX_INLINE float zx_ceil(float x) { return std::ceil(x); }
+ZX_INLINE float zx_pow(float a, float b) { return std::pow(a, b); }
+"""
+
+_SCHEDULER = r"""
+static int zx_warp_ready(int w) {
+  // 1: every live lane of warp w waits in a shuffle; -1: lanes disagree (divergence); 0: not yet
+  int base = w * 32, live = 0, at = 0, other = 0;
+  for (int i = base; i < base + 32 && i < zx_g.n; ++i) {
+    int s = zx_g.threads[i].state;
+    if (s == ZX_DONE) continue;
+    live++;
+    if (s == ZX_AT_SHFL) at++; else if (s == ZX_AT_BARRIER) other++;
+  }
+  if (at == 0) return 0;
+  if (at == live) return 1;
+  if (at + other == live) return -1;
+  return 0;
+}
+static void zx_do_shfl(int w) {
+  int base = w * 32;
+  for (int i = base; i < base + 32 && i < zx_g.n; ++i) {
+    zx_thread* t = &zx_g.threads[i];
+    if (t->state != ZX_AT_SHFL) continue;
+    int lane = i - base, src;
+    switch (t->shfl_kind) {
+      case 0: src = lane ^ t->shfl_arg; break;
+      case 1: src = t->shfl_arg & 31; break;
+      case 2: src = lane - t->shfl_arg; if (src < 0) src = lane; break;
+      default: src = lane + t->shfl_arg; if (src > 31) src = lane; break;
+    }
+    zx_thread* s = &zx_g.threads[base + src];
+    if (base + src >= zx_g.n || s->state != ZX_AT_SHFL) { zx_g.error = 2; t->shfl_out = NAN; }
+    else t->shfl_out = s->shfl_in;
+  }
+  for (int i = base; i < base + 32 && i < zx_g.n; ++i)
+    if (zx_g.threads[i].state == ZX_AT_SHFL) zx_g.threads[i].state = ZX_RUN;
+}
+static void zx_run_group(void (*entry)(), char* stacks, size_t stack_size) {
+  int n = zx_g.n;
+  for (int i = 0; i < n; ++i) {
+    zx_thread* t = &zx_g.threads[i];
+    t->lx = i % zx_g.bx; t->ly = (i / zx_g.bx) % zx_g.by; t->lz = i / (zx_g.bx * zx_g.by);
+    t->state = ZX_RUN;
+    getcontext(&t->ctx);
+    t->ctx.uc_stack.ss_sp = stacks + (size_t)i * stack_size;
+    t->ctx.uc_stack.ss_size = stack_size;
+    t->ctx.uc_link = &zx_g.sched;
+    makecontext(&t->ctx, entry, 0);
+  }
+  for (;;) {
+    int progressed = 0, live = 0, at_barrier = 0;
+    for (int i = 0; i < n; ++i) {
+      zx_thread* t = &zx_g.threads[i];
+      if (t->state == ZX_RUN) {
+        zx_g.cur = i;
+        t->state = ZX_DONE;  // stays DONE if the fiber returns
+        swapcontext(&zx_g.sched, &t->ctx);
+        progressed = 1;
+      }
+    }
+    for (int w = 0; w * 32 < n; ++w) {
+      int r = zx_warp_ready(w);
+      if (r == 1) { zx_do_shfl(w); progressed = 1; }
+      else if (r == -1) { zx_g.error = 1; return; }
+    }
+    for (int i = 0; i < n; ++i) {
+      int s = zx_g.threads[i].state;
+      if (s != ZX_DONE) live++;
+      if (s == ZX_AT_BARRIER) at_barrier++;
+    }
+    if (live == 0) return;
+    if (at_barrier > 0 && live < n) { zx_g.error = 4; return; }  // some threads exited instead
+    if (at_barrier == live) {
+      for (int i = 0; i < n; ++i)
+        if (zx_g.threads[i].state == ZX_AT_BARRIER) zx_g.threads[i].state = ZX_RUN;
+      continue;
+    }
+    if (!progressed) { zx_g.error = 3; return; }
+  }
+}
+"""
+
+HOST = Dialect(
+    name="host",
+    prelude="",
+    indices={
+        "tid": "zx_g.gx * zx_g.bx + zx_g.threads[zx_g.cur].lx",
+        "lid": "zx_g.threads[zx_g.cur].lx",
+        "lid_y": "zx_g.threads[zx_g.cur].ly",
+        "gid": "zx_g.gx",
+        "gid_y": "zx_g.gy",
+        "gid_z": "zx_g.gz",
+        "lsize": "zx_g.bx",
+        "lsize_y": "zx_g.by",
+        "ngroups": "zx_g.nx",
+        "lane": "(zx_g.threads[zx_g.cur].lx & 31u)",
+        "warp": "(zx_g.threads[zx_g.cur].lx >> 5)",
+    },
+    shape="{}_shape",
+    strides="{}_strides",
+    ndim="{}_ndim",
+)
+
+_TYPES = {
+    mx.bool_: ("bool", np.bool_),
+    mx.int8: ("int8_t", np.int8),
+    mx.int16: ("int16_t", np.int16),
+    mx.int32: ("int32_t", np.int32),
+    mx.int64: ("int64_t", np.int64),
+    mx.uint8: ("uint8_t", np.uint8),
+    mx.uint16: ("uint16_t", np.uint16),
+    mx.uint32: ("uint32_t", np.uint32),
+    mx.uint64: ("uint64_t", np.uint64),
+    mx.float16: ("zx_half", np.float16),
+    mx.bfloat16: ("zx_bf16", np.uint16),
+    mx.float32: ("float", np.float32),
+}
+
+_EMULATING: contextvars.ContextVar[bool] = contextvars.ContextVar("zmlx_emulate", default=False)
+_LIBS: dict[str, ctypes.CDLL] = {}
+
+
+def active() -> bool:
+    return _EMULATING.get()
+
+
+def available() -> bool:
+    """True when a C++ compiler is found (the emulator compiles kernels with it)."""
+    return shutil.which(os.environ.get("CXX", "c++")) is not None
+
+
+@contextlib.contextmanager
+def emulate() -> Iterator[None]:
+    """Run every kernel launch in the block on the CPU emulator (backend reads ``"cuda"``)."""
+    token = _EMULATING.set(True)
+    try:
+        with force_backend("cuda"):
+            yield
+    finally:
+        _EMULATING.reset(token)
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("ZMLX_EMULATOR_CACHE") or os.path.join(tempfile.gettempdir(), "zmlx-emu")
+    p = Path(root)
+    p.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+def host_source(kernel, inputs, output_dtypes, template) -> str:
+    """The host C++ translation unit for one launch (exposed for debugging)."""
+    body = render_body(kernel.body, HOST)
+    params, unpack = [], []
+    k = 0
+    for name, a in zip(kernel.inputs, inputs):
+        ctype = _TYPES[a.dtype][0]
+        params.append(f"const {ctype}* {name}")
+        unpack.append(f"(const {ctype}*)b[{k}]")
+        k += 1
+        if a.ndim > 0:
+            if f"{name}_shape" in body:
+                params.append(f"const int* {name}_shape")
+                unpack.append(f"(const int*)b[{k}]")
+                k += 1
+            if f"{name}_strides" in body:
+                params.append(f"const int64_t* {name}_strides")
+                unpack.append(f"(const int64_t*)b[{k}]")
+                k += 1
+            if f"{name}_ndim" in body:
+                params.append(f"const int {name}_ndim")
+                unpack.append(f"*(const int*)b[{k}]")
+                k += 1
+    for name, dt in zip(kernel.outputs, output_dtypes):
+        ctype = _TYPES[dt][0]
+        params.append(f"{ctype}* {name}")
+        unpack.append(f"({ctype}*)b[{k}]")
+        k += 1
+    consts = []
+    for tname, tval in template:
+        if isinstance(tval, bool):
+            consts.append(f"  constexpr bool {tname} = {'true' if tval else 'false'};")
+        elif isinstance(tval, int):
+            consts.append(f"  constexpr int {tname} = {tval};")
+        else:
+            consts.append(f"  using {tname} = {_TYPES[tval][0]};")
+    return "\n".join(
+        [
+            _RUNTIME,
+            _HOST_PRELUDE,
+            _COMMON_MATH,
+            kernel.header,
+            f"static void zx_kernel({', '.join(params)}) {{",
+            *consts,
+            body,
+            "}",
+            "static void** zx_bufs;",
+            f"static void zx_entry() {{ void** b = zx_bufs; zx_kernel({', '.join(unpack)}); }}",
+            _SCHEDULER,
+            'extern "C" int zx_launch(void** bufs, const int* grid, const int* group) {',
+            "  zx_bufs = bufs;",
+            "  zx_g.bx = group[0]; zx_g.by = group[1]; zx_g.bz = group[2];",
+            "  zx_g.nx = (grid[0] + group[0] - 1) / group[0];",
+            "  zx_g.ny = (grid[1] + group[1] - 1) / group[1];",
+            "  zx_g.nz = (grid[2] + group[2] - 1) / group[2];",
+            "  zx_g.n = group[0] * group[1] * group[2];",
+            "  zx_g.error = 0;",
+            "  const size_t stack = 64 * 1024;",
+            "  zx_thread* threads = (zx_thread*)calloc(zx_g.n, sizeof(zx_thread));",
+            "  char* stacks = (char*)malloc(stack * zx_g.n);",
+            "  zx_g.threads = threads;",
+            "  for (uint z = 0; z < zx_g.nz && !zx_g.error; ++z)",
+            "    for (uint y = 0; y < zx_g.ny && !zx_g.error; ++y)",
+            "      for (uint x = 0; x < zx_g.nx && !zx_g.error; ++x) {",
+            "        zx_g.gx = x; zx_g.gy = y; zx_g.gz = z;",
+            "        zx_run_group(zx_entry, stacks, stack);",
+            "      }",
+            "  free(stacks); free(threads);",
+            "  return zx_g.error;",
+            "}",
+        ]
+    )
+
+
+def _library(source: str) -> ctypes.CDLL:
+    digest = hashlib.sha256(source.encode()).hexdigest()[:24]
+    lib = _LIBS.get(digest)
+    if lib is not None:
+        return lib
+    out = _cache_dir() / f"k{digest}.so"
+    if not out.exists():
+        src = out.with_suffix(".cpp")
+        src.write_text(source)
+        tmp = out.with_suffix(f".{os.getpid()}.tmp")
+        cxx = os.environ.get("CXX", "c++")
+        proc = subprocess.run(
+            [cxx, "-std=c++17", "-O1", "-shared", "-fPIC", "-w", "-o", str(tmp), str(src)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        if proc.returncode != 0:
+            raise RuntimeError(
+                f"[emulate] kernel failed to compile for the host:\n{proc.stderr[:4000]}"
+            )
+        os.replace(tmp, out)
+    lib = ctypes.CDLL(str(out))
+    lib.zx_launch.restype = ctypes.c_int
+    _LIBS[digest] = lib
+    return lib
+
+
+def _to_numpy(a: mx.array) -> np.ndarray:
+    if a.dtype == mx.bfloat16:
+        return np.ascontiguousarray(np.array(a.view(mx.uint16)))
+    return np.ascontiguousarray(np.array(a))
+
+
+def launch(kernel, inputs, output_shapes, output_dtypes, grid, threadgroup, template, init_value):
+    """Run one kernel launch on the emulator; returns the outputs as mlx arrays."""
+    source = host_source(kernel, inputs, output_dtypes, template)
+    lib = _library(source)
+    body = render_body(kernel.body, HOST)
+    keep, ptrs = [], []
+    for name, a in zip(kernel.inputs, inputs):
+        arr = _to_numpy(a)
+        keep.append(arr)
+        ptrs.append(arr.ctypes.data)
+        if a.ndim > 0:
+            extra = []
+            if f"{name}_shape" in body:
+                extra.append(np.array(a.shape, dtype=np.int32))
+            if f"{name}_strides" in body:
+                strides = [int(np.prod(a.shape[i + 1 :])) for i in range(a.ndim)]
+                extra.append(np.array(strides, dtype=np.int64))
+            if f"{name}_ndim" in body:
+                extra.append(np.array([a.ndim], dtype=np.int32))
+            for e in extra:
+                keep.append(e)
+                ptrs.append(e.ctypes.data)
+    outs = []
+    for shape, dt in zip(output_shapes, output_dtypes):
+        npdt = _TYPES[dt][1]
+        if init_value is not None:
+            o = (
+                np.full(shape, init_value, dtype=np.float32).astype(npdt)
+                if dt != mx.bfloat16
+                else _to_numpy(mx.full(shape, init_value, dtype=mx.bfloat16))
+            )
+        else:
+            # Poison: a value the kernel must overwrite (NaN for floats, a pattern for ints).
+            o = np.full(shape, 0x7FC0 if dt == mx.bfloat16 else 0, dtype=npdt)
+            if npdt in (np.float16, np.float32):
+                o[...] = np.nan
+        o = np.ascontiguousarray(o)
+        outs.append(o)
+        ptrs.append(o.ctypes.data)
+    bufs = (ctypes.c_void_p * len(ptrs))(*ptrs)
+    g = (ctypes.c_int * 3)(*grid)
+    t = (ctypes.c_int * 3)(*threadgroup)
+    err = lib.zx_launch(bufs, g, t)
+    if err:
+        what = {
+            1: "divergent warp shuffle (not every live lane of a warp called it)",
+            2: "shuffle read from a lane that is not in the shuffle",
+            3: "deadlock (threads wait at a barrier others never reach)",
+            4: "barrier not reached by every thread of the group (some had returned)",
+        }[err]
+        raise RuntimeError(f"[emulate] {kernel.name}: {what}")
+    result = []
+    for o, dt in zip(outs, output_dtypes):
+        if dt == mx.bfloat16:
+            result.append(mx.array(o).view(mx.bfloat16))
+        else:
+            result.append(mx.array(o))
+    del keep
+    return result

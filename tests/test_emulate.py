@@ -1,0 +1,99 @@
+"""The CPU SIMT emulator: barriers, shuffles, shared memory and the errors it detects."""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+from zmlx.core import Kernel, emulate
+from zmlx.testing import assert_close
+
+pytestmark = pytest.mark.skipif(not emulate.available(), reason="needs a C++ compiler")
+
+
+def _run(body, inputs, out_shape, grid, group, out_dtype=mx.float32, names=("x",)):
+    k = Kernel("emu_test", list(names), ["out"], body)
+    with emulate.emulate():
+        (out,) = k(
+            *inputs,
+            output_shapes=[out_shape],
+            output_dtypes=[out_dtype],
+            grid=grid,
+            threadgroup=group,
+        )
+    return out
+
+
+def test_shared_memory_and_barrier_reverse_a_block():
+    body = """
+  ZX_SHARED float buf[128];
+  buf[lid] = static_cast<float>(x[gid * lsize + lid]);
+  zx_barrier();
+  out[gid * lsize + lid] = buf[lsize - 1 - lid];
+"""
+    x = mx.arange(256).astype(mx.float32)
+    out = _run(body, [x], (256,), (256, 1, 1), (128, 1, 1))
+    want = np.concatenate([np.arange(127, -1, -1), np.arange(255, 127, -1)])
+    assert_close(out, mx.array(want.astype(np.float32)))
+
+
+def test_warp_and_block_reductions():
+    body = """
+  ZX_SHARED float buf[32];
+  const float v = static_cast<float>(x[gid * lsize + lid]);
+  const float w = zx_warp_sum(v);
+  const float b = zx_block_max(v, buf);
+  if (lane == 0) { out[(gid * lsize + lid) / 32] = w; }
+  if (lid == 0) { out[8 + gid] = b; }
+"""
+    rng = np.random.default_rng(0)
+    x = mx.array(rng.normal(size=256).astype(np.float32))
+    out = _run(body, [x], (10,), (256, 1, 1), (128, 1, 1))
+    xs = np.array(x)
+    want = np.concatenate([xs.reshape(8, 32).sum(1), xs.reshape(2, 128).max(1)])
+    assert_close(out, mx.array(want.astype(np.float32)), atol=1e-5)
+
+
+def test_bfloat16_and_half_round_trip():
+    body = "if (tid < 64) { out[tid] = static_cast<O>(static_cast<float>(x[tid]) * 3.0f); }"
+    for dt in (mx.float16, mx.bfloat16):
+        x = mx.random.normal((64,)).astype(dt)
+        k = Kernel("emu_cast", ["x"], ["out"], body)
+        with emulate.emulate():
+            (out,) = k(
+                x,
+                output_shapes=[(64,)],
+                output_dtypes=[dt],
+                grid=(64, 1, 1),
+                threadgroup=(64, 1, 1),
+                template=[("O", dt)],
+            )
+        assert out.dtype == dt
+        assert_close(out, (x.astype(mx.float32) * 3).astype(dt))
+
+
+def test_divergent_shuffle_is_an_error():
+    body = """
+  float v = static_cast<float>(x[lid]);
+  if (lane < 16) { v = zx_warp_sum(v); }
+  zx_barrier();
+  out[lid] = v;
+"""
+    with pytest.raises(RuntimeError, match="divergent warp shuffle"):
+        _run(body, [mx.ones((32,))], (32,), (32, 1, 1), (32, 1, 1))
+
+
+def test_barrier_in_divergent_code_is_an_error():
+    body = """
+  if (lid < 32) { zx_barrier(); }
+  out[lid] = 1.0f;
+"""
+    with pytest.raises(RuntimeError, match="barrier not reached by every thread"):
+        _run(body, [mx.ones((64,))], (64,), (64, 1, 1), (64, 1, 1))
+
+
+def test_unwritten_outputs_are_poisoned():
+    body = "if (tid < 10) { out[tid] = 1.0f; }"
+    out = _run(body, [mx.ones((16,))], (16,), (32, 1, 1), (32, 1, 1))
+    assert np.isnan(np.array(out)[10:]).all()
