@@ -97,3 +97,19 @@ def test_unwritten_outputs_are_poisoned():
     body = "if (tid < 10) { out[tid] = 1.0f; }"
     out = _run(body, [mx.ones((16,))], (16,), (32, 1, 1), (32, 1, 1))
     assert np.isnan(np.array(out)[10:]).all()
+
+
+def test_host_prelude_defines_every_dialect_helper():
+    """A helper added to the CUDA/Metal preludes must also exist for the emulator."""
+    import re
+
+    from zmlx.core.dialect import CUDA, METAL
+
+    def helpers(text):
+        return set(re.findall(r"ZX_INLINE\s+\w+\s+(zx_\w+)\(", text))
+
+    host = helpers(emulate._HOST_PRELUDE + emulate._RUNTIME)
+    missing = (
+        (helpers(CUDA.prelude) | helpers(METAL.prelude)) - host - helpers(emulate._COMMON_MATH)
+    )
+    assert not missing, f"emulator prelude lacks {sorted(missing)}"

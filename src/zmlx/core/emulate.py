@@ -103,6 +103,9 @@ ZX_INLINE bool zx_isnan(float x) { return std::isnan(x); }
 ZX_INLINE float zx_shfl_xor(float v, int m) { return zx_host_shfl(v, 0, m); }
 ZX_INLINE float zx_shfl(float v, int src) { return zx_host_shfl(v, 1, src); }
 ZX_INLINE float zx_shfl_up(float v, int d) { return zx_host_shfl(v, 2, d); }
+ZX_INLINE float zx_as_float(uint u) { float f; std::memcpy(&f, &u, 4); return f; }
+ZX_INLINE uint zx_as_uint(float f) { uint u; std::memcpy(&u, &f, 4); return u; }
+ZX_INLINE float zx_mul_rn(float a, float b) { volatile float p = a * b; return p; }
 ZX_INLINE float zx_shfl_down(float v, int d) { return zx_host_shfl(v, 3, d); }
 ZX_INLINE float zx_exp(float x) { return std::exp(x); }
 ZX_INLINE float zx_log(float x) { return std::log(x); }
