@@ -1,0 +1,58 @@
+"""Small helpers shared by the catalog family modules (not part of the public API)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import mlx.core as mx
+
+from ..core.dtypes import check_float
+
+_VECTORS: dict[tuple, mx.array] = {}
+
+
+def vector(values: Sequence[float | int], dtype: mx.Dtype) -> mx.array:
+    """A cached small array of runtime parameters (sizes, offsets, hyper-parameters).
+
+    Kernels read it as ``p[0]``, ``p[1]``...; a new value is a new array, never a new build.
+    """
+    key = (tuple(values), dtype)
+    arr = _VECTORS.get(key)
+    if arr is None:
+        if len(_VECTORS) > 4096:
+            _VECTORS.clear()
+        arr = mx.array(list(values), dtype=dtype)
+        _VECTORS[key] = arr
+    return arr
+
+
+def dims(*values: int) -> mx.array:
+    """A cached uint32 vector of sizes (row count, row length, ...)."""
+    return vector(values, mx.uint32)
+
+
+def as_list(x) -> list:
+    """A lone array (as MLX passes a single primal or cotangent) or a tuple, as a list."""
+    return [x] if isinstance(x, mx.array) else list(x)
+
+
+def check_vector(op: str, name: str, a: mx.array | None, n: int) -> None:
+    """Raise unless ``a`` is None or a float vector of ``n`` elements."""
+    if a is None:
+        return
+    if not isinstance(a, mx.array):
+        raise TypeError(f"[{op}] expected '{name}' to be an mlx array, got {type(a).__name__}")
+    check_float(op, name, a)
+    if a.ndim != 1 or a.shape[0] != n:
+        raise ValueError(f"[{op}] expected '{name}' of shape ({n},), got {tuple(a.shape)}")
+
+
+def check_array(op: str, name: str, a, min_ndim: int = 1) -> None:
+    """Raise unless ``a`` is a float mlx array with at least ``min_ndim`` axes."""
+    if not isinstance(a, mx.array):
+        raise TypeError(f"[{op}] expected '{name}' to be an mlx array, got {type(a).__name__}")
+    check_float(op, name, a)
+    if a.ndim < min_ndim:
+        raise ValueError(
+            f"[{op}] expected '{name}' with at least {min_ndim} axes, got shape {tuple(a.shape)}"
+        )

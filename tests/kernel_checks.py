@@ -1,0 +1,52 @@
+"""Helpers for family tests: compile every kernel a call launches (forward and backward), and
+run a call on the CPU emulator when it is available."""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import pytest
+
+from zmlx.core import syntax
+from zmlx.core.kernel import capture
+
+
+def launches(backend_name: str, fn, *args):
+    """The kernel launches ``fn(*args)`` issues for ``backend_name`` (outputs are zeros)."""
+    with capture(backend_name) as got:
+        out = fn(*args)
+        mx.eval(out)
+    return got
+
+
+def assert_compiles(fn, *args, backends=("metal", "cuda"), only: str = "") -> int:
+    """Compile (NVRTC / Metal shim) every distinct kernel ``fn(*args)`` launches whose name
+    contains ``only``; returns how many were checked. Backends without a checker here are
+    skipped."""
+    checked, failures, seen = 0, [], set()
+    for b in backends:
+        if b == "cuda" and not syntax.cuda_available():
+            continue
+        if b == "metal" and not syntax.metal_available():
+            continue
+        for launch in launches(b, fn, *args):
+            key = (launch.kernel.mlx_name(b), str(launch.inputs), str(launch.template))
+            if only not in launch.kernel.name or key in seen:
+                continue
+            seen.add(key)
+            r = syntax.check(launch)
+            checked += 1
+            if not r.ok:
+                failures.append(f"{b} {launch.kernel.name}:\n{r.log[:2000]}")
+    assert not failures, "\n\n".join(failures)
+    return checked
+
+
+def emulator():
+    """The CPU emulator's context manager, or skip when zmlx has none."""
+    try:
+        from zmlx.core import emulate as E
+    except ImportError:
+        pytest.skip("zmlx.core.emulate is not available")
+    if not E.available():
+        pytest.skip("the emulator needs a C++ compiler")
+    return E.emulate()
