@@ -280,18 +280,38 @@ def _rule(case, dtype) -> RouterRule:
     return RouterRule(**kw)
 
 
+def _boosted(rng, e: int, rule: RouterRule) -> np.ndarray:
+    """Experts the "boost" bias selects: one in each of ``topk_group`` groups, else a few."""
+    if rule.n_group > 1:
+        gs = e // rule.n_group
+        groups = rng.choice(rule.n_group, rule.topk_group, replace=False)
+        return groups * gs + rng.integers(0, gs, size=groups.size)
+    return rng.choice(e, min(3, rule.k - 1), replace=False)
+
+
 def _make_route(case, dtype, rng):
     tok, e = _tokens(case), case["E"]
+    rule = _rule(case, dtype)
     logits = _separated(rng, int(np.prod(tok)), e)
+    bias = None
+    if case.get("bias") == "boost":
+        # Scores in a 16-bit dtype differ between MLX builds by an ulp, so a random bias could
+        # make near-ties; instead a bias of 2.0 selects experts whose logits are -30 (scores
+        # ~1e-13, so 2 + score rounds to 2.0 everywhere): selection-only, ties at 2.0 go to
+        # the lower index, and the boosted groups are exactly the kept ones.
+        b = np.zeros(e, np.float32)
+        picks = _boosted(rng, e, rule)
+        b[picks] = 2.0
+        logits[:, picks] = -30.0
+        bias = mx.array(b).astype(case.get("bias_dtype", dtype))
+    elif case.get("bias"):
+        b = rng.normal(0, 0.02, size=(e,)).astype(np.float32)
+        bias = mx.array(b).astype(case.get("bias_dtype", dtype))
     if case.get("transpose"):
         x = mx.array(np.ascontiguousarray(logits.T)).astype(dtype).T
     else:
         x = mx.array(logits.reshape(*tok, e)).astype(case.get("logits_dtype", dtype))
-    bias = None
-    if case.get("bias"):
-        b = rng.normal(0, 0.02, size=(e,)).astype(np.float32)
-        bias = mx.array(b).astype(case.get("bias_dtype", dtype))
-    return x, bias, _rule(case, dtype)
+    return x, bias, rule
 
 
 def _make_fused(case, dtype, rng):
@@ -357,14 +377,14 @@ ROUTE_CASES = {
         {"id": "minimax-33tok", "tokens": (33,), "E": 256, "bias": True,
          "logits_dtype": mx.float32,
          "rule": _r("sigmoid_topk", 8, norm=True, norm_eps=1e-20, float32=True, out_act=True)},
-        {"id": "lfm2", "tokens": (2,), "E": 32, "bias": True, "bias_dtype": mx.float32,
+        {"id": "lfm2", "tokens": (2,), "E": 32, "bias": "boost", "bias_dtype": mx.float32,
          "rule": _r("sigmoid_topk", 4, norm=True, norm_eps=1e-6, out_act=True)},
         {"id": "lfm2-nobias", "tokens": (2,), "E": 32,
          "rule": _r("sigmoid_topk", 4, norm=True, norm_eps=1e-6, scale=1.5, out_act=True)},
-        {"id": "kimi-grouped", "tokens": (3,), "E": 256, "bias": True, "bias_dtype": mx.float32,
+        {"id": "kimi-grouped", "tokens": (3,), "E": 256, "bias": "boost", "bias_dtype": mx.float32,
          "rule": _r("sigmoid_topk", 8, norm=True, norm_eps=1e-20, scale=2.446, n_group=8,
                     topk_group=4, bias_cast=True)},
-        {"id": "kimi-softmax", "tokens": (2,), "E": 64, "bias": True,
+        {"id": "kimi-softmax", "tokens": (2,), "E": 64, "bias": "boost",
          "rule": _r("sigmoid_topk", 6, norm=True, norm_eps=1e-20, score="softmax",
                     bias_cast=True)},
         {"id": "E33-k3", "tokens": (31,), "E": 33, "rule": _r("sigmoid_topk", 3, float32=True)},
