@@ -70,7 +70,7 @@ FORMATS = {
     "mxfp4": (4, 32, "mxfp4"),
 }
 # MLX's CUDA qmv accumulates 4-bit products in the activation dtype; the kernels use float32.
-QTOL = {mx.float32: (2e-4, 2e-4), mx.float16: (1e-2, 1e-2), mx.bfloat16: (5e-2, 5e-2)}
+QTOL = {mx.float32: (2e-4, 2e-4), mx.float16: (1e-2, 1e-2), mx.bfloat16: (1e-1, 5e-2)}
 
 CASES = (
     {"id": "t1-a4g64", "t": 1, "d": 256, "n": 96, "fmt": "a4g64"},
