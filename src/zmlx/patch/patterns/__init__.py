@@ -1,0 +1,15 @@
+"""Patch patterns, one file per module shape. Order matters: a block pattern comes before the
+patterns of its parts, so a fused block's children are left to it."""
+
+from .moe_block import MoEBlockPattern
+from .norms import LayerNormPattern, RMSNormPattern
+from .swiglu_mlp import SwiGLUMLPPattern
+from .switch_glu import SwitchGLUPattern
+
+PATTERNS = {
+    p.name: p
+    for p in (MoEBlockPattern(), SwitchGLUPattern(), SwiGLUMLPPattern(), RMSNormPattern(),
+              LayerNormPattern())
+}  # fmt: skip
+
+__all__ = ["PATTERNS"]

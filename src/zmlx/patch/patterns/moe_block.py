@@ -1,0 +1,168 @@
+"""``moe_block``: a whole MoE block (router, experts, combine, shared experts) in three launches.
+
+Matched by structure: a module holding a ``SwitchGLU`` (``switch_mlp`` or ``experts``) with
+quantized experts and a router, in a model family whose routing rule zmlx knows
+(:func:`zmlx.kernels.routers.router_rule`). For up to ``max_tokens`` tokens (decode) the block
+runs :func:`~zmlx.kernels.routers.router_fused` (router matvec + routing),
+:func:`~zmlx.kernels.moe.gather_qmv_swiglu` (gate, up, activation of the selected experts) and
+:func:`~zmlx.kernels.moe.gather_qmv_combine` (down projection x router weight, summed over
+experts, plus the shared expert); longer inputs (prefill) run the original forward.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from ...kernels import moe as K
+from ...kernels import routers as R
+from ..base import Context, Fused
+from .common import NO, Pattern, Verdict, match, quantized_params, skip, tokens
+
+# Per family: the router's attribute path, where the selection-only bias lives, and how the
+# shared expert joins ("add": y + shared(x); "gated": y + sigmoid(gate(x)) * shared(x)).
+FAMILIES: dict[str, dict[str, Any]] = {
+    "qwen3_moe": dict(router="gate"),
+    "olmoe": dict(router="gate"),
+    "qwen3_next": dict(router="gate", shared="gated"),
+    "mixtral": dict(router="gate"),
+    "gpt_oss": dict(router="router"),
+    "granitemoe": dict(router="router.layer"),
+    "glm4_moe": dict(router="gate", select_bias="gate.e_score_correction_bias", shared="add"),
+    "glm4_moe_lite": dict(router="gate", select_bias="gate.e_score_correction_bias", shared="add"),
+    "deepseek_v3": dict(router="gate", select_bias="gate.e_score_correction_bias", shared="add"),
+    "minimax": dict(router="gate", select_bias="e_score_correction_bias"),
+    "lfm2_moe": dict(router="gate", select_bias="expert_bias"),
+}
+
+
+def _get(module: nn.Module, path: str):
+    obj = module
+    for part in path.split("."):
+        if isinstance(obj, dict) and part in obj:
+            obj = obj[part]
+        else:
+            obj = getattr(obj, part, None)
+        if obj is None:
+            return None
+    return obj
+
+
+def experts_of(module: nn.Module):
+    """The block's ``SwitchGLU`` and its attribute name, or ``(None, None)``."""
+    from mlx_lm.models.switch_layers import SwitchGLU
+
+    for name in ("switch_mlp", "experts"):
+        m = module.get(name) if isinstance(module, dict) else None
+        if isinstance(m, SwitchGLU):
+            return m, name
+    return None, None
+
+
+def expert_config(glu) -> dict[str, Any] | Verdict:
+    """Quantized arrays and activation of a ``SwitchGLU``, or a skip verdict."""
+    from mlx_lm.models.activations import SwigluOAI
+    from mlx_lm.models.switch_layers import SwiGLU
+
+    projs = {n: quantized_params(glu[n]) for n in ("gate_proj", "up_proj", "down_proj")}
+    if any(p is None for p in projs.values()):
+        return skip("experts are not quantized (the fused kernels read quantized weights)")
+    fmt = {(p["bits"], p["group_size"], p["mode"]) for n, p in projs.items() if n != "down_proj"}
+    if len(fmt) != 1:
+        return skip(f"gate and up experts differ in quantization {sorted(fmt)}")
+    down = projs["down_proj"]
+    act = glu.activation
+    if isinstance(act, SwigluOAI):
+        activation = dict(activation="swiglu_oai", alpha=float(act._alpha), limit=float(act._limit))
+    elif isinstance(act, SwiGLU):
+        activation = dict(activation="swiglu")
+    else:
+        return skip(f"expert activation {type(act).__name__} has no fused kernel")
+    bits, group_size, mode = fmt.pop()
+    return dict(projs=projs, bits=bits, group_size=group_size, mode=mode,
+                down_fmt=dict(bits=down["bits"], group_size=down["group_size"],
+                              mode=down["mode"]), **activation)  # fmt: skip
+
+
+class FusedMoE(Fused):
+    """Replacement MoE block: three launches at decode, the original forward otherwise."""
+
+    zmlx_pattern = "moe_block"
+
+    def zmlx_setup(self, **cfg: Any) -> None:
+        object.__setattr__(self, "_zx", cfg)
+
+    def __call__(self, x: mx.array) -> mx.array:
+        cfg = self._zx
+        if tokens(x) > cfg["max_tokens"] or x.ndim == 0:
+            return super().__call__(x)
+        router = _get(self, cfg["router_path"])
+        sbias = _get(self, cfg["select_bias"]) if cfg["select_bias"] else None
+        rp = quantized_params(router) if cfg["router_quantized"] else None
+        if rp is not None:
+            inds, w = R.router_fused(x, rp["w"], cfg["rule"], bias=rp["bias"], select_bias=sbias,
+                                     scales=rp["scales"], biases=rp["biases"],
+                                     group_size=rp["group_size"], bits=rp["bits"])  # fmt: skip
+        else:
+            inds, w = R.router_fused(x, router["weight"], cfg["rule"], bias=router.get("bias"),
+                                     select_bias=sbias)  # fmt: skip
+        glu = self[cfg["experts"]]
+        p = {n: quantized_params(glu[n]) for n in ("gate_proj", "up_proj", "down_proj")}
+        g, u, d = p["gate_proj"], p["up_proj"], p["down_proj"]
+        fmt = dict(group_size=cfg["group_size"], bits=cfg["bits"], mode=cfg["mode"])
+        h = K.gather_qmv_swiglu(
+            x, g["w"], g["scales"], g["biases"], u["w"], u["scales"], u["biases"], inds,
+            bias_gate=g["bias"], bias_up=u["bias"], activation=cfg["activation"],
+            alpha=cfg.get("alpha", 1.702), limit=cfg.get("limit", 7.0), **fmt,
+        )  # fmt: skip
+        shared = shared_gate = None
+        if cfg["shared"] == "add":
+            shared = self["shared_experts"](x)
+        elif cfg["shared"] == "gated":
+            shared = self["shared_expert"](x)
+            shared_gate = self["shared_expert_gate"](x)
+        return K.gather_qmv_combine(h, d["w"], d["scales"], d["biases"], inds, w,
+                                    bias=d["bias"], shared=shared, shared_gate=shared_gate,
+                                    **cfg["down_fmt"])  # fmt: skip
+
+
+class MoEBlockPattern(Pattern):
+    name = "moe_block"
+    replacement = FusedMoE
+
+    def check(self, module: nn.Module, ctx: Context) -> Verdict:
+        glu, attr = experts_of(module)
+        if glu is None:
+            return NO
+        fam = FAMILIES.get(ctx.family)
+        if fam is None:
+            return skip(f"no fused routing for model_type {ctx.family!r}")
+        router = _get(module, fam["router"])
+        if not isinstance(router, nn.Module):
+            return skip(f"router '{fam['router']}' not found")
+        if getattr(module, "sharding_group", None) is not None:
+            return skip("sharded (tensor-parallel) block: the collective stays in the original")
+        cfg = expert_config(glu)
+        if isinstance(cfg, Verdict):
+            return cfg
+        try:
+            rule = R.router_rule(ctx.family, ctx.args, ctx.dtype)
+        except ValueError as e:
+            return skip(str(e))
+        select_bias = fam.get("select_bias")
+        if ctx.family == "lfm2_moe" and not getattr(module, "use_expert_bias", False):
+            select_bias = None
+        router_q = quantized_params(router)
+        if router_q is not None and router_q["mode"] != "affine":
+            return skip(f"router quantized as {router_q['mode']} (fused router reads affine)")
+        if router_q is None and "weight" not in router:
+            return skip("router has no weight matrix")
+        shared = fam.get("shared")
+        if shared == "add" and "shared_experts" not in module:
+            shared = None
+        cfg.pop("projs")
+        return match(experts=attr, router_path=fam["router"], router_quantized=router_q is not None,
+                     select_bias=select_bias, rule=rule, shared=shared,
+                     max_tokens=ctx.extra.get("max_tokens", 16), **cfg)  # fmt: skip

@@ -1,0 +1,75 @@
+"""``swiglu_mlp``: a dense quantized SwiGLU MLP in two launches at decode.
+
+Matched by structure (``gate_proj``, ``up_proj``, ``down_proj`` quantized linears without
+bias) and by the activation read from the module's own ``__call__``: only an MLP whose forward
+calls ``swiglu``/``silu`` is fused; a GeLU-gated MLP is skipped with that reason, never turned
+into SiLU. Decode runs :func:`~zmlx.kernels.quant.qmv_swiglu` then
+:func:`~zmlx.kernels.quant.qmv`; longer inputs run the original forward.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from ...kernels import quant as Q
+from ..base import Context, Fused
+from .common import NO, Pattern, Verdict, call_source, match, quantized_params, skip, tokens
+
+
+def activation_of(module: nn.Module) -> str | None:
+    """``"silu"``, ``"gelu"`` or None, from the calls in the module's ``__call__`` source."""
+    src = call_source(module)
+    if re.search(r"\bgelu\w*\(", src):
+        return "gelu"
+    if re.search(r"\b(swiglu|silu)\(", src):
+        return "silu"
+    return None
+
+
+class FusedSwiGLUMLP(Fused):
+    zmlx_pattern = "swiglu_mlp"
+
+    def zmlx_setup(self, **cfg: Any) -> None:
+        object.__setattr__(self, "_zx", cfg)
+
+    def __call__(self, x: mx.array) -> mx.array:
+        cfg = self._zx
+        if tokens(x) > cfg["max_tokens"] or x.ndim == 0:
+            return super().__call__(x)
+        g, u, d = (quantized_params(self[n]) for n in ("gate_proj", "up_proj", "down_proj"))
+        fmt = dict(group_size=cfg["group_size"], bits=cfg["bits"], mode=cfg["mode"])
+        h = Q.qmv_swiglu(x, g["w"], g["scales"], g["biases"], u["w"], u["scales"], u["biases"],
+                         **fmt)  # fmt: skip
+        return Q.qmv(h, d["w"], d["scales"], d["biases"], **fmt)
+
+
+class SwiGLUMLPPattern(Pattern):
+    name = "swiglu_mlp"
+    replacement = FusedSwiGLUMLP
+
+    def check(self, module: nn.Module, ctx: Context) -> Verdict:
+        names = ("gate_proj", "up_proj", "down_proj")
+        if not all(isinstance(module.get(n), nn.Module) for n in names):
+            return NO
+        if module.get("switch_mlp") is not None or module.get("experts") is not None:
+            return NO
+        act = activation_of(module)
+        if act is None:
+            return skip("activation not recognised in the module's forward")
+        if act != "silu":
+            return skip(f"{act}-gated MLP: only SiLU-gated MLPs are fused")
+        projs = [quantized_params(module[n]) for n in names]
+        if any(p is None for p in projs):
+            return skip("projections are not quantized (MLX's own matmuls are used as is)")
+        if any(p["bias"] is not None for p in projs):
+            return skip("projections have biases")
+        fmt = {(p["bits"], p["group_size"], p["mode"]) for p in projs}
+        if len(fmt) != 1:
+            return skip(f"projections mix quantization formats {sorted(fmt)}")
+        bits, group_size, mode = fmt.pop()
+        return match(bits=bits, group_size=group_size, mode=mode,
+                     max_tokens=ctx.extra.get("max_tokens", 16))  # fmt: skip
