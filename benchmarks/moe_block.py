@@ -1,0 +1,147 @@
+"""One MoE block's routed experts at decode: zmlx's two kernels against stock MLX.
+
+    python benchmarks/moe_block.py [--models qwen3_30b_a3b ...] [--tokens 1 4 16] [--json OUT]
+
+Stock is mlx-lm's own ``SwitchGLU`` (three ``gather_qmm`` calls and SwiGLU) followed by the
+block's combine ``(y * scores[..., None]).sum(-2)``; zmlx is ``gather_qmv_swiglu`` then
+``gather_qmv_combine``. Both get the same quantized weights, tokens and routing; outputs are
+compared first. Reported per case: median time of each, the speed-up, the bytes of weights
+the selected experts need, the effective bandwidth and its fraction of the copy bandwidth
+measured in the same process (a large device copy).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+
+from zmlx.bench import capsule, compare
+from zmlx.core.backend import device_name
+from zmlx.kernels import moe as K
+from zmlx.testing import assert_close
+
+# (hidden, moe intermediate, experts, top-k, quant) from each model's public config.
+MODELS = {
+    "qwen3_30b_a3b": (2048, 768, 128, 8, "4bit"),
+    "lfm2_8b_a1b": (2048, 1792, 32, 4, "4bit"),
+    "glm_4_7_flash": (2048, 1536, 64, 4, "4bit"),
+    "gpt_oss_20b": (2880, 2880, 32, 4, "mxfp4"),
+}
+QUANT = {"4bit": dict(bits=4, group_size=64, mode="affine"),
+         "mxfp4": dict(bits=4, group_size=32, mode="mxfp4")}  # fmt: skip
+
+
+def setup_arg_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    p.add_argument("--tokens", nargs="+", type=int, default=[1, 4, 16])
+    p.add_argument("--repeats", type=int, default=15)
+    p.add_argument("--batch", type=int, default=20)
+    p.add_argument("--scale", type=float, default=1.0, help="shrink the shapes (CPU smoke runs)")
+    p.add_argument("--json", help="write the capsule here")
+    return p
+
+
+def copy_bandwidth(nbytes: int = 1 << 30) -> float:
+    """Device copy bandwidth in GB/s (read + write of a large buffer), median of 10."""
+    x = mx.zeros((nbytes // 2,), dtype=mx.float16)
+    mx.eval(x)
+    t = compare({"copy": lambda a: a + 0}, (x,), repeats=10, batch=5, warmup=2)["copy"]
+    return 2 * nbytes / (t["median_us"] * 1e-6) / 1e9
+
+
+def _switch_glu(d, i, e, q, bias=False, activation=None):
+    from mlx_lm.models.switch_layers import SwitchGLU
+
+    kwargs = {} if activation is None else {"activation": activation}
+    glu = SwitchGLU(d, i, e, bias=bias, **kwargs)
+    glu.set_dtype(mx.bfloat16)
+    nn.quantize(glu, group_size=q["group_size"], bits=q["bits"], mode=q["mode"])
+    mx.eval(glu.parameters())
+    return glu
+
+
+def run_case(name, d, i, e, k, quant, t, args, rng) -> dict:
+    q = QUANT[quant]
+    oai = name.startswith("gpt_oss")
+    act = None
+    if oai:
+        from mlx_lm.models.activations import SwigluOAI
+
+        act = SwigluOAI()
+    glu = _switch_glu(d, i, e, q, bias=oai, activation=act)
+    x = mx.array(rng.normal(size=(t, d)).astype(np.float32)).astype(mx.bfloat16)
+    inds = mx.array(np.stack([rng.choice(e, size=k, replace=False) for _ in range(t)])).astype(
+        mx.uint32
+    )
+    scores = mx.softmax(mx.array(rng.normal(size=(t, k)).astype(np.float32)), axis=-1)
+    scores = scores.astype(mx.bfloat16)
+    g, u, dn = glu["gate_proj"], glu["up_proj"], glu["down_proj"]
+
+    def qp(layer):
+        return layer["weight"], layer["scales"], layer.get("biases")
+
+    def stock(x, inds, scores):
+        y = glu(x, inds)
+        return (y * scores[..., None]).sum(axis=-2).astype(y.dtype)
+
+    def fused(x, inds, scores):
+        h = K.gather_qmv_swiglu(x, *qp(g), *qp(u), inds, bias_gate=g.get("bias"),
+                                bias_up=u.get("bias"),
+                                activation="swiglu_oai" if oai else "swiglu", **q)  # fmt: skip
+        return K.gather_qmv_combine(h, *qp(dn), inds, scores, bias=dn.get("bias"), **q)
+
+    want, got = stock(x, inds, scores), fused(x, inds, scores)
+    assert_close(got, want, atol=3e-2, rtol=3e-2, name=f"{name} T={t}")
+    timings = compare({"mlx_switchglu": stock, "zmlx": fused}, (x, inds, scores),
+                      repeats=args.repeats, batch=args.batch)  # fmt: skip
+    unique = len(np.unique(np.array(inds)))
+    per_expert = sum(
+        sum(
+            a.nbytes
+            for a in (layer["weight"], layer["scales"], layer.get("biases"))
+            if a is not None
+        )
+        // e
+        for layer in (g, u, dn)
+    )
+    nbytes = unique * per_expert
+    for tm in timings.values():
+        tm["gbps"] = nbytes / (tm["median_us"] * 1e-6) / 1e9
+    return {"model": name, "tokens": t, "d": d, "i": i, "experts": e, "k": k, "quant": quant,
+            "unique_experts": unique, "weight_bytes": nbytes, "timings": timings}  # fmt: skip
+
+
+def main(argv=None) -> int:
+    args = setup_arg_parser().parse_args(argv)
+    rng = np.random.default_rng(0)
+    bw = copy_bandwidth(1 << 30 if args.scale == 1.0 else 1 << 24)
+    rows = []
+    print(f"device: {device_name()}   copy bandwidth: {bw:.0f} GB/s")
+    print(
+        f"{'model':<15} {'T':>3} {'stock us':>9} {'zmlx us':>8} {'speedup':>8} {'GB/s':>7} {'% copy':>7}"
+    )
+    for name in args.models:
+        d, i, e, k, quant = MODELS[name]
+        if args.scale != 1.0:
+            d, i = max(64, int(d * args.scale) // 64 * 64), max(64, int(i * args.scale) // 64 * 64)
+        for t in args.tokens:
+            r = run_case(name, d, i, e, k, quant, t, args, rng)
+            z, s = r["timings"]["zmlx"], r["timings"]["mlx_switchglu"]
+            r["fraction_of_copy"] = z["gbps"] / bw
+            rows.append(r)
+            print(f"{name:<15} {t:>3} {s['median_us']:>9.1f} {z['median_us']:>8.1f} "
+                  f"{z['speedup']:>7.2f}x {z['gbps']:>7.0f} {100 * r['fraction_of_copy']:>6.1f}%")  # fmt: skip
+    if args.json:
+        results = {"copy_bandwidth_gbps": bw, "rows": rows}
+        capsule.write(capsule.make("moe_block_bench", results), args.json)
+        print(f"capsule: {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
