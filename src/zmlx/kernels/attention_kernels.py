@@ -1,0 +1,344 @@
+"""Kernel bodies and launches for decode attention (:mod:`zmlx.kernels.attention`).
+
+Split-K ("flash-decoding"): one group per (batch, kv head, block of query heads, chunk of
+keys). A group reads its chunk of K and V once for all the query heads that share the kv
+head (GQA; MLA shares one latent cache among all heads):
+
+1. scores: each warp takes keys in turn; lanes split the head dim, every lane accumulates a
+   partial dot product for each of the GP heads, and one butterfly exchange reduces all GP
+   partials at once (GP - 1 + log2(32 / GP) shuffles instead of 5 GP), leaving head
+   ``lane / (32 / GP)``'s score in that lane; scores go to shared memory;
+2. softmax over the chunk per head (float32), kept as ``(max, sum)``;
+3. P V: each thread owns value dims and accumulates all GP heads (V read once).
+
+With one chunk the group normalises (with the attention sink, if any) and writes the output;
+otherwise it writes float32 partials and :data:`COMBINE` merges them. K, V, Q and the mask
+are read through their strides (``ensure_row_contiguous=False``): a KV cache is a slice of
+a larger buffer, and copying it every step would cost more than the attention.
+"""
+
+from __future__ import annotations
+
+import math
+
+import mlx.core as mx
+
+from ..core.kernel import Kernel, scalar
+
+TARGET_GROUPS = 256  # aim for ~2 groups per SM on an H100 (132 SMs); not yet tuned on a GPU
+SINGLE_CHUNK_KEYS = 256  # up to this many keys, one chunk (no combine launch)
+MIN_CHUNK = 64
+MAX_CHUNKS = 1024
+SHARED_BYTES = 30 * 1024  # under Metal's 32 KiB of threadgroup memory
+
+HEADER = r"""
+template <typename S> ZX_INLINE float zx_rnd(float v) { return static_cast<float>(static_cast<S>(v)); }
+// Reduce GP per-lane partials P[0..GP) over the warp in one butterfly: at each step a lane
+// keeps half of its values and adds its partner's copy of that half. Afterwards P[0] in lane l
+// holds the total of head l / (32 / GP).
+#define ZX_HEADS_REDUCE(P)                                                    \
+  {                                                                           \
+    int m_ = 16;                                                              \
+    for (int h_ = GP / 2; h_ >= 1; h_ >>= 1, m_ >>= 1) {                      \
+      const bool up_ = (lane & (uint)m_) != 0u;                               \
+      for (int i_ = 0; i_ < h_; ++i_) {                                       \
+        const float send_ = up_ ? P[i_] : P[i_ + h_];                         \
+        const float keep_ = up_ ? P[i_ + h_] : P[i_];                         \
+        P[i_] = keep_ + zx_shfl_xor(send_, m_);                               \
+      }                                                                       \
+    }                                                                         \
+    for (; m_ >= 1; m_ >>= 1) { P[0] += zx_shfl_xor(P[0], m_); }              \
+  }
+"""
+
+PARTIAL_BODY = r"""
+  const int S = ip[0];
+  const int s0 = ip[1];
+  const int NC = ip[2];
+  const int HQ = ip[3];
+  const int HKV = ip[4];
+  const int NHB = ip[5];
+  const float scale = fp[0];
+  const int chunk = (int)gid;
+  const int hb = (int)gid_y % NHB;
+  const int kvh = ((int)gid_y / NHB) % HKV;
+  const int b = (int)gid_y / (NHB * HKV);
+  const int c0 = s0 + chunk * C;
+  const int nk = (c0 + C < S ? c0 + C : S) - c0;
+  const int h0 = kvh * G + hb * HB;
+  const int nwarps = (int)(lsize / 32u);
+  ZX_SHARED float sc[GP * C];
+  ZX_SHARED float sm[GP];
+  ZX_SHARED float sl[GP];
+  ZX_SHARED float qs[QSH ? GP * NQ * 32 : 1];
+  float qr[QSH ? 1 : GP * NQ];
+  // q (pre-scaled, float32); MLA's rope part is scaled and rounded as mlx-lm's q_pe * scale.
+  for (int gi = QSH ? (int)warp : 0; gi < GP * NQ; gi += QSH ? nwarps : 1) {
+    const int g = gi / NQ;
+    const int i = gi % NQ;
+    float v = 0.0f;
+    if (g < HB && hb * HB + g < G) {
+      const long hq = h0 + g;
+      if (i < NM) {
+        v = static_cast<float>(q[b * ZX_STRIDES(q)[0] + hq * ZX_STRIDES(q)[1]
+                                 + (i * 32 + (int)lane) * ZX_STRIDES(q)[3]]) * scale;
+      } else if (NP > 0) {
+        v = zx_rnd<O>(static_cast<float>(qpe[b * ZX_STRIDES(qpe)[0] + hq * ZX_STRIDES(qpe)[1]
+                                + ((i - NM) * 32 + (int)lane) * ZX_STRIDES(qpe)[3]]) * scale);
+      }
+    }
+    if (QSH) {
+      qs[gi * 32 + (int)lane] = v;
+    } else {
+      qr[QSH ? 0 : gi] = v;
+    }
+  }
+  if (QSH) { zx_barrier(); }
+#define QV(g, i) (QSH ? qs[((g) * NQ + (i)) * 32 + (int)lane] : qr[QSH ? 0 : (g) * NQ + (i)])
+  // 1. scores of this chunk's keys, for GP heads
+  const long ksb = ZX_STRIDES(kk)[0], ksh = ZX_STRIDES(kk)[1], kss = ZX_STRIDES(kk)[2];
+  const long ksd = ZX_STRIDES(kk)[3];
+  for (int c = (int)warp; c < nk; c += nwarps) {
+    const long s = c0 + c;
+    float part[GP];
+    float ppart[GP];
+    for (int g = 0; g < GP; ++g) { part[g] = 0.0f; ppart[g] = 0.0f; }
+    const long kb = b * ksb + kvh * ksh + s * kss;
+    for (int i = 0; i < NM; ++i) {
+      const float kv = static_cast<float>(kk[kb + (i * 32 + (int)lane) * ksd]);
+      for (int g = 0; g < GP; ++g) { part[g] += QV(g, i) * kv; }
+    }
+    ZX_HEADS_REDUCE(part)
+    float sv = part[0];
+    if (NP > 0) {  // MLA: mlx-lm rounds the rope scores (q_pe * scale) @ k_pe^T to the dtype
+      const long pb = b * ZX_STRIDES(kpe)[0] + kvh * ZX_STRIDES(kpe)[1] + s * ZX_STRIDES(kpe)[2];
+      for (int i = 0; i < NP; ++i) {
+        const float kv = static_cast<float>(kpe[pb + (i * 32 + (int)lane) * ZX_STRIDES(kpe)[3]]);
+        for (int g = 0; g < GP; ++g) { ppart[g] += QV(g, NM + i) * kv; }
+      }
+      ZX_HEADS_REDUCE(ppart)
+      sv += zx_rnd<O>(ppart[0]);
+    }
+    const int gl = (int)lane / (32 / GP);
+    if (MASK != 0 && gl < HB && hb * HB + gl < G) {
+      const float mv = static_cast<float>(mask[b * ZX_STRIDES(mask)[0]
+          + (long)(h0 + gl) * ZX_STRIDES(mask)[1] + s * ZX_STRIDES(mask)[3]]);
+      if (MASK == 1) { sv += mv; }
+      else if (mv == 0.0f) { sv = -3.4028234663852886e38f; }  // SDPA's finfo.min
+    }
+    if ((int)lane % (32 / GP) == 0) { sc[gl * C + c] = sv; }
+  }
+#undef QV
+  zx_barrier();
+  // 2. softmax over the chunk per head: p = exp(s - m) in place, (m, l) in shared memory
+  for (int g = (int)warp; g < GP; g += nwarps) {
+    float m = ZX_NEG_INF;
+    for (int c = (int)lane; c < nk; c += 32) { m = zx_max(m, sc[g * C + c]); }
+    m = zx_warp_max(m);
+    const float mref = (m == ZX_NEG_INF) ? 0.0f : m;  // a fully masked chunk adds nothing
+    float l = 0.0f;
+    for (int c = (int)lane; c < nk; c += 32) {
+      const float p = zx_exp(sc[g * C + c] - mref);
+      sc[g * C + c] = p;
+      l += p;
+    }
+    l = zx_warp_sum(l);
+    if (lane == 0u) { sm[g] = mref; sl[g] = l; }
+  }
+  zx_barrier();
+  // 3. P V: this thread's value dims, for every head
+  float acc[GP * DPT];
+  for (int a = 0; a < GP * DPT; ++a) { acc[a] = 0.0f; }
+  const long vsb = ZX_STRIDES(vv)[0], vsh = ZX_STRIDES(vv)[1], vss = ZX_STRIDES(vv)[2];
+  const long vsd = ZX_STRIDES(vv)[3];
+  const long vb = b * vsb + kvh * vsh;
+  for (int c = 0; c < nk; ++c) {
+    for (int j = 0; j < DPT; ++j) {
+      const float x = static_cast<float>(vv[vb + (c0 + c) * vss + (lid + j * NT) * vsd]);
+      for (int g = 0; g < GP; ++g) { acc[g * DPT + j] += sc[g * C + c] * x; }
+    }
+  }
+  for (int g = 0; g < GP; ++g) {
+    if (g >= HB || hb * HB + g >= G) { continue; }
+    const long orow = (long)b * HQ + h0 + g;
+    if (FINAL) {
+      float f = 0.0f;
+      float denom = sl[g];
+      if (SINKS) {  // the sink's logit joins the softmax denominator only
+        const float sk = zx_rnd<O>(static_cast<float>(sinks[(h0 + g) * ZX_STRIDES(sinks)[0]]));
+        const float mm = zx_max(sm[g], sk);
+        f = sm[g] - mm;
+        denom = sl[g] * zx_exp(f) + zx_exp(sk - mm);
+      }
+      const float inv = denom > 0.0f ? zx_exp(f) / denom : 0.0f;
+      for (int j = 0; j < DPT; ++j) {
+        out[orow * DV + lid + j * NT] = static_cast<O>(acc[g * DPT + j] * inv);
+      }
+    } else {
+      for (int j = 0; j < DPT; ++j) { opart[(orow * NC + chunk) * DV + lid + j * NT] = acc[g * DPT + j]; }
+      if (lid == 0u) {
+        ml[(orow * NC + chunk) * 2] = sm[g];
+        ml[(orow * NC + chunk) * 2 + 1] = sl[g];
+      }
+    }
+  }
+"""
+
+COMBINE_BODY = r"""
+  const int NC = ip[2];
+  const int HQ = ip[3];
+  const long row = gid;
+  ZX_SHARED float wc[MAXC];
+  ZX_SHARED float red[2];
+  if (lid == 0u) {
+    float M = ZX_NEG_INF;
+    for (int c = 0; c < NC; ++c) { M = zx_max(M, ml[(row * NC + c) * 2]); }
+    float sk = ZX_NEG_INF;
+    if (SINKS) { sk = zx_rnd<O>(static_cast<float>(sinks[row % HQ])); M = zx_max(M, sk); }
+    float L = 0.0f;
+    for (int c = 0; c < NC; ++c) {
+      const float w = zx_exp(ml[(row * NC + c) * 2] - M);
+      wc[c] = w;
+      L += ml[(row * NC + c) * 2 + 1] * w;
+    }
+    if (SINKS) { L += zx_exp(sk - M); }
+    red[0] = L > 0.0f ? 1.0f / L : 0.0f;
+  }
+  zx_barrier();
+  const float inv = red[0];
+  for (uint d = lid; d < (uint)DV; d += lsize) {
+    float o = 0.0f;
+    for (int c = 0; c < NC; ++c) { o += opart[(row * NC + c) * DV + d] * wc[c]; }
+    out[row * DV + d] = static_cast<O>(o * inv);
+  }
+"""
+
+PARTIAL = Kernel(
+    "decode_attention_partial",
+    ("q", "kk", "vv", "qpe", "kpe", "mask", "sinks", "ip", "fp"),
+    ("out", "opart", "ml"),
+    PARTIAL_BODY,
+    header=HEADER,
+    ensure_row_contiguous=False,
+)
+COMBINE = Kernel(
+    "decode_attention_combine",
+    ("opart", "ml", "sinks", "ip"),
+    ("out",),
+    COMBINE_BODY,
+    header=HEADER,
+)
+
+
+def pow2ceil(n: int) -> int:
+    return 1 << max(0, math.ceil(math.log2(max(n, 1))))
+
+
+def head_block(g: int, n_q: int, shared_q: bool) -> tuple[int, int]:
+    """``(GP, HB)``: padded (power of two) and real query heads per group."""
+    gp = min(pow2ceil(g), 32)
+    if shared_q:  # q in shared memory: GP * (dims / 32) * 32 floats
+        while gp > 1 and gp * n_q * 32 * 4 > SHARED_BYTES * 2 // 3:
+            gp //= 2
+    return gp, min(g, gp)
+
+
+def chunking(n_keys: int, base_groups: int, gp: int, q_bytes: int) -> tuple[int, int] | None:
+    """``(C, NC)``: keys per chunk (a power of two, for the shared score tile) and chunks."""
+    cmax = 512
+    while cmax > 32 and gp * cmax * 4 + q_bytes > SHARED_BYTES:
+        cmax //= 2
+    if n_keys <= SINGLE_CHUNK_KEYS and pow2ceil(n_keys) <= cmax:
+        return max(32, pow2ceil(n_keys)), 1
+    want = max(1, math.ceil(TARGET_GROUPS / base_groups))
+    c = min(max(pow2ceil(math.ceil(n_keys / want)), MIN_CHUNK), cmax)
+    nc = math.ceil(n_keys / c)
+    return (c, nc) if nc <= MAX_CHUNKS else None
+
+
+_DUMMY4: dict = {}
+
+
+def dummy4(dtype=mx.float32) -> mx.array:
+    """A cached (1, 1, 1, 1) array for an absent 4-D input (the body reads its strides)."""
+    a = _DUMMY4.get(dtype)
+    if a is None:
+        a = _DUMMY4[dtype] = mx.zeros((1, 1, 1, 1), dtype=dtype)
+    return a
+
+
+_INTS: dict[tuple, mx.array] = {}
+_FLOATS: dict[float, mx.array] = {}
+
+
+def int_params(*vals: int) -> mx.array:
+    arr = _INTS.get(vals)
+    if arr is None:
+        if len(_INTS) > 4096:
+            _INTS.clear()
+        arr = _INTS[vals] = mx.array(vals, dtype=mx.int32)
+    return arr
+
+
+def float_param(v: float) -> mx.array:
+    arr = _FLOATS.get(v)
+    if arr is None:
+        if len(_FLOATS) > 4096:
+            _FLOATS.clear()
+        arr = _FLOATS[v] = mx.array([v], dtype=mx.float32)
+    return arr
+
+
+def launch(q, kk, vv, qpe, kpe, mask, sinks, scale, *, b, hq, hkv, s, s0, dm, dp, dv, out_dtype,
+           mask_mode):  # fmt: skip
+    """Launch the partial kernel (and the combine kernel when the keys span several chunks).
+
+    Returns the output ``(b, hq, 1, dv)``, or None when the shape is not covered.
+    """
+    g = hq // hkv
+    nq = (dm + dp) // 32
+    gp0 = min(pow2ceil(g), 32)
+    shared_q = gp0 * nq > 64  # more q values per lane than registers comfortably hold
+    gp, hb = head_block(g, nq, shared_q)
+    nhb = math.ceil(g / hb)
+    q_bytes = gp * nq * 32 * 4 if shared_q else 0
+    ch = chunking(s - s0, b * hkv * nhb, gp, q_bytes)
+    if ch is None:
+        return None
+    c, nc = ch
+    nt = min(max(dv, 64), 256)
+    final = nc == 1
+    ip = int_params(s, s0, nc, hq, hkv, nhb)
+    template = [
+        ("G", g), ("GP", gp), ("HB", hb), ("NM", dm // 32), ("NP", dp // 32), ("NQ", nq),
+        ("QSH", shared_q), ("C", c), ("NT", nt), ("DPT", dv // nt), ("DV", dv),
+        ("MASK", mask_mode), ("SINKS", sinks is not None), ("FINAL", final), ("O", out_dtype),
+    ]  # fmt: skip
+    rows = b * hq
+    out, opart, ml = PARTIAL(
+        q, kk, vv,
+        qpe if qpe is not None else dummy4(),
+        kpe if kpe is not None else dummy4(),
+        mask if mask is not None else dummy4(),
+        sinks if sinks is not None else scalar(0.0),
+        ip, float_param(float(scale)),
+        output_shapes=[(b, hq, 1, dv) if final else (1,), (rows, nc, dv) if not final else (1,),
+                       (rows, nc, 2) if not final else (1,)],
+        output_dtypes=[out_dtype, mx.float32, mx.float32],
+        grid=(nc * nt, b * hkv * nhb, 1),
+        threadgroup=(nt, 1, 1),
+        template=template,
+    )  # fmt: skip
+    if final:
+        return out
+    (out,) = COMBINE(
+        opart, ml,
+        sinks if sinks is not None else scalar(0.0),
+        ip,
+        output_shapes=[(b, hq, 1, dv)],
+        output_dtypes=[out_dtype],
+        grid=(rows * 128, 1, 1),
+        threadgroup=(128, 1, 1),
+        template=[("DV", dv), ("MAXC", MAX_CHUNKS), ("SINKS", sinks is not None), ("O", out_dtype)],
+    )  # fmt: skip
+    return out
