@@ -1,0 +1,76 @@
+"""Run the test suite (on a GPU machine) and record the outcome as a ``gpu_tests`` capsule.
+
+    python benchmarks/gpu_tests.py --json OUT [-- PYTEST ARGS...]
+
+Runs ``python -m pytest`` with the given arguments plus a JUnit XML report, then writes the
+counts, the duration and every failure (test id and message) into the capsule. The exit code
+is pytest's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import xml.etree.ElementTree as ET
+
+from zmlx.bench import capsule
+
+
+def setup_arg_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--json", required=True, help="write the capsule here")
+    p.add_argument("--timeout", type=int, default=0, help="seconds before pytest is stopped")
+    p.add_argument("pytest_args", nargs=argparse.REMAINDER, help="after --: pytest arguments")
+    return p
+
+
+def summarize(xml_path: str) -> dict:
+    root = ET.parse(xml_path).getroot()
+    suites = [root] if root.tag == "testsuite" else list(root.iter("testsuite"))
+    counts = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
+    failures = []
+    for s in suites:
+        for k in counts:
+            counts[k] += int(s.get(k, 0))
+        for case in s.iter("testcase"):
+            for child in case:
+                if child.tag in ("failure", "error"):
+                    name = f"{case.get('classname', '')}::{case.get('name', '')}"
+                    failures.append({"test": name, "message": (child.get("message") or "")[:500]})
+    failed = counts["failures"]
+    passed = counts["tests"] - failed - counts["errors"] - counts["skipped"]
+    return {"passed": passed, "failed": failed, "errors": counts["errors"],
+            "skipped": counts["skipped"], "failures": failures}  # fmt: skip
+
+
+def main(argv=None) -> int:
+    args = setup_arg_parser().parse_args(argv)
+    extra = [a for a in args.pytest_args if a != "--"]
+    with tempfile.TemporaryDirectory() as tmp:
+        xml = os.path.join(tmp, "junit.xml")
+        cmd = [sys.executable, "-m", "pytest", f"--junitxml={xml}", *extra]
+        t0 = time.perf_counter()
+        try:
+            rc = subprocess.run(cmd, timeout=args.timeout or None).returncode
+        except subprocess.TimeoutExpired:
+            rc = 124
+        duration = time.perf_counter() - t0
+        if not os.path.exists(xml):
+            print("[gpu_tests] pytest wrote no report", file=sys.stderr)
+            return rc or 1
+        res = summarize(xml)
+    res.update({"duration_s": duration, "args": extra, "returncode": rc})
+    capsule.write(capsule.make("gpu_tests", res), args.json)
+    print(f"passed {res['passed']} failed {res['failed']} errors {res['errors']} "
+          f"skipped {res['skipped']} in {duration:.0f}s -> {args.json}")  # fmt: skip
+    for f in res["failures"][:40]:
+        print(f"FAILED {f['test']}: {f['message'][:200]}")
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())
