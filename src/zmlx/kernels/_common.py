@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import mlx.core as mx
 
 from ..core.dtypes import check_float
+from ..core.kernel import grid_1d
 
 _VECTORS: dict[tuple, mx.array] = {}
 
@@ -29,6 +30,28 @@ def vector(values: Sequence[float | int], dtype: mx.Dtype) -> mx.array:
 def dims(*values: int) -> mx.array:
     """A cached uint32 vector of sizes (row count, row length, ...)."""
     return vector(values, mx.uint32)
+
+
+VEC = 4  # elements per thread in elementwise-shaped kernels (memory-level parallelism)
+
+
+def vec_loop(inner: str) -> str:
+    """A kernel body running ``inner`` for element ``i`` of ``zx_n[0]``, ``VEC`` elements per
+    thread, ``lsize`` apart so each warp access is coalesced. Launch with :func:`vec_grid` and
+    the template ``("VEC", VEC)``."""
+    return (
+        "  const uint n = zx_n[0];\n"
+        "  const uint first = gid * (lsize * VEC) + lid;\n"
+        "  #pragma unroll\n"
+        "  for (int e = 0; e < VEC; ++e) {\n"
+        "    const uint i = first + e * lsize;\n"
+        "    if (i < n) {\n" + inner.rstrip() + "\n    }\n  }\n"
+    )
+
+
+def vec_grid(n: int, group: int = 256) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    """``(grid, threadgroup)`` for :func:`vec_loop` over ``n`` elements."""
+    return grid_1d(-(-n // VEC), group)
 
 
 def as_list(x) -> list:

@@ -23,23 +23,9 @@ import mlx.core as mx
 import mlx.optimizers as optim
 
 from ..core.backend import backend
-from ..core.kernel import Kernel, grid_1d, scalar
+from ..core.kernel import Kernel, scalar
+from ._common import VEC, vec_grid, vec_loop
 from .catalog import KernelSpec, register
-
-_GROUP = 256
-_VEC = 4  # elements per thread
-
-_LOOP = """
-  const uint n = zx_n[0];
-  const uint first = gid * (lsize * VEC) + lid;
-  #pragma unroll
-  for (int e = 0; e < VEC; ++e) {
-    const uint i = first + e * lsize;
-    if (i < n) {
-BODY
-    }
-  }
-"""
 
 # hyper: [lr, 1 - lr * wd, b1, b2, eps, c1, c2]; the update is p * wdf - c1 * m / (sqrt(v) * c2
 # + eps), with c1 = lr and c2 = 1 when there is no bias correction.
@@ -65,11 +51,9 @@ ADAMW_KERNEL = Kernel(
     "adamw_step",
     ["p0", "grad", "m0", "v0", "hp", "zx_n"],
     ["p1", "m1", "v1"],
-    _LOOP.replace("BODY", _ADAMW),
+    vec_loop(_ADAMW),
 )
-LION_KERNEL = Kernel(
-    "lion_step", ["p0", "grad", "m0", "hp", "zx_n"], ["p1", "m1"], _LOOP.replace("BODY", _LION)
-)
+LION_KERNEL = Kernel("lion_step", ["p0", "grad", "m0", "hp", "zx_n"], ["p1", "m1"], vec_loop(_LION))
 
 
 def adamw_hyper(lr, betas, eps, weight_decay, step, dtype) -> mx.array:
@@ -135,7 +119,7 @@ def _check(op: str, arrays: Sequence[tuple[str, mx.array]], hyper: mx.array, n_h
 
 def _launch(kernel, param, ins, hyper, n_states, state_dtype):
     n = param.size
-    grid, group = grid_1d(-(-n // _VEC), _GROUP)
+    grid, group = vec_grid(n)
     outs = kernel(
         param,
         *ins,
@@ -145,7 +129,7 @@ def _launch(kernel, param, ins, hyper, n_states, state_dtype):
         output_dtypes=[param.dtype] + [state_dtype] * n_states,
         grid=grid,
         threadgroup=group,
-        template=[("P", param.dtype), ("S", state_dtype), ("VEC", _VEC)],
+        template=[("P", param.dtype), ("S", state_dtype), ("VEC", VEC)],
     )
     return tuple(outs)
 

@@ -19,14 +19,12 @@ import mlx.core as mx
 import numpy as np
 
 from ..core.backend import backend
-from ..core.kernel import Kernel, grid_1d, scalar
-from ._common import as_list, check_array, vector
+from ..core.kernel import Kernel, scalar
+from ._common import VEC, as_list, check_array, vec_grid, vec_loop, vector
 from .catalog import KernelSpec, register
 
 _M32 = 0xFFFFFFFF
 _C1, _C2 = 0x7FEB352D, 0x846CA68B
-_GROUP = 256
-_VEC = 4
 
 
 def _mix_int(x: int) -> int:
@@ -86,19 +84,10 @@ def dropout_ref(x: mx.array, p: float, seed: int) -> mx.array:
     return mx.where(keep, x.astype(mx.float32) * scale, 0.0).astype(x.dtype)
 
 
-_BODY = """
-  const uint n = zx_n[0];
-  const uint first = gid * (lsize * VEC) + lid;
-  #pragma unroll
-  for (int e = 0; e < VEC; ++e) {
-    const uint i = first + e * lsize;
-    if (i < n) {
+_BODY = vec_loop("""
       const uint u = zx_mix32(zx_mix32(i + prm[0]) ^ prm[1]);
       const float y = u >= prm[2] ? static_cast<float>(x[i]) * sc[0] : 0.0f;
-      out[i] = static_cast<O>(y);
-    }
-  }
-"""
+      out[i] = static_cast<O>(y);""")
 _HEADER = """
 ZX_INLINE uint zx_mix32(uint x) {
   x ^= x >> 16;
@@ -116,7 +105,7 @@ def _run(x: mx.array, prm: mx.array, sc: mx.array) -> mx.array:
         keep = _mix(_mix(mx.arange(x.size, dtype=mx.uint32) + prm[0]) ^ prm[1]) >= prm[2]
         y = mx.where(keep.reshape(x.shape), x.astype(mx.float32) * sc[0], 0.0)
         return y.astype(x.dtype)
-    grid, group = grid_1d(-(-x.size // _VEC), _GROUP)
+    grid, group = vec_grid(x.size)
     (out,) = KERNEL(
         x,
         prm,
@@ -126,7 +115,7 @@ def _run(x: mx.array, prm: mx.array, sc: mx.array) -> mx.array:
         output_dtypes=[x.dtype],
         grid=grid,
         threadgroup=group,
-        template=[("O", x.dtype), ("VEC", _VEC)],
+        template=[("O", x.dtype), ("VEC", VEC)],
     )
     return out
 
