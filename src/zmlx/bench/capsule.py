@@ -1,8 +1,9 @@
 """Capsules: versioned JSON records of a measurement, with the environment that produced it.
 
 Every benchmark and validation run writes one. Claims in docs cite a capsule file; nothing is
-typed in by hand. :func:`write` fills in the command line, git commit, package versions,
-backend and device; :func:`load` validates the schema.
+typed in by hand. :func:`make` fills in the command line, git commit, package versions,
+backend and device; :func:`write` and :func:`load` validate the schema
+(:mod:`zmlx.bench.schema`: the fields every capsule has and the ``results`` of each kind).
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-SCHEMA = "zmlx.capsule"
-SCHEMA_VERSION = 1
-REQUIRED = ("schema", "schema_version", "kind", "created", "command", "env", "results")
+from .schema import ENV, SCHEMA, SCHEMA_VERSION, TOP_LEVEL, check_fields, check_results
+
+REQUIRED = tuple(TOP_LEVEL)
 
 
 def _git_commit() -> str | None:
@@ -76,6 +77,19 @@ def environment() -> dict[str, Any]:
     return env
 
 
+def _command() -> str:
+    """The command line, with ``python -m zmlx.<module>`` for zmlx's own entry points."""
+    if not sys.argv:
+        return ""
+    p = Path(sys.argv[0])
+    prog = p.name
+    if "zmlx" in p.parts[:-1] and p.suffix == ".py":
+        i = len(p.parts) - 1 - p.parts[::-1].index("zmlx")
+        mod = [*p.parts[i:-1], p.stem] if p.stem != "__main__" else list(p.parts[i:-1])
+        prog = "python -m " + ".".join(mod)
+    return " ".join([prog, *sys.argv[1:]])
+
+
 def make(kind: str, results: Any, **extra: Any) -> dict[str, Any]:
     """Build a capsule dict (see :data:`REQUIRED` for the fields every capsule has)."""
     cap = {
@@ -83,7 +97,7 @@ def make(kind: str, results: Any, **extra: Any) -> dict[str, Any]:
         "schema_version": SCHEMA_VERSION,
         "kind": kind,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]) if sys.argv else "",
+        "command": _command(),
         "env": environment(),
         "results": results,
     }
@@ -92,7 +106,11 @@ def make(kind: str, results: Any, **extra: Any) -> dict[str, Any]:
 
 
 def validate(cap: dict[str, Any]) -> dict[str, Any]:
-    """Check a capsule's schema; returns it, raises ``ValueError`` naming what is wrong."""
+    """Check a capsule's schema; returns it, raises ``ValueError`` naming what is wrong.
+
+    Version 1 capsules get the top-level checks; version 2 adds the ``results`` fields of
+    their kind (:data:`zmlx.bench.schema.KINDS`).
+    """
     if not isinstance(cap, dict):
         raise ValueError(f"[capsule] expected a JSON object, got {type(cap).__name__}")
     missing = [k for k in REQUIRED if k not in cap]
@@ -100,11 +118,18 @@ def validate(cap: dict[str, Any]) -> dict[str, Any]:
         raise ValueError(f"[capsule] missing field(s) {missing}")
     if cap["schema"] != SCHEMA:
         raise ValueError(f"[capsule] expected schema {SCHEMA!r}, got {cap['schema']!r}")
-    if not isinstance(cap["schema_version"], int) or cap["schema_version"] > SCHEMA_VERSION:
-        raise ValueError(f"[capsule] unsupported schema_version {cap['schema_version']!r}")
-    for k in ("backend", "device", "mlx"):
-        if k not in cap["env"]:
-            raise ValueError(f"[capsule] env lacks {k!r}")
+    version = cap["schema_version"]
+    if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version:
+        raise ValueError(f"[capsule] unsupported schema_version {version!r}")
+    if version > SCHEMA_VERSION:
+        raise ValueError(
+            f"[capsule] schema_version {version} is newer than this zmlx reads "
+            f"({SCHEMA_VERSION}); upgrade zmlx"
+        )
+    check_fields(cap, TOP_LEVEL, "capsule")
+    check_fields(cap["env"], ENV, "env")
+    if version >= 2:
+        check_results(cap["kind"], cap["results"])
     return cap
 
 
@@ -117,6 +142,32 @@ def write(cap: dict[str, Any], path: str | os.PathLike) -> Path:
     return p
 
 
+CAPSULE_DIR = Path("benchmarks") / "capsules"
+
+
+def default_path(cap: dict[str, Any], name: str = "") -> Path:
+    """``benchmarks/capsules/<kind>[-<name>]-<backend>-<UTC time>.json`` (relative to cwd)."""
+    stamp = cap["created"].replace(":", "").replace("-", "").split("+")[0]
+    safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in name)
+    parts = [cap["kind"], safe, cap["env"]["backend"], stamp]
+    return CAPSULE_DIR / ("-".join(p for p in parts if p) + ".json")
+
+
+def save(cap: dict[str, Any], target: str | os.PathLike | None, name: str = "") -> Path | None:
+    """Write ``cap`` to ``target``; ``None`` means :func:`default_path`, ``"-"`` stdout."""
+    if str(target) == "-":
+        validate(cap)
+        print(json.dumps(cap, indent=2, default=str))
+        return None
+    return write(cap, default_path(cap, name) if target is None else target)
+
+
 def load(path: str | os.PathLike) -> dict[str, Any]:
-    """Read and validate a capsule."""
-    return validate(json.loads(Path(path).read_text()))
+    """Read and validate a capsule; errors name the file."""
+    p = Path(path)
+    try:
+        return validate(json.loads(p.read_text()))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"[capsule] {p}: not JSON ({e})") from None
+    except ValueError as e:
+        raise ValueError(f"{e} (in {p})") from None
