@@ -14,7 +14,7 @@ pytest.importorskip("mlx_lm")
 from mlx_lm.generate import generate_step  # noqa: E402
 
 from zmlx.core import emulate  # noqa: E402
-from zmlx.models import build, fixtures, quantize  # noqa: E402
+from zmlx.models import build, fixtures  # noqa: E402
 from zmlx.patch import PATTERNS, patch, smart_patch, unpatch  # noqa: E402
 from zmlx.patch.base import Fused, walk  # noqa: E402
 
@@ -27,9 +27,15 @@ KERNEL_PATTERNS = ["moe_block", "switch_glu", "swiglu_mlp"]
 def quantized_model(family: str):
     """The trained fixture of ``family`` quantized as mlx-lm would (or a tiny random build)."""
     if family in fixtures.available():
-        model, _ = fixtures.load(family)
-        return quantize(model, "mxfp4" if family == "gpt_oss" else "4bit")
+        return fixtures.load_quantized(family)[0]
     return build(family, "tiny", quant="mxfp4" if family == "gpt_oss" else "4bit")
+
+
+def fuse(model, **kwargs):
+    """patch() with the kernel patterns forced (the CPU's safety entries apply none)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return patch(model, patterns=kwargs.pop("patterns", KERNEL_PATTERNS), **kwargs)
 
 
 def greedy(model, prompt, n):
@@ -40,7 +46,7 @@ def greedy(model, prompt, n):
 def test_fixture_decode_is_token_identical(family):
     model = quantized_model(family)
     want = [greedy(model, p, 128) for p in PROMPTS]
-    report = patch(model)
+    report = fuse(model)
     assert report.count > 0, str(report)
     assert "moe_block" in report.patterns(), str(report)
     got = [greedy(model, p, 128) for p in PROMPTS]
@@ -78,7 +84,7 @@ def test_teacher_forced_logits_agree(family):
         return mx.concatenate(outs, axis=1).astype(mx.float32)
 
     want = step_logits(model)
-    patch(model)
+    fuse(model)
     got = step_logits(model)
     unpatch(model)
     assert (mx.argmax(got, -1) == mx.argmax(want, -1)).all()
@@ -90,7 +96,7 @@ def test_unpatch_round_trip_is_bit_identical():
     classes = {s.path: type(s.module) for s in walk(model)}
     x = mx.array([[1, 2, 3, 4]])
     want = model(x)
-    report = patch(model)
+    report = fuse(model)
     assert report.count == 2
     assert any(isinstance(s.module, Fused) for s in walk(model))
     assert unpatch(model) == report.count
@@ -101,7 +107,7 @@ def test_unpatch_round_trip_is_bit_identical():
 def test_patched_modules_keep_their_class_and_weights():
     model = build("mixtral", "tiny", quant="4bit")
     block = model.model.layers[0].block_sparse_moe
-    patch(model)
+    fuse(model)
     new = model.model.layers[0].block_sparse_moe
     assert new is not block and isinstance(new, type(block)) and isinstance(new, Fused)
     assert new["switch_mlp"] is block["switch_mlp"]  # shared, not copied
@@ -115,7 +121,7 @@ def test_patched_modules_keep_their_class_and_weights():
 
 def test_deepcopy_save_and_load(tmp_path):
     model = build("qwen3_moe", "tiny", quant="4bit")
-    patch(model)
+    fuse(model)
     twin = copy.deepcopy(model)
     x = mx.array([[7]])
     assert mx.array_equal(twin(x), model(x))
@@ -153,11 +159,19 @@ def test_unknown_model_is_left_unchanged():
     assert type(m.norm) is nn.RMSNorm
 
 
-def test_dense_model_gets_only_safe_patterns():
+def test_safety_table_decides_by_default():
     model = build("llama", "tiny", quant="4bit")
-    report = patch(model)
-    assert set(report.patterns()) <= {"swiglu_mlp"}
-    assert any("safety table" in why for _, _, why in report.skipped)
+    report = patch(model)  # on the CPU the table applies nothing (references are not faster)
+    assert report.count == 0
+    assert any("safety table" in why and "not faster" in why for _, _, why in report.skipped)
+    from zmlx.core.backend import force_backend
+
+    with force_backend("cuda"):  # a dense model gets only what the CUDA entries allow
+        report = patch(model)
+    from zmlx.patch.safety import lookup
+
+    allowed = {p for p in PATTERNS if (r := lookup("llama", p, "cuda")) and r.allowed}
+    assert set(report.patterns()) <= allowed
     unpatch(model)
 
 
@@ -197,10 +211,9 @@ def test_works_with_mlx_lm_generate_and_prompt_cache():
 
     if "qwen3_moe" not in fixtures.available():
         pytest.skip("needs the trained qwen3_moe fixture (tokenizer)")
-    model, tok = fixtures.load("qwen3_moe")
-    model = quantize(model, "4bit")
+    model, tok = fixtures.load_quantized("qwen3_moe")
     want = generate(model, tok, "def ", max_tokens=16)
-    patch(model)
+    fuse(model)
     assert generate(model, tok, "def ", max_tokens=16) == want
     cache = make_prompt_cache(model)
     text = "".join(r.text for r in stream_generate(model, tok, "def ", max_tokens=8,
@@ -212,7 +225,8 @@ def test_works_with_mlx_lm_generate_and_prompt_cache():
 
 def test_smart_patch_keeps_only_faithful_patterns(monkeypatch):
     model = build("qwen3_moe", "tiny", quant="4bit")
-    report = smart_patch(model, PROMPTS[0], steps=6, repeats=1, min_gain=-1.0)
+    report = smart_patch(model, PROMPTS[0], patterns=["moe_block"], steps=6, repeats=1,
+                         min_gain=-1.0)  # fmt: skip
     assert "moe_block" in report.timings
     assert report.timings["moe_block"]["tokens_identical"]
     unpatch(model)
@@ -226,7 +240,8 @@ def test_smart_patch_keeps_only_faithful_patterns(monkeypatch):
         return real(self, x) * 0.0
 
     monkeypatch.setattr(mb.FusedMoE, "__call__", broken)
-    report = smart_patch(model, PROMPTS[0], steps=6, repeats=1, min_gain=-1.0)
+    report = smart_patch(model, PROMPTS[0], patterns=["moe_block"], steps=6, repeats=1,
+                         min_gain=-1.0)  # fmt: skip
     assert report.timings["moe_block"]["tokens_identical"] is False
     assert report.count == 0
     assert not any(isinstance(s.module, Fused) for s in walk(model))

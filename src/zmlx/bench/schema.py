@@ -124,6 +124,18 @@ KINDS: dict[str, dict[str, Any]] = {
             "rows[].timings{}": TIMING,
         },
     },
+    "sharded_decode": {
+        "doc": "patched decoding of a model sharded over ranks (benchmarks/sharded_decode.py)",
+        "results": {
+            "family": "str",
+            "ranks": "int",
+            "stock_tok_s": "number",
+            "patched_tok_s": "number",
+            "patched_equals_sharded_stock": "bool",
+            "patched_equals_unsharded": "bool?",
+            "patch": "dict",
+        },
+    },
     "zoo_build": {
         "doc": "build time and memory of zoo models (benchmarks/zoo_build.py)",
         "results": {"size": "str", "quant": "str?", "builds": "list"},

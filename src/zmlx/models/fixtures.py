@@ -61,3 +61,22 @@ def greedy(model, prompt: list[int], n: int = 64) -> tuple[list[int], list[float
         tokens.append(int(tok))
         margins.append((top2.max() - top2.min()).item())
     return tokens, margins
+
+
+def load_quantized(family: str = DEFAULT, quant: str | None = None):
+    """``family``'s fixture quantized as ``mlx_lm.convert -q`` would (its quant predicate).
+
+    Args:
+        family: a fixture family.
+        quant: ``"4bit"``, ``"8bit"`` or ``"mxfp4"``; default ``"mxfp4"`` for gpt_oss (how
+            it ships) and ``"4bit"`` otherwise.
+
+    Returns:
+        ``(model, tokenizer)``.
+    """
+    from .build import quantize
+
+    model, tokenizer = load(family)
+    quant = quant or ("mxfp4" if family == "gpt_oss" else "4bit")
+    config = json.loads((path(family) / "config.json").read_text())
+    return quantize(model, quant, config), tokenizer

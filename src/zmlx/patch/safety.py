@@ -31,12 +31,15 @@ class Rule:
 
 _CPU_FIDELITY = "tests/test_patch.py::test_fixture_decode_is_token_identical"
 _EMULATED = "tests/test_patch.py::test_fixture_decode_on_kernel_emulator"
+_NO_GAIN = "the CPU runs the reference ops: correct but not faster than stock"
 
 TABLE: dict[tuple[str, str, str], Rule] = {
-    # CPU: the fused ops run their references, which reproduce mlx-lm's computation.
-    ("*", "moe_block", "cpu"): Rule(True, 16, _CPU_FIDELITY + " ; " + _EMULATED),
-    ("*", "switch_glu", "cpu"): Rule(True, 16, _CPU_FIDELITY),
-    ("*", "swiglu_mlp", "cpu"): Rule(True, 16, _CPU_FIDELITY),
+    # CPU: the fused ops run their references (mlx-lm's own computation, token-identical per
+    # the tests below) and are no faster than stock, so nothing is applied by default; pass
+    # patterns=[...] to check fidelity.
+    ("*", "moe_block", "cpu"): Rule(False, 16, _CPU_FIDELITY + " ; " + _EMULATED, _NO_GAIN),
+    ("*", "switch_glu", "cpu"): Rule(False, 16, _CPU_FIDELITY, _NO_GAIN),
+    ("*", "swiglu_mlp", "cpu"): Rule(False, 16, _CPU_FIDELITY, _NO_GAIN),
     ("*", "rms_norm", "cpu"): Rule(False, None, "", "mx.fast.rms_norm is already one op: no gain"),
     ("*", "layer_norm", "cpu"): Rule(False, None, "", "mx.fast.layer_norm is already one op"),
     # Metal: rendered and syntax-checked, never run on Apple hardware.

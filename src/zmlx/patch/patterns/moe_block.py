@@ -123,9 +123,15 @@ class FusedMoE(Fused):
         elif cfg["shared"] == "gated":
             shared = self["shared_expert"](x)
             shared_gate = self["shared_expert_gate"](x)
-        return K.gather_qmv_combine(h, d["w"], d["scales"], d["biases"], inds, w,
-                                    bias=d["bias"], shared=shared, shared_gate=shared_gate,
-                                    **cfg["down_fmt"])  # fmt: skip
+        y = K.gather_qmv_combine(h, d["w"], d["scales"], d["biases"], inds, w,
+                                 bias=d["bias"], shared=shared, shared_gate=shared_gate,
+                                 **cfg["down_fmt"])  # fmt: skip
+        group = getattr(self, "sharding_group", None)
+        if group is not None:
+            # Tensor-parallel block (mlx-lm's shard()): each rank holds a slice of every
+            # expert's intermediate dimension; the partial sums meet here, as in mlx-lm.
+            y = mx.distributed.all_sum(y, group=group)
+        return y
 
 
 class MoEBlockPattern(Pattern):
@@ -142,8 +148,6 @@ class MoEBlockPattern(Pattern):
         router = _get(module, fam["router"])
         if not isinstance(router, nn.Module):
             return skip(f"router '{fam['router']}' not found")
-        if getattr(module, "sharding_group", None) is not None:
-            return skip("sharded (tensor-parallel) block: the collective stays in the original")
         cfg = expert_config(glu)
         if isinstance(cfg, Verdict):
             return cfg

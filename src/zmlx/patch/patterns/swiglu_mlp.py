@@ -44,7 +44,12 @@ class FusedSwiGLUMLP(Fused):
         fmt = dict(group_size=cfg["group_size"], bits=cfg["bits"], mode=cfg["mode"])
         h = Q.qmv_swiglu(x, g["w"], g["scales"], g["biases"], u["w"], u["scales"], u["biases"],
                          **fmt)  # fmt: skip
-        return Q.qmv(h, d["w"], d["scales"], d["biases"], **fmt)
+        y = Q.qmv(h, d["w"], d["scales"], d["biases"], **fmt)
+        if cfg["sharded"]:
+            # mlx-lm's shard(): gate/up split by output rows, down by input columns; the
+            # partial down projections are summed across ranks as ShardedToAllLinear does.
+            y = mx.distributed.all_sum(y, group=self["down_proj"].group)
+        return y
 
 
 class SwiGLUMLPPattern(Pattern):
@@ -62,6 +67,15 @@ class SwiGLUMLPPattern(Pattern):
             return skip("activation not recognised in the module's forward")
         if act != "silu":
             return skip(f"{act}-gated MLP: only SiLU-gated MLPs are fused")
+        from mlx.nn.layers import distributed as dist
+
+        kinds = [type(module[n]) for n in names]
+        sharded = kinds[2] is dist.QuantizedShardedToAllLinear
+        if sharded and not all(k is dist.QuantizedAllToShardedLinear for k in kinds[:2]):
+            return skip("down projection sharded without sharded gate/up projections")
+        if not sharded and any(issubclass(k, (dist.AllToShardedLinear, dist.ShardedToAllLinear,
+                                              dist.QuantizedAllToShardedLinear)) for k in kinds):  # fmt: skip
+            return skip("unsupported sharding of the projections")
         projs = [quantized_params(module[n]) for n in names]
         if any(p is None for p in projs):
             return skip("projections are not quantized (MLX's own matmuls are used as is)")
@@ -71,5 +85,5 @@ class SwiGLUMLPPattern(Pattern):
         if len(fmt) != 1:
             return skip(f"projections mix quantization formats {sorted(fmt)}")
         bits, group_size, mode = fmt.pop()
-        return match(bits=bits, group_size=group_size, mode=mode,
+        return match(bits=bits, group_size=group_size, mode=mode, sharded=sharded,
                      max_tokens=ctx.extra.get("max_tokens", 16))  # fmt: skip
