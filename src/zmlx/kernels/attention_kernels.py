@@ -231,7 +231,7 @@ COMBINE = Kernel(
 
 
 def pow2ceil(n: int) -> int:
-    return 1 << max(0, math.ceil(math.log2(max(n, 1))))
+    return 1 << max(0, n - 1).bit_length()
 
 
 def head_block(g: int, n_q: int, shared_q: bool) -> tuple[int, int]:
@@ -289,31 +289,50 @@ def float_param(v: float) -> mx.array:
     return arr
 
 
+_STATIC: dict[tuple, tuple] = {}
+_TEMPLATES: dict[tuple, list] = {}
+
+
+def _static(b, hq, hkv, dm, dp, dv, out_dtype, mask_mode, has_sinks) -> tuple:
+    """What does not depend on the cache length, computed once per configuration."""
+    key = (b, hq, hkv, dm, dp, dv, out_dtype, mask_mode, has_sinks)
+    hit = _STATIC.get(key)
+    if hit is None:
+        g = hq // hkv
+        nq = (dm + dp) // 32
+        shared_q = min(pow2ceil(g), 32) * nq > 64  # more q values per lane than registers hold
+        gp, hb = head_block(g, nq, shared_q)
+        nhb = math.ceil(g / hb)
+        nt = min(max(dv, 64), 256)
+        template = [
+            ("G", g), ("GP", gp), ("HB", hb), ("NM", dm // 32), ("NP", dp // 32), ("NQ", nq),
+            ("QSH", shared_q), ("NT", nt), ("DPT", dv // nt), ("DV", dv), ("MASK", mask_mode),
+            ("SINKS", has_sinks), ("O", out_dtype),
+        ]  # fmt: skip
+        combine = [("DV", dv), ("MAXC", MAX_CHUNKS), ("SINKS", has_sinks), ("O", out_dtype)]
+        hit = (key, gp, nhb, nt, gp * nq * 32 * 4 if shared_q else 0, template, combine)
+        _STATIC[key] = hit
+    return hit
+
+
 def launch(q, kk, vv, qpe, kpe, mask, sinks, scale, *, b, hq, hkv, s, s0, dm, dp, dv, out_dtype,
            mask_mode):  # fmt: skip
     """Launch the partial kernel (and the combine kernel when the keys span several chunks).
 
     Returns the output ``(b, hq, 1, dv)``, or None when the shape is not covered.
     """
-    g = hq // hkv
-    nq = (dm + dp) // 32
-    gp0 = min(pow2ceil(g), 32)
-    shared_q = gp0 * nq > 64  # more q values per lane than registers comfortably hold
-    gp, hb = head_block(g, nq, shared_q)
-    nhb = math.ceil(g / hb)
-    q_bytes = gp * nq * 32 * 4 if shared_q else 0
+    key, gp, nhb, nt, q_bytes, base, combine = _static(
+        b, hq, hkv, dm, dp, dv, out_dtype, mask_mode, sinks is not None
+    )
     ch = chunking(s - s0, b * hkv * nhb, gp, q_bytes)
     if ch is None:
         return None
     c, nc = ch
-    nt = min(max(dv, 64), 256)
     final = nc == 1
+    template = _TEMPLATES.get((key, c, final))
+    if template is None:
+        template = _TEMPLATES[(key, c, final)] = base + [("C", c), ("FINAL", final)]
     ip = int_params(s, s0, nc, hq, hkv, nhb)
-    template = [
-        ("G", g), ("GP", gp), ("HB", hb), ("NM", dm // 32), ("NP", dp // 32), ("NQ", nq),
-        ("QSH", shared_q), ("C", c), ("NT", nt), ("DPT", dv // nt), ("DV", dv),
-        ("MASK", mask_mode), ("SINKS", sinks is not None), ("FINAL", final), ("O", out_dtype),
-    ]  # fmt: skip
     rows = b * hq
     out, opart, ml = PARTIAL(
         q, kk, vv,
@@ -339,6 +358,6 @@ def launch(q, kk, vv, qpe, kpe, mask, sinks, scale, *, b, hq, hkv, s, s0, dm, dp
         output_dtypes=[out_dtype],
         grid=(rows * 128, 1, 1),
         threadgroup=(128, 1, 1),
-        template=[("DV", dv), ("MAXC", MAX_CHUNKS), ("SINKS", sinks is not None), ("O", out_dtype)],
+        template=combine,
     )  # fmt: skip
     return out
