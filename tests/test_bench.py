@@ -114,7 +114,7 @@ def test_reports_show_the_numbers():
     assert "3.3" in k  # GB/s from bytes_moved: 16384 B / 5 us
     v = text("validate")
     assert "5/5 prompts" in v and "100.00%" in v and "PASS" in v and "1.300x" in v
-    assert "moe_block" in v and "0.0125" in v
+    assert "moe_block" in v and "0.0125" in v and "no gain" in v
     f = text("validate", RESULTS["validate"] | {"fidelity": results("validate")["fidelity"]
                                                  | {"passed": False, "reason": "why"}})  # fmt: skip
     assert "FAIL  (why)" in f

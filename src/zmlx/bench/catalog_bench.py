@@ -127,11 +127,15 @@ def run(
     if dtype not in DTYPES:
         raise ValueError(f"[bench catalog] expected dtype in {list(DTYPES)}, got {dtype!r}")
     work = [(s, c) for s in specs for c in s.bench_cases if not cases or str(c["id"]) in cases]
-    from tqdm.auto import tqdm
+    try:
+        from tqdm.auto import tqdm
 
+        disable = None if progress is None else not progress  # None: only on a terminal
+        bar = tqdm(work, desc="catalog", unit="case", disable=disable)
+    except ImportError:  # tqdm comes with the lm and dev extras; without it, no bar
+        bar = work
     rows, errors = [], []
-    disable = None if progress is None else not progress  # None: only on a terminal
-    for spec, case in tqdm(work, desc="catalog", unit="case", disable=disable):
+    for spec, case in bar:
         try:
             rows.append(
                 bench_case(spec, case, DTYPES[dtype], warmup=warmup, repeats=repeats, batch=batch)

@@ -118,19 +118,26 @@ def validate(res: dict[str, Any]) -> list[Table]:
         ["patched", num(mem["patched_peak_bytes"] / 1e9, 3)],
     ]
     patch = res["patch"]
-    replaced = patch.get("replaced", [])
     counts: dict[str, int] = {}
-    for item in replaced:
+    for item in patch.get("replaced", []):
         pattern = item[1] if isinstance(item, (list, tuple)) else str(item)
         counts[pattern] = counts.get(pattern, 0) + 1
     patch_rows = [[p, str(n)] for p, n in sorted(counts.items())] or [["(nothing)", "0"]]
-    return [
+    skipped: dict[tuple[str, str], int] = {}
+    for item in patch.get("skipped", []):
+        if isinstance(item, (list, tuple)) and len(item) == 3:
+            skipped[(item[1], item[2])] = skipped.get((item[1], item[2]), 0) + 1
+    out = [
         Table(f"fidelity: {res['model']}", ["check", "result"], fid),
         Table("throughput (stock and patched interleaved)", PHASE_HEADERS,
               _phase_rows(res["model"], res["throughput"])),
         Table("peak memory", ["variant", "GB"], mem_rows),
         Table("patched modules", ["pattern", "modules"], patch_rows),
     ]  # fmt: skip
+    if skipped:
+        rows = [[p, str(n), why] for (p, why), n in sorted(skipped.items())]
+        out.append(Table("not patched", ["pattern", "modules", "reason"], rows))
+    return out
 
 
 def model_decode(res: dict[str, Any]) -> list[Table]:
