@@ -24,6 +24,7 @@ import math
 import mlx.core as mx
 
 from ..core.kernel import Kernel, scalar
+from ._common import vector
 
 TARGET_GROUPS = 256  # aim for ~2 groups per SM on an H100 (132 SMs); not yet tuned on a GPU
 SINGLE_CHUNK_KEYS = 256  # up to this many keys, one chunk (no combine launch)
@@ -267,28 +268,6 @@ def dummy4(dtype=mx.float32) -> mx.array:
     return a
 
 
-_INTS: dict[tuple, mx.array] = {}
-_FLOATS: dict[float, mx.array] = {}
-
-
-def int_params(*vals: int) -> mx.array:
-    arr = _INTS.get(vals)
-    if arr is None:
-        if len(_INTS) > 4096:
-            _INTS.clear()
-        arr = _INTS[vals] = mx.array(vals, dtype=mx.int32)
-    return arr
-
-
-def float_param(v: float) -> mx.array:
-    arr = _FLOATS.get(v)
-    if arr is None:
-        if len(_FLOATS) > 4096:
-            _FLOATS.clear()
-        arr = _FLOATS[v] = mx.array([v], dtype=mx.float32)
-    return arr
-
-
 _STATIC: dict[tuple, tuple] = {}
 _TEMPLATES: dict[tuple, list] = {}
 
@@ -332,7 +311,7 @@ def launch(q, kk, vv, qpe, kpe, mask, sinks, scale, *, b, hq, hkv, s, s0, dm, dp
     template = _TEMPLATES.get((key, c, final))
     if template is None:
         template = _TEMPLATES[(key, c, final)] = base + [("C", c), ("FINAL", final)]
-    ip = int_params(s, s0, nc, hq, hkv, nhb)
+    ip = vector((s, s0, nc, hq, hkv, nhb), mx.int32)
     rows = b * hq
     out, opart, ml = PARTIAL(
         q, kk, vv,
@@ -340,7 +319,7 @@ def launch(q, kk, vv, qpe, kpe, mask, sinks, scale, *, b, hq, hkv, s, s0, dm, dp
         kpe if kpe is not None else dummy4(),
         mask if mask is not None else dummy4(),
         sinks if sinks is not None else scalar(0.0),
-        ip, float_param(float(scale)),
+        ip, vector((float(scale),), mx.float32),
         output_shapes=[(b, hq, 1, dv) if final else (1,), (rows, nc, dv) if not final else (1,),
                        (rows, nc, 2) if not final else (1,)],
         output_dtypes=[out_dtype, mx.float32, mx.float32],

@@ -18,6 +18,7 @@ import math
 import mlx.core as mx
 
 from ..core.kernel import Kernel, scalar
+from ._common import vector
 
 MAX_EXPERTS = 512  # 16 experts per lane in registers
 MAX_K = 32  # lane i keeps the i-th pick
@@ -238,16 +239,10 @@ FUSED = {
     for quant in (False, True)
 }
 
-_PRM: dict[tuple[float, float], mx.array] = {}
-
 
 def params(eps: float, scale: float) -> mx.array:
     """A cached float32 ``[eps, scale]`` (runtime values, so no recompile per value)."""
-    key = (eps, scale)
-    arr = _PRM.get(key)
-    if arr is None:
-        arr = _PRM[key] = mx.array([eps, scale], dtype=mx.float32)
-    return arr
+    return vector((eps, scale), mx.float32)
 
 
 def dummy() -> mx.array:
