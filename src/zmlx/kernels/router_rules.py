@@ -55,12 +55,16 @@ class RouterRule:
 _KINDS = ("softmax_topk", "topk_softmax", "sigmoid_topk")
 
 
+# mlx-lm's MODEL_REMAPPING for the families below.
+_ALIASES = {"kimi_k2": "deepseek_v3", "joyai_llm_flash": "deepseek_v3", "minimax_m2": "minimax"}
+
+
 def router_rule(model_type: str, args, dtype: mx.Dtype | None = None) -> RouterRule:
     """The routing rule of an mlx-lm MoE family.
 
     Args:
-        model_type: mlx-lm ``model_type`` (after ``MODEL_REMAPPING``: ``kimi_k2`` is
-            ``deepseek_v3``, ``minimax_m2`` is ``minimax``).
+        model_type: mlx-lm ``model_type`` (``kimi_k2`` and ``joyai_llm_flash`` route as
+            ``deepseek_v3``, ``minimax_m2`` as ``minimax``, as mlx-lm's ``MODEL_REMAPPING``).
         args: the model's ``ModelArgs`` (or a dict of its fields).
         dtype: the activation dtype (MiniMax and LFM2 cast weights to it).
 
@@ -68,6 +72,7 @@ def router_rule(model_type: str, args, dtype: mx.Dtype | None = None) -> RouterR
         A :class:`RouterRule`.
     """
     a = args if isinstance(args, dict) else vars(args)
+    model_type = _ALIASES.get(model_type, model_type)
 
     def get(name, default=None):
         v = a.get(name, default)
