@@ -94,6 +94,30 @@ def _is_quantized(m: nn.Module) -> bool:
     return hasattr(m, "bits") and hasattr(m, "mode") and "scales" in m
 
 
+_HASH = (0x7FEB352D, 0x846CA68B)  # lowbias32 (Chris Wellons' integer hash) multipliers
+
+
+@mx.compile
+def _hash_words(rows: mx.array, cols: mx.array, ncols: mx.array, seed: mx.array) -> mx.array:
+    x = rows * ncols + cols + seed  # uint32, wraps
+    x = (x ^ (x >> 16)) * _HASH[0]
+    x = (x ^ (x >> 15)) * _HASH[1]
+    return x ^ (x >> 16)
+
+
+def random_words(shape: tuple[int, ...]) -> mx.array:
+    """Uniform random uint32 words of ``shape``, from MLX's seeded generator.
+
+    A hash of each word's index in one fused (compiled) kernel: no temporary larger than the
+    output, where ``mx.random.randint`` draws through a float32 array four times the size of
+    the packed weights (and its float path leaves the low bits of uint32 draws zero).
+    """
+    rows = mx.arange(math.prod(shape[:-1]), dtype=mx.uint32).reshape(*shape[:-1], 1)
+    cols = mx.arange(shape[-1], dtype=mx.uint32)
+    seed = mx.random.randint(0, 2**31 - 1, (), dtype=mx.int32).astype(mx.uint32)
+    return _hash_words(rows, cols, mx.array(shape[-1], dtype=mx.uint32), seed)
+
+
 def _randomize_packed(m: nn.Module) -> None:
     """Replace a quantized layer's packed weight, scales and biases by random ones (no float)."""
     w, scales = m["weight"], m["scales"]
@@ -104,8 +128,7 @@ def _randomize_packed(m: nn.Module) -> None:
         if isinstance(m, nn.QuantizedEmbedding)
         else 1 / math.sqrt(3 * in_dims)
     )
-    codes = mx.random.randint(0, 256, (*w.shape[:-1], w.shape[-1] * 4), dtype=mx.uint8)
-    m["weight"] = codes.view(mx.uint32)
+    m["weight"] = random_words(w.shape)
     jitter = mx.random.uniform(0.5, 1.5, scales.shape)
     if m.mode == "affine":
         levels = 2**m.bits - 1
