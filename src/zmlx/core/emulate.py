@@ -106,6 +106,9 @@ ZX_INLINE float zx_shfl_up(float v, int d) { return zx_host_shfl(v, 2, d); }
 ZX_INLINE float zx_as_float(uint u) { float f; std::memcpy(&f, &u, 4); return f; }
 ZX_INLINE uint zx_as_uint(float f) { uint u; std::memcpy(&u, &f, 4); return u; }
 ZX_INLINE float zx_mul_rn(float a, float b) { volatile float p = a * b; return p; }
+// Threads switch only at barriers and shuffles, and groups run one after another: a plain
+// add is atomic here.
+ZX_INLINE void zx_atomic_add(float* p, float v) { *p += v; }
 ZX_INLINE float zx_shfl_down(float v, int d) { return zx_host_shfl(v, 3, d); }
 ZX_INLINE float zx_exp(float x) { return std::exp(x); }
 ZX_INLINE float zx_log(float x) { return std::log(x); }

@@ -102,6 +102,8 @@ class Kernel:
         header: helper code placed before the body (after the dialect prelude).
         ensure_row_contiguous: let MLX copy non-row-contiguous inputs first. Pass ``False``
             when the body indexes with ``ZX_SHAPE``/``ZX_STRIDES``.
+        atomic_outputs: declare every output atomic on Metal (``zx_atomic_add`` needs it);
+            CUDA outputs are plain pointers that take atomics anyway.
         shared_memory: bytes of dynamic shared memory (CUDA only; Metal bodies declare
             static ``ZX_SHARED`` arrays instead).
 
@@ -120,6 +122,7 @@ class Kernel:
         header: str = "",
         ensure_row_contiguous: bool = True,
         shared_memory: int = 0,
+        atomic_outputs: bool = False,
     ) -> None:
         if not name.replace("_", "").isalnum():
             raise ValueError(f"[Kernel] expected a name of letters, digits and '_', got {name!r}")
@@ -132,6 +135,7 @@ class Kernel:
         self.header = header
         self.ensure_row_contiguous = ensure_row_contiguous
         self.shared_memory = int(shared_memory)
+        self.atomic_outputs = bool(atomic_outputs)
         self.stats = KernelStats()
         self._objs: dict[str, object] = {}
 
@@ -149,6 +153,8 @@ class Kernel:
         """The MLX kernel name: readable name plus a hash of everything that shapes the build."""
         header, body = self.render(backend_name)
         flags = f"{self.ensure_row_contiguous}:{self.shared_memory}:{self.inputs}:{self.outputs}"
+        if self.atomic_outputs:
+            flags += ":atomic"
         return f"zx_{self.name}_{_digest(backend_name, header, body, flags)}"
 
     def _build(self, backend_name: str):
@@ -182,6 +188,7 @@ class Kernel:
                         source=body,
                         header=header,
                         ensure_row_contiguous=self.ensure_row_contiguous,
+                        atomic_outputs=self.atomic_outputs,
                     )
                 _BUILD_CACHE[key] = obj
                 self.stats.builds += 1

@@ -88,6 +88,9 @@ template <typename T> T simd_shuffle(T v, ushort lane);
 template <typename T> T simd_sum(T v);
 template <typename T> T simd_max(T v);
 template <typename T> T simd_min(T v);
+template <typename T> struct atomic { T v; };
+enum memory_order { memory_order_relaxed };
+template <typename T> void atomic_fetch_add_explicit(atomic<T>* p, T v, memory_order);
 namespace metal {
 using std::exp; using std::log; using std::log2; using std::sqrt; using std::fabs;
 using std::floor; using std::ceil; using std::isnan; using std::isinf; using std::fma;
@@ -171,7 +174,8 @@ def metal_source(launch: Launch) -> str:
             if f"{name}_ndim" in body:
                 params.append(f"  const constant int& {name}_ndim")
     for name, dtype in zip(k.outputs, launch.output_dtypes):
-        params.append(f"  device {_METAL_TYPES[dtype]}* {name}")
+        t = _METAL_TYPES[dtype]
+        params.append(f"  device {f'atomic<{t}>' if k.atomic_outputs else t}* {name}")
     attrs = {
         "thread_position_in_grid": "uint3",
         "thread_position_in_threadgroup": "uint3",
