@@ -153,3 +153,22 @@ def test_no_argument_run_under_a_minute(tmp_path):
     assert cap["command"] == "python -m zmlx.validate" and cap["results"]["passed"]
     assert mx.array(cap["results"]["throughput"]["decode"]["stock"]["runs"]).size == 3
     assert seconds < 60, f"took {seconds:.0f} s"
+
+
+def test_hugging_face_id_from_the_local_cache(tmp_path):
+    """An org/name id resolves offline through the Hugging Face cache layout (fresh process)."""
+    cache = tmp_path / "hub"
+    repo = cache / "models--zmlx-test--tiny-qwen3"
+    snap = repo / "snapshots" / "0123456789abcdef"
+    save(build("qwen3", "tiny", "4bit", seed=2), snap)
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0123456789abcdef")
+    src = str(Path(zmlx.__file__).resolve().parents[1])
+    env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1",
+           "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}  # fmt: skip
+    out = tmp_path / "cap.json"
+    cmd = [sys.executable, "-m", "zmlx.validate", "zmlx-test/tiny-qwen3", *FAST, "--json", str(out)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    res = capsule.load(out)["results"]
+    assert res["source"] == "zmlx-test/tiny-qwen3" and res["model"] == "tiny-qwen3"

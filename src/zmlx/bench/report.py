@@ -137,6 +137,9 @@ def validate(res: dict[str, Any]) -> list[Table]:
     if skipped:
         rows = [[p, str(n), why] for (p, why), n in sorted(skipped.items())]
         out.append(Table("not patched", ["pattern", "modules", "reason"], rows))
+    notes = list(patch.get("notes", [])) + list(res.get("notes", []))
+    if notes:
+        out.append(Table("notes", ["note"], [[n] for n in notes]))
     return out
 
 
