@@ -4,7 +4,7 @@ Split-K ("flash-decoding"): one group per (batch, kv head, block of query heads,
 keys). A group reads its chunk of K and V once for all the query heads that share the kv
 head (GQA; MLA shares one latent cache among all heads):
 
-1. scores: each warp takes keys in turn; lanes split the head dim, every lane accumulates a
+1. scores: each warp takes KU keys at a time; lanes split the head dim, every lane accumulates a
    partial dot product for each of the GP heads, and one butterfly exchange reduces all GP
    partials at once (GP - 1 + log2(32 / GP) shuffles instead of 5 GP), leaving head
    ``lane / (32 / GP)``'s score in that lane; scores go to shared memory;
@@ -26,7 +26,9 @@ import mlx.core as mx
 from ..core.kernel import Kernel, scalar
 from ._common import vector
 
-TARGET_GROUPS = 256  # aim for ~2 groups per SM on an H100 (132 SMs); not yet tuned on a GPU
+# Not yet tuned on a GPU: ~4 groups per SM of an H100 (132 SMs), and enough loads in flight
+# per warp (KU keys) and per thread (PVU values) to cover memory latency.
+TARGET_GROUPS = 512
 SINGLE_CHUNK_KEYS = 256  # up to this many keys, one chunk (no combine launch)
 MIN_CHUNK = 64
 MAX_CHUNKS = 1024
@@ -99,35 +101,44 @@ PARTIAL_BODY = r"""
   // 1. scores of this chunk's keys, for GP heads
   const long ksb = ZX_STRIDES(kk)[0], ksh = ZX_STRIDES(kk)[1], kss = ZX_STRIDES(kk)[2];
   const long ksd = ZX_STRIDES(kk)[3];
-  for (int c = (int)warp; c < nk; c += nwarps) {
-    const long s = c0 + c;
-    float part[GP];
-    float ppart[GP];
-    for (int g = 0; g < GP; ++g) { part[g] = 0.0f; ppart[g] = 0.0f; }
-    const long kb = b * ksb + kvh * ksh + s * kss;
-    for (int i = 0; i < NM; ++i) {
-      const float kv = static_cast<float>(kk[kb + (i * 32 + (int)lane) * ksd]);
-      for (int g = 0; g < GP; ++g) { part[g] += QV(g, i) * kv; }
-    }
-    ZX_HEADS_REDUCE(part)
-    float sv = part[0];
-    if (NP > 0) {  // MLA: mlx-lm rounds the rope scores (q_pe * scale) @ k_pe^T to the dtype
-      const long pb = b * ZX_STRIDES(kpe)[0] + kvh * ZX_STRIDES(kpe)[1] + s * ZX_STRIDES(kpe)[2];
-      for (int i = 0; i < NP; ++i) {
-        const float kv = static_cast<float>(kpe[pb + (i * 32 + (int)lane) * ZX_STRIDES(kpe)[3]]);
-        for (int g = 0; g < GP; ++g) { ppart[g] += QV(g, NM + i) * kv; }
+  // KU keys per warp step: their loads are all issued before the first reduction.
+  for (int cb = (int)warp * KU; cb < nk; cb += nwarps * KU) {
+    float kreg[KU * NM];
+    for (int u = 0; u < KU; ++u) {
+      const long kb = b * ksb + kvh * ksh + (long)(c0 + cb + u) * kss;
+      for (int i = 0; i < NM; ++i) {
+        kreg[u * NM + i] = (cb + u < nk) ? static_cast<float>(kk[kb + (i * 32 + (int)lane) * ksd]) : 0.0f;
       }
-      ZX_HEADS_REDUCE(ppart)
-      sv += zx_rnd<O>(ppart[0]);
     }
-    const int gl = (int)lane / (32 / GP);
-    if (MASK != 0 && gl < HB && hb * HB + gl < G) {
-      const float mv = static_cast<float>(mask[b * ZX_STRIDES(mask)[0]
-          + (long)(h0 + gl) * ZX_STRIDES(mask)[1] + s * ZX_STRIDES(mask)[3]]);
-      if (MASK == 1) { sv += mv; }
-      else if (mv == 0.0f) { sv = -3.4028234663852886e38f; }  // SDPA's finfo.min
+    for (int u = 0; u < KU; ++u) {
+      const int c = cb + u;
+      const long s = c0 + c;
+      float part[GP];
+      float ppart[GP];
+      for (int g = 0; g < GP; ++g) { part[g] = 0.0f; ppart[g] = 0.0f; }
+      for (int i = 0; i < NM; ++i) {
+        for (int g = 0; g < GP; ++g) { part[g] += QV(g, i) * kreg[u * NM + i]; }
+      }
+      ZX_HEADS_REDUCE(part)
+      float sv = part[0];
+      if (NP > 0) {  // MLA: mlx-lm rounds the rope scores (q_pe * scale) @ k_pe^T to the dtype
+        const long pb = b * ZX_STRIDES(kpe)[0] + kvh * ZX_STRIDES(kpe)[1] + s * ZX_STRIDES(kpe)[2];
+        for (int i = 0; i < NP; ++i) {
+          const float kv = (c < nk) ? static_cast<float>(kpe[pb + (i * 32 + (int)lane) * ZX_STRIDES(kpe)[3]]) : 0.0f;
+          for (int g = 0; g < GP; ++g) { ppart[g] += QV(g, NM + i) * kv; }
+        }
+        ZX_HEADS_REDUCE(ppart)
+        sv += zx_rnd<O>(ppart[0]);
+      }
+      const int gl = (int)lane / (32 / GP);
+      if (MASK != 0 && c < nk && gl < HB && hb * HB + gl < G) {
+        const float mv = static_cast<float>(mask[b * ZX_STRIDES(mask)[0]
+            + (long)(h0 + gl) * ZX_STRIDES(mask)[1] + s * ZX_STRIDES(mask)[3]]);
+        if (MASK == 1) { sv += mv; }
+        else if (mv == 0.0f) { sv = -3.4028234663852886e38f; }  // SDPA's finfo.min
+      }
+      if (c < nk && (int)lane % (32 / GP) == 0) { sc[gl * C + c] = sv; }
     }
-    if ((int)lane % (32 / GP) == 0) { sc[gl * C + c] = sv; }
   }
 #undef QV
   zx_barrier();
@@ -153,10 +164,19 @@ PARTIAL_BODY = r"""
   const long vsb = ZX_STRIDES(vv)[0], vsh = ZX_STRIDES(vv)[1], vss = ZX_STRIDES(vv)[2];
   const long vsd = ZX_STRIDES(vv)[3];
   const long vb = b * vsb + kvh * vsh;
-  for (int c = 0; c < nk; ++c) {
-    for (int j = 0; j < DPT; ++j) {
-      const float x = static_cast<float>(vv[vb + (c0 + c) * vss + (lid + j * NT) * vsd]);
-      for (int g = 0; g < GP; ++g) { acc[g * DPT + j] += sc[g * C + c] * x; }
+  for (int cb = 0; cb < nk; cb += PVU) {  // PVU value loads in flight per thread
+    float xr[PVU * DPT];
+    for (int u = 0; u < PVU; ++u) {
+      for (int j = 0; j < DPT; ++j) {
+        xr[u * DPT + j] = (cb + u < nk)
+            ? static_cast<float>(vv[vb + (long)(c0 + cb + u) * vss + (lid + j * NT) * vsd]) : 0.0f;
+      }
+    }
+    for (int u = 0; u < PVU; ++u) {
+      if (cb + u >= nk) { break; }
+      for (int j = 0; j < DPT; ++j) {
+        for (int g = 0; g < GP; ++g) { acc[g * DPT + j] += sc[g * C + cb + u] * xr[u * DPT + j]; }
+      }
     }
   }
   for (int g = 0; g < GP; ++g) {
@@ -289,6 +309,7 @@ def _static(b, hq, hkv, dm, dp, dv, out_dtype, mask_mode, has_sinks) -> tuple:
             ("SINKS", has_sinks), ("O", out_dtype),
         ]  # fmt: skip
         combine = [("DV", dv), ("MAXC", MAX_CHUNKS), ("SINKS", has_sinks), ("O", out_dtype)]
+        template += [("KU", max(1, min(4, 16 // (dm // 32)))), ("PVU", 8 if dv // nt == 1 else 4)]
         hit = (key, gp, nhb, nt, gp * nq * 32 * 4 if shared_q else 0, template, combine)
         _STATIC[key] = hit
     return hit
