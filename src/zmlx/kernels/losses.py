@@ -146,7 +146,7 @@ def _ce(x, t, params):
     b = backend()
     if b == "cpu":
         # The parameters stay arrays here (no host sync, and mx.compile can trace it).
-        loss = softmax_cross_entropy_ref(x, t, params[1], params[0])
+        loss = softmax_cross_entropy_ref(x, t.reshape(x.shape[:-1]), params[1], params[0])
         return loss.reshape(-1), mx.zeros((1,), mx.float32)
     rows = rows_of(x)
     return tuple(
@@ -171,7 +171,8 @@ def _ce_vjp(primals, cotangents, outputs):
     if backend() == "cpu":
 
         def f(a):
-            return softmax_cross_entropy_ref(a, t, params[1], params[0]).reshape(-1)
+            ref = softmax_cross_entropy_ref(a, t.reshape(a.shape[:-1]), params[1], params[0])
+            return ref.reshape(-1)
 
         _, (dx,) = mx.vjp(f, [x], [g])
         return (dx,) + zeros

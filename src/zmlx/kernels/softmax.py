@@ -360,7 +360,9 @@ def logsumexp(x: mx.array, keepdims: bool = False) -> mx.array:
     """
     check_input("logsumexp", x)
     if x.size == 0:
-        return logsumexp_ref(x, keepdims)
+        if x.shape[-1] == 0:
+            raise ValueError("[logsumexp] expected rows of at least one element, got 0")
+        return mx.zeros(x.shape[:-1] + ((1,) if keepdims else ()), x.dtype)
     out = logsumexp_f32(x)
     if x.dtype != mx.float32:
         out = out.astype(x.dtype)
