@@ -25,6 +25,8 @@ MAX_K = 32  # lane i keeps the i-th pick
 MAX_GROUPS = 32  # kept groups are a 32-bit mask
 FUSED_MAX_TOKENS = 16
 FUSED_MAX_DIM = 7168  # x row in shared memory: 28 KiB + logits, under Metal's 32 KiB
+# One group per token. 512 threads leave room for up to 128 registers a thread (NVRTC's ptxas
+# gives the largest configuration, E = 512 with 32 groups, 80); 1024 would fail to launch above 64.
 FUSED_THREADS = 512
 _ROUTE_WARPS = 4  # tokens per group in the logits -> routing kernel
 
@@ -180,29 +182,53 @@ _FUSED_HEAD = r"""
   for (int e = (int)warp; e < E; e += nw) {
     float acc = 0.0f;
 """
+# Each lane issues WU loads before using any (memory-level parallelism: one group per token
+# streams the whole router matrix through one SM).
 _DOT_AFFINE = r"""
     // MLX affine quantization: w = scale * q + bias per group of GSZ along the row.
     const int vpw = 32 / QBITS;
     const int wpr = DIN / vpw;
     const int ngr = DIN / GSZ;
     const uint qmask = (1u << QBITS) - 1u;
-    for (int i = (int)lane; i < wpr; i += 32) {
-      const uint word = rw[e * wpr + i];
-      const int k0 = i * vpw;
-      const int g = k0 / GSZ;
-      float dq = 0.0f;
-      float xsum = 0.0f;
-      for (int t = 0; t < vpw; ++t) {
-        const float xv = xs[k0 + t];
-        dq += static_cast<float>((word >> (QBITS * t)) & qmask) * xv;
-        xsum += xv;
+    for (int i0 = (int)lane; i0 < wpr; i0 += 32 * WU) {
+      uint words[WU];
+      float wsc[WU];
+      float wbi[WU];
+      for (int u = 0; u < WU; ++u) {
+        const int i = i0 + 32 * u;
+        const int g = (i * vpw) / GSZ;
+        words[u] = (i < wpr) ? rw[e * wpr + i] : 0u;
+        wsc[u] = (i < wpr) ? static_cast<float>(scales[e * ngr + g]) : 0.0f;
+        wbi[u] = (i < wpr) ? static_cast<float>(qbias[e * ngr + g]) : 0.0f;
       }
-      acc += static_cast<float>(scales[e * ngr + g]) * dq
-           + static_cast<float>(qbias[e * ngr + g]) * xsum;
+      for (int u = 0; u < WU; ++u) {
+        const int i = i0 + 32 * u;
+        if (i < wpr) {
+          const int k0 = i * vpw;
+          float dq = 0.0f;
+          float xsum = 0.0f;
+          for (int t = 0; t < vpw; ++t) {
+            const float xv = xs[k0 + t];
+            dq += static_cast<float>((words[u] >> (QBITS * t)) & qmask) * xv;
+            xsum += xv;
+          }
+          acc += wsc[u] * dq + wbi[u] * xsum;
+        }
+      }
     }
 """
 _DOT_FLOAT = r"""
-    for (int i = (int)lane; i < DIN; i += 32) { acc += static_cast<float>(rw[e * DIN + i]) * xs[i]; }
+    for (int i0 = (int)lane; i0 < DIN; i0 += 32 * WU) {
+      float wv[WU];
+      for (int u = 0; u < WU; ++u) {
+        const int i = i0 + 32 * u;
+        wv[u] = (i < DIN) ? static_cast<float>(rw[e * DIN + i]) : 0.0f;
+      }
+      for (int u = 0; u < WU; ++u) {
+        const int i = i0 + 32 * u;
+        if (i < DIN) { acc += wv[u] * xs[i]; }
+      }
+    }
 """
 _FUSED_TAIL = (
     r"""
@@ -297,6 +323,7 @@ def launch_fused(x, w, scales, qbias, lbias, sbias, plan, template, logits_dtype
         ("QBITS", bits),
         ("GSZ", gsz),
         ("HAS_LBIAS", lbias is not None),
+        ("WU", 8),
         ("LG", logits_dtype),
     ]
     z = dummy()
