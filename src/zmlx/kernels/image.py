@@ -24,6 +24,20 @@ from .catalog import KernelSpec, register
 
 _GROUP = 256
 
+# One thread per output element (n, oy, ox, c) of an NHWC output; zx_dims starts with
+# N, H, W, C, OH, OW.
+_NHWC_OUT = """
+  const uint N = zx_dims[0], H = zx_dims[1], W = zx_dims[2], C = zx_dims[3];
+  const uint OH = zx_dims[4], OW = zx_dims[5];
+  if (tid >= N * OH * OW * C) { return; }
+  const uint c = tid % C;
+  uint r = tid / C;
+  const uint ox = r % OW;
+  r /= OW;
+  const uint oy = r % OH;
+  const uint n = r / OH;
+"""
+
 
 def _coords(n_in: int, n_out: int, align: bool):
     o = mx.arange(n_out, dtype=mx.float32)
@@ -58,16 +72,8 @@ RESIZE = Kernel(
     "resize_bilinear",
     ["x", "prm", "zx_dims"],
     ["out"],
-    """
-  const uint N = zx_dims[0], H = zx_dims[1], W = zx_dims[2], C = zx_dims[3];
-  const uint OH = zx_dims[4], OW = zx_dims[5];
-  if (tid >= N * OH * OW * C) { return; }
-  const uint c = tid % C;
-  uint r = tid / C;
-  const uint ox = r % OW;
-  r /= OW;
-  const uint oy = r % OH;
-  const uint n = r / OH;
+    _NHWC_OUT
+    + """
   float sy = ALIGN ? (float)oy * prm[0] : ((float)oy + 0.5f) * prm[0] - 0.5f;
   float sx = ALIGN ? (float)ox * prm[1] : ((float)ox + 0.5f) * prm[1] - 0.5f;
   sy = zx_min(zx_max(sy, 0.0f), (float)(H - 1u));
@@ -186,16 +192,9 @@ DEPTHWISE = Kernel(
     "depthwise_conv3x3",
     ["x", "w", "b", "zx_dims"],
     ["out"],
-    """
-  const uint N = zx_dims[0], H = zx_dims[1], W = zx_dims[2], C = zx_dims[3];
-  const uint OH = zx_dims[4], OW = zx_dims[5], S = zx_dims[6], P = zx_dims[7];
-  if (tid >= N * OH * OW * C) { return; }
-  const uint c = tid % C;
-  uint r = tid / C;
-  const uint ox = r % OW;
-  r /= OW;
-  const uint oy = r % OH;
-  const uint n = r / OH;
+    _NHWC_OUT
+    + """
+  const uint S = zx_dims[6], P = zx_dims[7];
   const long img = (long)n * H * W * C;
   float acc = HAS_B ? static_cast<float>(b[c]) : 0.0f;
   #pragma unroll
