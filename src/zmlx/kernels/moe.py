@@ -196,7 +196,8 @@ def gather_qmv(x, w, scales, biases, indices, group_size=64, bits=4, mode="affin
     Args:
         x: activations, one row per token (shared by its experts) or one per slot.
         w, scales, biases: experts' weights stacked on the first axis (``E``).
-        indices: selected experts per token (any integer dtype).
+        indices: selected experts per token (any integer dtype), each in ``[0, E)``; like
+            ``mx.gather_qmm`` on a GPU, out-of-range ids are not checked.
         bias: optional per-expert linear bias ``(E, N)``.
 
     Shapes:

@@ -90,10 +90,18 @@ def check_qweight(op, name, w, scales, biases, group_size, bits, mode, stacked=F
             raise ValueError(f"[{op}] expected biases for '{name}' in affine mode, got None")
     elif biases is not None:
         raise ValueError(f"[{op}] expected no biases for '{name}' in {mode} mode")
-    d = w.shape[-1] * 32 // bits
-    gshape = w.shape[:-1] + (d // group_size,)
+    if not isinstance(scales, mx.array):
+        raise ValueError(f"[{op}] expected scales for '{name}' as an mlx array, got {scales!r}")
+    wshape = w.shape
+    d = wshape[-1] * 32 // bits
     for what, a in (("scales", scales), ("biases", biases)):
-        if a is not None and tuple(a.shape) != gshape:
+        if a is None:
+            continue
+        ashape = a.shape
+        if ashape[-1] * group_size == d and ashape[:-1] == wshape[:-1]:
+            continue
+        gshape = tuple(wshape[:-1]) + (d // group_size,)
+        if tuple(ashape) != gshape:
             raise ValueError(
                 f"[{op}] expected {what} of '{name}' with shape {gshape} ({bits} bits, group "
                 f"size {group_size}), got {tuple(a.shape)}"
