@@ -16,6 +16,7 @@ import pytest
 
 from zmlx.core import fallback
 from zmlx.core.backend import backend
+from zmlx.kernels import router_specs as RS
 from zmlx.kernels import routers as R
 from zmlx.testing import assert_close
 
@@ -124,13 +125,13 @@ BOOST = ("lfm2_moe", "kimi_linear")  # 16-bit scores: the catalog's tie-free "bo
 @pytest.mark.parametrize("model_type", list(_families(64, 6)))
 def test_matches_mlx_lm_block(model_type, dtype, rng):
     e, k = 64, 6
-    logits_np = R._separated(rng, T, e)
+    logits_np = RS._separated(rng, T, e)
     bias = None
     if _families(e, k)[model_type][3] is not None:
         b = rng.normal(0, 0.02, size=(e,)).astype(np.float32)
         if model_type in BOOST:
             rule = R.router_rule(model_type, _families(e, k)[model_type][4], dtype)
-            picks = R._boosted(rng, e, rule)
+            picks = RS._boosted(rng, e, rule)
             b[:] = 0.0
             b[picks] = 2.0
             logits_np[:, picks] = -30.0
@@ -175,7 +176,7 @@ def test_ties_go_to_the_lower_index():
 
 
 def test_order_is_descending_selection_score(rng):
-    logits = mx.array(R._separated(rng, 7, 40))
+    logits = mx.array(RS._separated(rng, 7, 40))
     bias = mx.array(rng.normal(0, 0.5, size=(40,)).astype(np.float32))
     inds, _ = R.sigmoid_topk(logits, 8, bias)
     sel = np.take_along_axis(
@@ -185,7 +186,7 @@ def test_order_is_descending_selection_score(rng):
 
 
 def test_stock_selects_the_same_set(rng):
-    logits = mx.array(R._separated(rng, 9, 128))
+    logits = mx.array(RS._separated(rng, 9, 128))
     rule = R.RouterRule("softmax_topk", 8, norm=True)
     i1, w1 = R.route_ref(logits, rule)
     i2, w2 = R.route_stock(logits, None, rule)
@@ -242,7 +243,7 @@ def test_errors():
 
 
 def test_large_expert_counts_take_the_reference_path(rng):
-    logits = mx.array(R._separated(rng, 2, 600))
+    logits = mx.array(RS._separated(rng, 2, 600))
     before = fallback.counts().get("route", 0)
     inds, w = R.softmax_topk(logits, 4)
     i2, w2 = R.route_ref(logits, R.RouterRule("softmax_topk", 4))
