@@ -106,6 +106,26 @@ def gated_concat_ref(kind, x, gate_bias=None, up_bias=None, layout="halves", **k
     return _gated_ref(kind, gate, up, gate_bias, up_bias, **kw)
 
 
+def swiglu_concat_ref(x, gate_bias=None, up_bias=None, layout="halves"):
+    """Shapes: x ``(..., 2H)`` -> ``(..., H)``."""
+    return gated_concat_ref("swiglu", x, gate_bias, up_bias, layout)
+
+
+def geglu_concat_ref(x, gate_bias=None, up_bias=None, layout="halves", approximate="none"):
+    """Shapes: x ``(..., 2H)`` -> ``(..., H)``."""
+    return gated_concat_ref(_APPROX[approximate], x, gate_bias, up_bias, layout)
+
+
+def reglu_concat_ref(x, gate_bias=None, up_bias=None, layout="halves"):
+    """Shapes: x ``(..., 2H)`` -> ``(..., H)``."""
+    return gated_concat_ref("reglu", x, gate_bias, up_bias, layout)
+
+
+def swiglu_oai_concat_ref(x, gate_bias=None, up_bias=None, layout="halves", alpha=1.702, limit=7.0):
+    """Shapes: x ``(..., 2H)`` -> ``(..., H)``."""
+    return gated_concat_ref("swiglu_oai", x, gate_bias, up_bias, layout, alpha=alpha, limit=limit)
+
+
 # ---------------------------------------------------------------------------------------
 # Kernels
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import mlx.core as mx
 
-from ..authoring.elementwise import elementwise
 from ..core.backend import backend
 from ..core.dtypes import dtype_name
 from ._common import vector
@@ -323,7 +322,20 @@ _LSE = RowKernel(
   if (r_lid == 0u) { lse[row] = st.m + zx_log(st.s); }
 """,
 )
-_LSE_VJP = elementwise("g * exp(x - l)", inputs=("x", "g", "l"), name="logsumexp_vjp")
+# dx = g * exp(x - lse): one pass over the row; g (the cotangent, one per row) may be strided.
+_LSE_VJP = RowKernel(
+    "logsumexp_vjp",
+    ("x", "g", "lse"),
+    ("dx",),
+    strided("x")
+    + """  const float gr = static_cast<float>(g[(long)row * ZX_STRIDES(g)[0]]);
+  const float l = lse[row];
+  const long o_b = (long)row * (long)D;
+  for (uint j = r_lid; j < D; j += r_step) {
+    dx[o_b + j] = static_cast<O>(gr * zx_exp(static_cast<float>(x[x_b + j * x_s]) - l));
+  }
+""",
+)
 
 
 @mx.custom_function
@@ -347,9 +359,23 @@ def logsumexp_f32(x: mx.array) -> mx.array:
 @logsumexp_f32.vjp
 def _logsumexp_vjp(primal, cotangent, output):
     x = primal
-    g = cotangent.astype(mx.float32)[..., None]
-    dx = _LSE_VJP(x.astype(mx.float32) if x.dtype != mx.float32 else x, g, output[..., None])
-    return dx.astype(x.dtype)
+    b = backend()
+    if b == "cpu":
+        g = cotangent.astype(mx.float32)[..., None]
+        return (g * mx.exp(x.astype(mx.float32) - output[..., None])).astype(x.dtype)
+    rows = rows_of(x)
+    (dx,) = _LSE_VJP(
+        x,
+        cotangent.reshape(rows),
+        output.reshape(rows),
+        rows=rows,
+        d=x.shape[-1],
+        output_shapes=[x.shape],
+        output_dtypes=[x.dtype],
+        template=[("O", x.dtype)],
+        backend_name=b,
+    )
+    return dx
 
 
 def logsumexp(x: mx.array, keepdims: bool = False) -> mx.array:
