@@ -85,7 +85,8 @@ def assert_close(
         idx = np.argwhere(inf_bad)[:max_report].tolist()
         problems.append(f"Inf mismatch at {int(inf_bad.sum())} element(s), first {idx}")
     finite = np.isfinite(a) & np.isfinite(e)
-    err = np.where(finite, np.abs(a - e), 0.0)
+    with np.errstate(invalid="ignore", over="ignore"):  # inf - inf where both are inf
+        err = np.where(finite, np.abs(a - e), 0.0)
     bad = finite & (err > atol + rtol * np.abs(e))
     if bad.any():
         idx = np.argwhere(bad)[:max_report]
