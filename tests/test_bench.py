@@ -185,8 +185,11 @@ def test_catalog_bench_reports_broken_ops_and_bad_selections():
     from dataclasses import replace
 
     broken = replace(spec, name="silu_broken", op=boom, bench_cases=spec.bench_cases[:1])
-    res = catalog_bench.run([broken], repeats=1, warmup=0, batch=1, progress=False)
+    seen = []
+    res = catalog_bench.run([broken], repeats=1, warmup=0, batch=1, progress=False,
+                            on_row=seen.append)  # fmt: skip
     assert res["rows"] == [] and "kernel exploded" in res["errors"][0]["error"]
+    assert seen == res["errors"] and "ERROR RuntimeError" in catalog_bench.line(seen[0])
     with pytest.raises(ValueError, match="no op"):
         catalog_bench.select(catalog.specs(), "activations", ["rms_norm"])
     with pytest.raises(ValueError, match="dtype"):

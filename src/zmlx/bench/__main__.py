@@ -104,6 +104,13 @@ def _list(args) -> int:
     return 1 if bad else 0
 
 
+def _print_row(row: dict) -> None:
+    # Without a terminal there is no progress bar: one line per case shows the sweep moving.
+    from .catalog_bench import line
+
+    print(line(row), file=sys.stderr, flush=True)
+
+
 def _catalog(args) -> int:
     from ..kernels import catalog
     from . import catalog_bench
@@ -118,6 +125,7 @@ def _catalog(args) -> int:
         warmup=args.warmup,
         repeats=args.repeats,
         batch=args.batch,
+        on_row=None if sys.stderr.isatty() else _print_row,
     )
     if not res["rows"] and not res["errors"]:
         raise ValueError(f"[bench catalog] no bench cases match {args.case}")

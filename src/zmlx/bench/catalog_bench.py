@@ -9,7 +9,7 @@ bytes of all array inputs and outputs over the median time.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import mlx.core as mx
@@ -39,6 +39,17 @@ def _arrays(x: Any) -> list[mx.array]:
 def nbytes(*trees: Any) -> int:
     """Bytes of every array in ``trees`` (nested tuples, lists and dicts)."""
     return sum(a.nbytes for t in trees for a in _arrays(t))
+
+
+def line(row: dict[str, Any]) -> str:
+    """One readable line for a row (or an error) of :func:`run`."""
+    if "error" in row:
+        return f"{row['op']} {row['case']}: ERROR {row['error']}"
+    t = row["timings"]
+    return (
+        f"{row['op']} {row['case']} {row['dtype']}: stock {t['stock']['median_us']:.1f} us, "
+        f"zmlx {t['zmlx']['median_us']:.1f} us ({row['speedup']:.2f}x, {row['path']})"
+    )
 
 
 def _dtype_name(d: mx.Dtype) -> str:
@@ -110,6 +121,7 @@ def run(
     repeats: int = 10,
     batch: int = 10,
     progress: bool | None = None,
+    on_row: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Benchmark ``specs``; returns the ``results`` of a ``catalog_bench`` capsule.
 
@@ -119,6 +131,7 @@ def run(
         cases: benchmark case ids to keep (all when empty).
         warmup, repeats, batch: as in :func:`zmlx.bench.compare`.
         progress: a tqdm bar (default: when stderr is a terminal).
+        on_row: called with each row (and each error) as soon as it is measured.
 
     Returns:
         ``{"backend", "path", "dtype", "rows", "errors", "note"?}``; an op that raises is listed
@@ -137,12 +150,13 @@ def run(
     rows, errors = [], []
     for spec, case in bar:
         try:
-            rows.append(
-                bench_case(spec, case, DTYPES[dtype], warmup=warmup, repeats=repeats, batch=batch)
-            )
+            row = bench_case(spec, case, DTYPES[dtype], warmup=warmup, repeats=repeats, batch=batch)
+            rows.append(row)
         except Exception as e:  # one broken op must not stop the sweep; it is reported
-            err = f"{type(e).__name__}: {e}"
-            errors.append({"op": spec.name, "case": str(case["id"]), "error": err})
+            row = {"op": spec.name, "case": str(case["id"]), "error": f"{type(e).__name__}: {e}"}
+            errors.append(row)
+        if on_row is not None:
+            on_row(row)
     b = backend()
     paths = {r["path"] for r in rows}
     res: dict[str, Any] = {
