@@ -172,3 +172,11 @@ def test_hugging_face_id_from_the_local_cache(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     res = capsule.load(out)["results"]
     assert res["source"] == "zmlx-test/tiny-qwen3" and res["model"] == "tiny-qwen3"
+
+
+def test_zoo_names_and_aliases():
+    assert V.zoo_family("qwen3_moe") == V.zoo_family("qwen3-moe") == "qwen3_moe"
+    assert V.zoo_family("qwen3-30b-a3b") == "qwen3_moe"  # the real model the zoo reproduces
+    assert V.zoo_family("GLM-4.7-Flash") == "glm4_moe_lite"
+    with pytest.raises(V.ValidateError, match="no zoo model 'qwen3-235b-a22b'"):
+        V.zoo_family("qwen3-235b-a22b")  # same family, but no zoo config of that size

@@ -86,16 +86,29 @@ def _zoo_random(family: str, size: str, quant: str | None) -> Loaded:
     return Loaded(model, byte_tokenizer().encode, f"{family}-{size}", what, True)
 
 
+def zoo_family(name: str) -> str:
+    """A zoo family from its name (``qwen3_moe``, ``qwen3-moe``) or from the model-matrix name
+    of the real model it reproduces (``qwen3-30b-a3b``, ``GLM-4.7-Flash``)."""
+    from .matrix.models import CATALOG
+    from .models import FAMILIES
+
+    if name.replace("-", "_") in FAMILIES:
+        return name.replace("-", "_")
+    twins = {e.name.lower(): e.zoo for e in CATALOG if e.zoo}
+    if name.lower() in twins:
+        return twins[name.lower()]
+    raise ValidateError(
+        f"[validate] no zoo model {name!r}; expected one of {list(FAMILIES)} "
+        f"or a model they reproduce ({', '.join(sorted(twins))})"
+    )
+
+
 def resolve(spec: str | None, size: str = "tiny", quant: str | None = None) -> Loaded:
     """Load MODEL (see the module docstring); raises :class:`ValidateError` in one line."""
-    from .models import FAMILIES, fixtures
+    from .models import fixtures
 
     if spec is None or spec.startswith("zoo:"):
-        family = fixtures.DEFAULT if spec is None else spec[4:]
-        if family not in FAMILIES:
-            raise ValidateError(
-                f"[validate] no zoo model {family!r}; expected one of {list(FAMILIES)}"
-            )
+        family = fixtures.DEFAULT if spec is None else zoo_family(spec[4:])
         if size == "tiny" and family in fixtures.available():
             return _fixture(family, quant)
         loaded = _zoo_random(family, size, quant)
