@@ -27,9 +27,9 @@ def vector(values: Sequence[float | int], dtype: mx.Dtype) -> mx.array:
     return arr
 
 
-def dims(*values: int) -> mx.array:
-    """A cached uint32 vector of sizes (row count, row length, ...)."""
-    return vector(values, mx.uint32)
+def dims(*values: int | bool) -> mx.array:
+    """A cached uint32 vector of sizes and flags (row count, row length, ...)."""
+    return vector([int(v) for v in values], mx.uint32)
 
 
 VEC = 4  # elements per thread in elementwise-shaped kernels (memory-level parallelism)

@@ -13,7 +13,8 @@ from __future__ import annotations
 import mlx.core as mx
 
 from ..core.backend import backend
-from ..core.kernel import Kernel, grid_1d, scalar
+from ..core.kernel import Kernel, grid_1d
+from ._common import dims
 from .catalog import KernelSpec, register
 
 BITS = (1, 2, 4, 8)
@@ -64,12 +65,12 @@ PACK = Kernel(
     ["out"],
     """
   if (tid >= zx_n[0]) { return; }
-  constexpr uint PER = 32u / (uint)BITS;
-  constexpr uint MASK = (1u << BITS) - 1u;
+  const uint BITS = zx_n[1];  // a run-time value: one build per dtype serves 1/2/4/8 bits
+  const uint PER = 32u / BITS;
+  const uint MASK = (1u << BITS) - 1u;
   uint w = 0u;
-  #pragma unroll
   for (uint j = 0u; j < PER; ++j) {
-    w |= (static_cast<uint>(vals[(long)tid * PER + j]) & MASK) << ((uint)BITS * j);
+    w |= (static_cast<uint>(vals[(long)tid * PER + j]) & MASK) << (BITS * j);
   }
   out[tid] = w;
 """,
@@ -81,10 +82,11 @@ UNPACK = Kernel(
     ["out"],
     """
   if (tid >= zx_n[0]) { return; }
-  constexpr uint PER = 32u / (uint)BITS;
-  constexpr uint MASK = (1u << BITS) - 1u;
+  const uint BITS = zx_n[1];
+  const uint PER = 32u / BITS;
+  const uint MASK = (1u << BITS) - 1u;
   const uint w = static_cast<uint>(packed[tid / PER]);
-  out[tid] = static_cast<O>((w >> ((uint)BITS * (tid % PER))) & MASK);
+  out[tid] = static_cast<O>((w >> (BITS * (tid % PER))) & MASK);
 """,
 )
 
@@ -117,12 +119,11 @@ def pack_bits(values: mx.array, bits: int) -> mx.array:
     grid, group = grid_1d(n, _GROUP)
     (out,) = PACK(
         values,
-        scalar(n, mx.uint32),
+        dims(n, bits),
         output_shapes=[out_shape],
         output_dtypes=[mx.uint32],
         grid=grid,
         threadgroup=group,
-        template=[("BITS", bits)],
     )
     return out
 
@@ -155,12 +156,12 @@ def unpack_bits(packed: mx.array, bits: int, dtype: mx.Dtype = mx.uint8) -> mx.a
     grid, group = grid_1d(n, _GROUP)
     (out,) = UNPACK(
         packed,
-        scalar(n, mx.uint32),
+        dims(n, bits),
         output_shapes=[out_shape],
         output_dtypes=[dtype],
         grid=grid,
         threadgroup=group,
-        template=[("BITS", bits), ("O", dtype)],
+        template=[("O", dtype)],
     )
     return out
 

@@ -74,6 +74,7 @@ RESIZE = Kernel(
     ["out"],
     _NHWC_OUT
     + """
+  const bool ALIGN = zx_dims[6] != 0u;  // run time: one build per dtype
   float sy = ALIGN ? (float)oy * prm[0] : ((float)oy + 0.5f) * prm[0] - 0.5f;
   float sx = ALIGN ? (float)ox * prm[1] : ((float)ox + 0.5f) * prm[1] - 0.5f;
   sy = zx_min(zx_max(sy, 0.0f), (float)(H - 1u));
@@ -113,12 +114,12 @@ def _resize_fn(out_h: int, out_w: int, align: bool):
         (out,) = RESIZE(
             x,
             prm,
-            dims(n, h, w, c, out_h, out_w),
+            dims(n, h, w, c, out_h, out_w, align),
             output_shapes=[(n, out_h, out_w, c)],
             output_dtypes=[x.dtype],
             grid=grid,
             threadgroup=group,
-            template=[("O", x.dtype), ("ALIGN", align)],
+            template=[("O", x.dtype)],
         )
         return out
 
@@ -195,6 +196,7 @@ DEPTHWISE = Kernel(
     _NHWC_OUT
     + """
   const uint S = zx_dims[6], P = zx_dims[7];
+  const bool HAS_B = zx_dims[8] != 0u;  // run time: one build per dtype
   const long img = (long)n * H * W * C;
   float acc = HAS_B ? static_cast<float>(b[c]) : 0.0f;
   #pragma unroll
@@ -233,12 +235,12 @@ def _depthwise_fn(has_b: bool, stride: int, padding: int):
             x,
             w,
             b if has_b else w,  # any array: never read without a bias
-            dims(n, h, wd, c, oh, ow, stride, padding),
+            dims(n, h, wd, c, oh, ow, stride, padding, has_b),
             output_shapes=[(n, oh, ow, c)],
             output_dtypes=[dtype],
             grid=grid,
             threadgroup=group,
-            template=[("O", dtype), ("HAS_B", has_b)],
+            template=[("O", dtype)],
         )
         return out
 

@@ -34,11 +34,12 @@ def _pow2(n: int) -> int:
 def geometry(d: int) -> tuple[bool, int, int]:
     """``(warp_mode, threads_per_group, C)`` for rows of ``d`` elements.
 
-    ``C`` is rounded up to a power of two so that few builds serve every row length (each
-    distinct ``C`` is one more NVRTC compile); the extra slots are bounds-checked no-ops.
+    ``C`` is 8 for every warp row and a power of two for group rows, so that few builds serve
+    every row length (each distinct ``C`` is one more NVRTC compile of about two seconds); the
+    extra slots are bounds-checked no-ops.
     """
     if d <= WARP_MAX:
-        return True, _WARP_GROUP, _pow2(math.ceil(d / 32))
+        return True, _WARP_GROUP, WARP_MAX // 32
     g = row_group_size(d)
     return False, g, _pow2(math.ceil(d / g))
 

@@ -106,6 +106,9 @@ def rope_ref(
 _BODY = """
   const uint B = zx_dims[0], H = zx_dims[1], T = zx_dims[2], D = zx_dims[3];
   const uint half = zx_dims[4], P = zx_dims[5], HC = zx_dims[6];
+  // Run-time flags (uniform branches): one build per dtype serves every variant.
+  const bool TRAD = zx_dims[7] != 0u, FWD = zx_dims[8] != 0u;
+  const bool INV = zx_dims[9] != 0u, OFFV = zx_dims[10] != 0u;
   if (tid >= B * HC * T * P) { return; }
   const uint i = tid % P;
   uint r = tid / P;
@@ -162,19 +165,12 @@ def run_rope(x, dims_, traditional, fr, is_inv, scale, off, forward=True) -> mx.
         off,
         fr,
         vector([scale], mx.float32),
-        dims(b, h, t, d, half, p, hc),
+        dims(b, h, t, d, half, p, hc, traditional, forward, is_inv, off.size > 1),
         output_shapes=[x.shape],
         output_dtypes=[x.dtype],
         grid=grid,
         threadgroup=group,
-        template=[
-            ("O", x.dtype),
-            ("TRAD", bool(traditional)),
-            ("FWD", bool(forward)),
-            ("INV", bool(is_inv)),
-            ("OFFV", off.size > 1),
-            ("HEADS", HEADS),
-        ],
+        template=[("O", x.dtype), ("HEADS", HEADS)],
     )
     return out
 

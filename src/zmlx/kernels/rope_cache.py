@@ -53,6 +53,7 @@ def _ref(q, k, v, kc, vc, off, fr, dims_, traditional, is_inv, scale):
 _BODY = """
   const uint B = zx_dims[0], HQ = zx_dims[1], HK = zx_dims[2], S = zx_dims[3];
   const uint D = zx_dims[4], half = zx_dims[5], P = zx_dims[6];
+  const bool TRAD = zx_dims[7] != 0u, INV = zx_dims[8] != 0u, OFFV = zx_dims[9] != 0u;
   const uint NA = B * HK * S * P;
   if (tid >= NA + B * HQ * P) { return; }
   const bool in_cache = tid < NA;
@@ -125,15 +126,12 @@ def _function(dims_: int, traditional: bool, is_inv: bool, scale: float):
             KERNEL(
                 q, k, v, kc, vc, off, fr,
                 vector([scale], mx.float32),
-                dims(b, hq, hk, s, d, dims_ // 2, p),
+                dims(b, hq, hk, s, d, dims_ // 2, p, traditional, is_inv, off.size > 1),
                 output_shapes=[q.shape, kc.shape, vc.shape],
                 output_dtypes=[q.dtype, kc.dtype, vc.dtype],
                 grid=grid,
                 threadgroup=group,
-                template=[
-                    ("Q", q.dtype), ("KC", kc.dtype), ("TRAD", bool(traditional)),
-                    ("INV", bool(is_inv)), ("OFFV", off.size > 1),
-                ],
+                template=[("Q", q.dtype), ("KC", kc.dtype)],
             )
         )  # fmt: skip
 
