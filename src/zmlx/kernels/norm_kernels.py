@@ -31,6 +31,7 @@ def _pow2(n: int) -> int:
     return 1 << max(0, n - 1).bit_length()
 
 
+@cache
 def geometry(d: int) -> tuple[bool, int, int]:
     """``(warp_mode, threads_per_group, C)`` for rows of ``d`` elements.
 
