@@ -189,3 +189,16 @@ def test_gpu_runs_forward_and_backward_kernels(rng):
     before = launch_count()
     mx.eval(_grad_of(norms.rms_norm, (0, 1))(x, w))
     assert launch_count() - before >= 2
+
+
+@pytest.mark.parametrize("d", [40, 300], ids=["warp", "block"])
+def test_backward_units_loop_over_many_rows(d, rng, monkeypatch):
+    # Few units, many rows: each unit sums dw/db partials over several rows.
+    from zmlx.kernels import norm_kernels
+
+    monkeypatch.setattr(norm_kernels, "_BWD_UNITS_BLOCK", 2)
+    monkeypatch.setattr(norm_kernels, "_BWD_UNITS_WARP", 16)
+    x, w, b = _x(rng, (37, d), shift=0.5), _x(rng, (d,), shift=1.0), _x(rng, (d,))
+    with emulator():
+        check_grad(norms.layer_norm, norms.layer_norm_ref, [x, w, b], atol=1e-4, rtol=1e-3)
+        check_grad(norms.rms_norm, norms.rms_norm_ref, [x, w], atol=1e-4, rtol=1e-3)
