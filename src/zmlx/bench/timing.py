@@ -17,6 +17,8 @@ class Timing:
     name: str
     runs_us: list[float] = field(default_factory=list)
     batch: int = 1
+    build_us: list[float] = field(default_factory=list)
+    eval_us: list[float] = field(default_factory=list)
 
     @property
     def median_us(self) -> float:
@@ -31,6 +33,9 @@ class Timing:
         d = asdict(self)
         d["median_us"] = self.median_us
         d["min_us"], d["max_us"] = self.spread_us
+        if self.eval_us:
+            d["median_build_us"] = statistics.median(self.build_us)
+            d["median_eval_us"] = statistics.median(self.eval_us)
         return d
 
 
@@ -49,20 +54,27 @@ def measure(
 ) -> Timing:
     """Time ``fn(*args)``.
 
-    Each run builds ``batch`` independent calls and evaluates them together, so the device runs
-    them back to back and the per-call time is ``wall / batch`` (launch-bound ops report their
-    launch cost, bandwidth-bound ops their device time). ``repeats`` runs are kept.
+    Each run builds ``batch`` independent calls (graph building: Python and MLX's C++ front
+    end) and then evaluates them together, so the device runs them back to back. Kept per
+    call: ``runs_us`` (build + evaluation), ``build_us`` and ``eval_us`` (evaluation alone:
+    the device time plus MLX's per-kernel encoding; for kernel comparisons this is the number
+    that Python overhead does not blur). ``repeats`` runs are kept.
     """
     for _ in range(warmup):
         _eval([fn(*args) for _ in range(batch)])
     mx.synchronize()
-    runs = []
+    timing = Timing(name=name or getattr(fn, "__name__", "fn"), batch=batch)
     for _ in range(repeats):
         t0 = time.perf_counter()
-        _eval([fn(*args) for _ in range(batch)])
+        outs = [fn(*args) for _ in range(batch)]
+        t1 = time.perf_counter()
+        _eval(outs)
         mx.synchronize()
-        runs.append((time.perf_counter() - t0) * 1e6 / batch)
-    return Timing(name=name or getattr(fn, "__name__", "fn"), runs_us=runs, batch=batch)
+        t2 = time.perf_counter()
+        timing.runs_us.append((t2 - t0) * 1e6 / batch)
+        timing.build_us.append((t1 - t0) * 1e6 / batch)
+        timing.eval_us.append((t2 - t1) * 1e6 / batch)
+    return timing
 
 
 def compare(
@@ -102,10 +114,14 @@ def compare(
         for n in names:
             t = measure(fns[n], args, name=n, warmup=0, repeats=1, batch=batch)
             timings[n].runs_us.extend(t.runs_us)
+            timings[n].build_us.extend(t.build_us)
+            timings[n].eval_us.extend(t.eval_us)
     base = timings[baseline].median_us
     out = {}
     for n in names:
         d = timings[n].to_dict()
         d["speedup"] = base / d["median_us"] if d["median_us"] > 0 else float("nan")
+        base_eval = statistics.median(timings[baseline].eval_us)
+        d["eval_speedup"] = base_eval / d["median_eval_us"] if d["median_eval_us"] > 0 else float("nan")
         out[n] = d
     return out
