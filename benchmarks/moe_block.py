@@ -123,9 +123,9 @@ def main(argv=None) -> int:
     bw = copy_bandwidth(1 << 30 if args.scale == 1.0 else 1 << 24)
     rows = []
     print(f"device: {device_name()}   copy bandwidth: {bw:.0f} GB/s")
-    print(
-        f"{'model':<15} {'T':>3} {'stock us':>9} {'zmlx us':>8} {'speedup':>8} {'GB/s':>7} {'% copy':>7}"
-    )
+    print("per call; 'eval' = evaluation only (device time + MLX encoding, no graph building)")
+    print(f"{'model':<15} {'T':>3} {'stock us':>9} {'zmlx us':>8} {'speedup':>8} {'eval st':>8} "
+          f"{'eval zx':>8} {'eval x':>7} {'GB/s':>6} {'% copy':>7}")  # fmt: skip
     for name in args.models:
         d, i, e, k, quant = MODELS[name]
         if args.scale != 1.0:
