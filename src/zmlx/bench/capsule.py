@@ -23,6 +23,9 @@ REQUIRED = tuple(TOP_LEVEL)
 
 
 def _git_commit() -> str | None:
+    # A copy of the tree without .git (a remote GPU run) can pass the commit in.
+    if os.environ.get("ZMLX_GIT_COMMIT"):
+        return os.environ["ZMLX_GIT_COMMIT"]
     try:
         here = Path(__file__).resolve().parent
         out = subprocess.run(
