@@ -57,8 +57,12 @@ class SwiGLUMLPPattern(Pattern):
     replacement = FusedSwiGLUMLP
 
     def check(self, module: nn.Module, ctx: Context) -> Verdict:
+        from mlx_lm.models.switch_layers import SwitchGLU
+
         names = ("gate_proj", "up_proj", "down_proj")
-        if not all(isinstance(module.get(n), nn.Module) for n in names):
+        if isinstance(module, SwitchGLU) or not all(
+            isinstance(module.get(n), nn.Module) for n in names
+        ):
             return NO
         if module.get("switch_mlp") is not None or module.get("experts") is not None:
             return NO
