@@ -90,7 +90,9 @@ def _command() -> str:
         i = len(p.parts) - 1 - p.parts[::-1].index("zmlx")
         mod = [*p.parts[i:-1], p.stem] if p.stem != "__main__" else list(p.parts[i:-1])
         prog = "python -m " + ".".join(mod)
-    return " ".join([prog, *sys.argv[1:]])
+    # Absolute paths name one machine's folders: keep only the file names.
+    args = [Path(a).name if os.path.isabs(a) else a for a in sys.argv[1:]]
+    return " ".join([prog, *args])
 
 
 def make(kind: str, results: Any, **extra: Any) -> dict[str, Any]:

@@ -1,0 +1,99 @@
+"""Render the README's results section from the capsules (no number is typed by hand).
+
+    python benchmarks/readme_tables.py            # print the markdown
+    python benchmarks/readme_tables.py --write    # replace the block between the README markers
+
+A test checks that the README's block equals this script's output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "src"))
+
+from zmlx.bench import capsule  # noqa: E402
+
+CAPS = ROOT / "benchmarks" / "capsules"
+START, END = "<!-- results:start -->", "<!-- results:end -->"
+
+
+def _cap(name: str) -> dict | None:
+    p = CAPS / name
+    return capsule.load(p) if p.exists() else None
+
+
+def render() -> str:
+    out = []
+    dec = _cap("moe_decode_qwen3_30b_a3b_h100.json")
+    if dec:
+        dev = dec["env"]["device"]
+        out += [f"End to end, random 4-bit weights, {dev} (`{dec['command']}`, "
+                f"capsule `benchmarks/capsules/moe_decode_qwen3_30b_a3b_h100.json`):", "",
+                "| model | decode stock tok/s | decode zmlx tok/s | decode ratio | prefill ratio "
+                "(1024 tokens) | teacher-forced top-1 agreement |",
+                "| --- | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
+        for r in dec["results"]["rows"]:
+            d, p = r["decode"], r["prefill"]
+            out.append(f"| {r['model']} ({r['quant']}) | {d['stock']['median']:.1f} | "
+                       f"{d['patched']['median']:.1f} | {d['speedup']:.2f}x | "
+                       f"{p['speedup']:.2f}x | {100 * r['fidelity']['top1_agree']:.1f}% |")  # fmt: skip
+        out.append("")
+    blk = _cap("moe_block_h100.json")
+    if blk:
+        res = blk["results"]
+        out += [f"One MoE block's routed experts at decode against mlx-lm's `SwitchGLU` + combine, "
+                f"{blk['env']['device']}, copy bandwidth {res['copy_bandwidth_gbps']:.0f} GB/s "
+                "(capsule `benchmarks/capsules/moe_block_h100.json`). *Device* is the evaluation "
+                "time alone; *total* adds Python graph building:", "",
+                "| model | tokens | stock device us | zmlx device us | device ratio | "
+                "% of copy bandwidth | total ratio |",
+                "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
+        for r in res["rows"]:
+            s, z = r["timings"]["mlx_switchglu"], r["timings"]["zmlx"]
+            out.append(f"| {r['model']} | {r['tokens']} | {s['median_eval_us']:.1f} | "
+                       f"{z['median_eval_us']:.1f} | {z['eval_speedup']:.2f}x | "
+                       f"{100 * r['fraction_of_copy']:.1f}% | {z['speedup']:.2f}x |")  # fmt: skip
+        out.append("")
+    ew = _cap("elementwise_fused_h100.json")
+    if ew:
+        t = ew["results"]["timings"]
+        out += [f"`{ew['results']['expr']}` on {ew['results']['n']:,} {ew['results']['dtype']} "
+                f"elements, {ew['env']['device']} (capsule "
+                "`benchmarks/capsules/elementwise_fused_h100.json`):", "",
+                "| variant | us | GB/s | vs eager |", "| --- | ---: | ---: | ---: |"]  # fmt: skip
+        for name, v in t.items():
+            out.append(f"| {name} | {v['median_us']:.1f} | {v['gbps']:.0f} | {v['speedup']:.2f}x |")
+        out.append("")
+    gt = _cap("gpu_tests_foundation_h100.json")
+    if gt:
+        r = gt["results"]
+        out += [
+            f"Test suite on the H100 at `{gt['env']['git_commit']}` (capsule "
+            f"`benchmarks/capsules/gpu_tests_foundation_h100.json`): {r['passed']} passed, "
+            f"{r['failed']} failed, {r['skipped']} skipped; {gt.get('provenance', '')}.",
+            "",
+        ]
+    return "\n".join(out).rstrip() + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--write", action="store_true")
+    args = p.parse_args(argv)
+    text = render()
+    if not args.write:
+        print(text)
+        return 0
+    readme = ROOT / "README.md"
+    src = readme.read_text()
+    a, b = src.index(START) + len(START), src.index(END)
+    readme.write_text(src[:a] + "\n" + text + src[b:])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,25 @@
+"""The README's results block is generated from the capsules, never typed by hand."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_results_block_matches_the_capsules():
+    spec = importlib.util.spec_from_file_location(
+        "readme_tables", ROOT / "benchmarks" / "readme_tables.py"
+    )
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    readme = (ROOT / "README.md").read_text()
+    block = readme[readme.index(mod.START) + len(mod.START) : readme.index(mod.END)]
+    assert block.strip() == mod.render().strip(), "run: python benchmarks/readme_tables.py --write"
+
+
+def test_readme_starts_with_the_two_commands():
+    blocks = (ROOT / "README.md").read_text().split("```bash\n")[1:3]
+    assert "pip install -e '.[cpu,lm,dev]'" in blocks[0] and "python -m zmlx.validate" in blocks[0]
+    assert "python -m pytest" in blocks[1]
