@@ -18,6 +18,11 @@ SPECS = catalog.specs()
 DT = {mx.float32: "f32", mx.float16: "f16", mx.bfloat16: "bf16"}
 
 
+def _param(spec, case, dtype):
+    return pytest.param(spec, case, dtype, id=f"{spec.name}-{case['id']}-{DT.get(dtype, dtype)}",
+                        marks=pytest.mark.xdist_group(spec.name))  # fmt: skip
+
+
 def _params(grad: bool = False):
     out = []
     for spec in SPECS:
@@ -25,16 +30,7 @@ def _params(grad: bool = False):
             continue
         cases = [c for c in spec.cases if c.get("grad", True)] if grad else spec.cases
         for case in cases[:2] if grad else cases:
-            for dtype in spec.dtypes:
-                out.append(
-                    pytest.param(
-                        spec,
-                        case,
-                        dtype,
-                        id=f"{spec.name}-{case['id']}-{DT.get(dtype, dtype)}",
-                        marks=pytest.mark.xdist_group(spec.name),
-                    )
-                )
+            out += [_param(spec, case, dtype) for dtype in spec.dtypes]
     return out
 
 
@@ -79,22 +75,8 @@ EMULATED_MAX_ELEMENTS = 1 << 15  # the emulator runs a fiber per GPU thread: sma
 
 
 def _emulated_params():
-    out = []
-    for spec in SPECS:
-        for case in spec.cases:
-            if case.get("reference_only", False):
-                continue
-            for dtype in spec.dtypes:
-                out.append(
-                    pytest.param(
-                        spec,
-                        case,
-                        dtype,
-                        id=f"{spec.name}-{case['id']}-{DT.get(dtype, dtype)}",
-                        marks=pytest.mark.xdist_group(spec.name),
-                    )
-                )
-    return out
+    return [_param(spec, case, dtype) for spec in SPECS for case in spec.cases
+            if not case.get("reference_only", False) for dtype in spec.dtypes]  # fmt: skip
 
 
 @pytest.mark.no_emulate  # it enters the emulator itself
@@ -161,18 +143,5 @@ def test_rendered_sources_compile(spec, backend_name, rng):
             launches += got
     if not launches:
         pytest.skip(f"{spec.name} launched no kernel for these cases")
-    seen, failures = set(), []
-    for launch in launches:
-        key = (
-            launch.kernel.mlx_name(backend_name),
-            str(launch.inputs),
-            str(launch.output_dtypes),
-            str(launch.template),
-        )
-        if key in seen:
-            continue
-        seen.add(key)
-        r = syntax.check(launch)
-        if not r.ok:
-            failures.append(f"{launch.kernel.name}:\n{r.log[:2000]}")
+    failures = syntax.check_all(launches)
     assert not failures, "\n\n".join(failures)

@@ -63,21 +63,7 @@ def test_rendered_sources_compile(backend):
     with capture(backend) as launches:
         _launch_all_authoring_paths()
     assert launches, "no kernel launch was captured"
-    seen = set()
-    failures = []
-    for launch in launches:
-        key = (
-            launch.kernel.mlx_name(backend),
-            tuple(str(d) for d, _ in launch.inputs),
-            tuple(str(d) for d in launch.output_dtypes),
-            str(launch.template),
-        )
-        if key in seen:
-            continue
-        seen.add(key)
-        result = syntax.check(launch)
-        if not result.ok:
-            failures.append(f"{launch.kernel.name}:\n{result.log[:3000]}")
+    failures = syntax.check_all(launches, max_log=3000)
     assert not failures, "\n\n".join(failures)
 
 

@@ -329,3 +329,23 @@ def check_metal(launch: Launch) -> CheckResult:
 
 def check(launch: Launch) -> CheckResult:
     return check_cuda(launch) if launch.backend == "cuda" else check_metal(launch)
+
+
+def check_all(launches, max_log: int = 2000) -> list[str]:
+    """Compile-check every distinct launch (one per kernel, dtypes and template values).
+
+    Returns:
+        One message per failing launch (kernel name and compiler log); empty when all pass.
+    """
+    seen, failures = set(), []
+    for launch in launches:
+        b = launch.backend
+        key = (launch.kernel.mlx_name(b), tuple(str(d) for d, _ in launch.inputs),
+               tuple(str(d) for d in launch.output_dtypes), str(launch.template))  # fmt: skip
+        if key in seen:
+            continue
+        seen.add(key)
+        result = check(launch)
+        if not result.ok:
+            failures.append(f"{launch.kernel.name}:\n{result.log[:max_log]}")
+    return failures
