@@ -2,8 +2,8 @@
 
 ``build(name, size, quant)`` makes the mlx-lm ``Model`` of a family from its zoo config (no
 download), casts it and quantizes it with ``mlx_lm.utils.quantize_model``, so each family's own
-``quant_predicate`` decides which layers get which bits (routers at 8 bits, ``MoEGate`` left in
-float, layers whose input size is not a multiple of the group size skipped).
+``quant_predicate`` decides which layers get which bits (most routers at 8 bits, ``MoEGate``
+left in float, layers whose input size is not a multiple of the group size skipped).
 
 Full-size models never exist in float at once. MLX is lazy: constructing the model and quantizing
 it only records graphs. For ``size="full"`` the packed weights, scales and biases of every
@@ -194,7 +194,7 @@ def estimate_bytes(
     name: str, size: str = "full", quant: str | None = None, *, num_layers: int | None = None
 ) -> int:
     """Parameter bytes :func:`build` would hold, computed from shapes alone (nothing evaluated)."""
-    return parameter_bytes(_construct(name, size, quant, 0, None, num_layers, False))
+    return parameter_bytes(_construct(name, size, quant, None, None, num_layers, False))
 
 
 def _construct(name, size, quant, seed, dtype, num_layers, random_packed) -> nn.Module:
@@ -203,7 +203,8 @@ def _construct(name, size, quant, seed, dtype, num_layers, random_packed) -> nn.
     if num_layers is not None:
         config = _with_layers(config, num_layers)
     dtype = dtype or (mx.float32 if size == "tiny" else mx.bfloat16)
-    mx.random.seed(seed)
+    if seed is not None:  # None: shapes only, leave the caller's generator alone
+        mx.random.seed(seed)
     model_cls, args_cls = _model_classes(config)
     model = model_cls(args_cls.from_dict(config))
     _init_raw_routers(model)
