@@ -22,8 +22,9 @@ memory), ``ZX_SHARED_PTR`` (qualifies a pointer to it in a helper's parameters),
 ``ZX_INLINE`` (helper functions), ``zx_barrier()``, ``zx_shfl_xor(v, mask)``,
 ``zx_shfl(v, src)``, ``zx_as_float(uint)`` / ``zx_as_uint(float)`` (bit casts),
 ``zx_mul_rn(a, b)`` (a product never fused into an fma, for exact rounding),
-``zx_atomic_add(&out[i], v)`` (float atomic add into an output; the kernel must be built with
-``atomic_outputs=True``, which Metal needs and CUDA ignores),
+``zx_atomic_add(&out[i], v)`` (atomic add of a float into a float32 output, or of an int into an
+int32 output; the kernel must be built with ``atomic_outputs=True``, which Metal needs and CUDA
+ignores),
 ``zx_warp_sum/max/min(v)``, ``zx_block_sum/max/min(v, buf)`` (``buf``: 32 shared floats; all
 threads get the result), math ``zx_exp, zx_log, zx_log2, zx_log1p, zx_expm1, zx_sqrt,
 zx_rsqrt, zx_abs, zx_sign, zx_sin, zx_cos, zx_tan, zx_tanh, zx_sigmoid, zx_erf, zx_atan,
@@ -114,6 +115,7 @@ ZX_INLINE uint zx_as_uint(float f) { return __float_as_uint(f); }
 // A product the compiler may not contract into an fma with a following add (exact rounding).
 ZX_INLINE float zx_mul_rn(float a, float b) { return __fmul_rn(a, b); }
 ZX_INLINE void zx_atomic_add(float* p, float v) { atomicAdd(p, v); }
+ZX_INLINE void zx_atomic_add(int* p, int v) { atomicAdd(p, v); }
 ZX_INLINE float zx_exp(float x) { return expf(x); }
 ZX_INLINE float zx_log(float x) { return logf(x); }
 ZX_INLINE float zx_log2(float x) { return log2f(x); }
@@ -153,6 +155,9 @@ ZX_INLINE float zx_mul_rn(float a, float b) { return a * b; }
 // Outputs of a kernel built with atomic_outputs=True are device atomic<float>*; a template,
 // so kernels that never call it never name atomic<float>.
 template <typename A> ZX_INLINE void zx_atomic_add(device A* p, float v) {
+  atomic_fetch_add_explicit(p, v, memory_order_relaxed);
+}
+template <typename A> ZX_INLINE void zx_atomic_add(device A* p, int v) {
   atomic_fetch_add_explicit(p, v, memory_order_relaxed);
 }
 ZX_INLINE float zx_exp(float x) { return metal::exp(x); }

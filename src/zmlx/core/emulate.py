@@ -109,6 +109,7 @@ ZX_INLINE float zx_mul_rn(float a, float b) { volatile float p = a * b; return p
 // Threads switch only at barriers and shuffles, and groups run one after another: a plain
 // add is atomic here.
 ZX_INLINE void zx_atomic_add(float* p, float v) { *p += v; }
+ZX_INLINE void zx_atomic_add(int* p, int v) { *p += v; }
 ZX_INLINE float zx_shfl_down(float v, int d) { return zx_host_shfl(v, 3, d); }
 ZX_INLINE float zx_exp(float x) { return std::exp(x); }
 ZX_INLINE float zx_log(float x) { return std::log(x); }
