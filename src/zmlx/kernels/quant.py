@@ -342,6 +342,7 @@ def _check_shape(op, name, a, shape, dtype) -> None:
 
 # Registers the catalog entries (kept apart to keep this file short).
 from . import quant_specs as _specs  # noqa: E402,F401
+from .quantize import quantize, quantize_ref  # noqa: E402  (quantize's own module)
 
 __all__ = [
     "dequantize",
@@ -356,5 +357,7 @@ __all__ = [
     "qmv_residual_ref",
     "qmv_swiglu",
     "qmv_swiglu_ref",
+    "quantize",
+    "quantize_ref",
     "swiglu_ref",
 ]

@@ -22,6 +22,7 @@ from .quant import (
     qmv_swiglu,
     qmv_swiglu_ref,
 )
+from .quantize import quantize, quantize_ref
 
 # ---------------------------------------------------------------------------------------
 # Random quantized weights for tests and benchmarks (no mx.quantize: fast at real sizes)
@@ -176,3 +177,55 @@ for _name, _op, _ref, _make, _cases, _tol, _desc in (
             description=_desc,
         )
     )
+
+
+# ---------------------------------------------------------------------------------------
+# quantize: bit-exact against mx.quantize (scales and biases too)
+
+_QZ_FORMATS = dict(FORMATS, a2g64=(2, 64, "affine"), a2g32=(2, 32, "affine"))
+_QZ_CASES = (
+    {"id": "a4g64-1x256", "shape": (1, 256), "fmt": "a4g64"},
+    {"id": "a8g32-31x96", "shape": (31, 96), "fmt": "a8g32"},
+    {"id": "a4g128-33x128", "shape": (33, 128), "fmt": "a4g128"},
+    {"id": "a2g64-experts-3x5x128", "shape": (3, 5, 128), "fmt": "a2g64"},
+    {"id": "a8g128-transposed", "shape": (256, 6), "fmt": "a8g128", "transpose": True},
+    {"id": "a4g32-4097x32", "shape": (4097, 32), "fmt": "a4g32"},
+    {"id": "mxfp4-17x160", "shape": (17, 160), "fmt": "mxfp4"},
+    {"id": "mxfp4-2x3x64", "shape": (2, 3, 64), "fmt": "mxfp4"},
+    {"id": "a3-ref", "shape": (4, 64), "fmt": "a3", "reference_only": True},
+)
+# Real uses: mlx-lm's QuantizedKVCache quantizes each new token's keys and values (8-bit, g64),
+# and converting a model quantizes its expert stacks (one layer's gate_proj here).
+_QZ_BENCH = (
+    {"id": "qwen3-30b-kv-decode", "shape": (1, 4, 1, 128), "fmt": "a8g64"},
+    {"id": "qwen3-30b-kv-prefill", "shape": (1, 4, 2048, 128), "fmt": "a8g64"},
+    {"id": "qwen3-30b-experts", "shape": (128, 768, 2048), "fmt": "a4g64"},
+    {"id": "gpt-oss-20b-kv-decode", "shape": (1, 8, 1, 64), "fmt": "a8g64"},
+    {"id": "gpt-oss-20b-kv-prefill", "shape": (1, 8, 2048, 64), "fmt": "a8g64"},
+    {"id": "gpt-oss-20b-experts", "shape": (32, 2880, 2880), "fmt": "mxfp4"},
+)
+
+
+def _make_quantize(case, dtype, rng):
+    bits, gs, mode = _QZ_FORMATS[case["fmt"]]
+    shape = case["shape"]
+    w = random_x(rng, shape, dtype)
+    if case.get("transpose"):
+        w = w.T
+    return (w, gs, bits, mode)
+
+
+register(
+    KernelSpec(
+        name="quantize",
+        family="quant",
+        op=quantize,
+        ref=quantize_ref,
+        make_inputs=_make_quantize,
+        cases=_QZ_CASES,
+        bench_cases=_QZ_BENCH,
+        stock=quantize_ref,
+        tolerances=_DEQ_TOL,
+        description="mx.quantize bit for bit (affine 2/4/8-bit, mxfp4), one warp-lane chunk per group",
+    )
+)
