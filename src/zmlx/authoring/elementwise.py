@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 import mlx.core as mx
 
 from ..core import expr as E
+from ..core import overrides
 from ..core.backend import backend
 from ..core.dtypes import as_array, check_float, dtype_name, promote
 from ..core.kernel import Kernel, grid_1d, scalar
@@ -25,6 +26,23 @@ from ..core.kernel import Kernel, grid_1d, scalar
 _MAX_ELEMENTS = 2**31 - 1
 _GROUP = 256  # threads per group (a multiple of the warp size)
 _VEC = 4  # elements per thread on the contiguous path (memory-level parallelism)
+_SMALL = 1 << 16  # up to this many elements an op is in the "small" knob class (decode-like)
+
+
+def _size(args) -> int:
+    shapes = [a.shape for a in args if isinstance(a, mx.array)]
+    return math.prod(mx.broadcast_shapes(*shapes)) if shapes else 1
+
+
+KNOBS = overrides.KnobSpace(
+    name="elementwise",
+    values={"group": (32, 64, 128, 256, 512, 1024), "vec": (1, 2, 4, 8)},
+    shape_class=lambda args: _knob_class(_size(args)),
+    defaults=lambda args: {"group": _GROUP, "vec": _VEC},
+    describe="group: threads per group; vec: elements per thread on the contiguous path "
+    "(VEC template, lsize apart so warp accesses stay coalesced); broadcast inputs ignore both",
+)
+"""Launch knobs of every elementwise op (see :mod:`zmlx.core.overrides`)."""
 
 
 def _unbroadcast(g: mx.array, shape: tuple[int, ...]) -> mx.array:
@@ -70,6 +88,7 @@ class ElementwiseOp:
         self._fn = self._make_function()
         self.last_path: str | None = None
         self._verbose = False
+        overrides.register_space(KNOBS, [name])
 
     # -- public call -------------------------------------------------------------------
     def __call__(self, *args, verbose: bool = False):
@@ -223,9 +242,14 @@ class ElementwiseOp:
                 a = a.reshape(1)
             ins.append(a)
         n = math.prod(shape)
-        vec = 1 if "b" in modes else _VEC
-        grid, group = grid_1d(-(-n // vec), _GROUP)
-        template = [("O", self._dtype)] + ([("VEC", vec)] if vec > 1 else [])
+        strided = "b" in modes
+        group_size, vec = _GROUP, 1 if strided else _VEC
+        knobs = None if strided else overrides.lookup(self.name, lambda: _knob_class(n), b)
+        if knobs is not None:
+            k = KNOBS.resolve(arrays, knobs)
+            group_size, vec = k["group"], k["vec"]
+        grid, group = grid_1d(-(-n // vec), group_size)
+        template = [("O", self._dtype)] + ([] if strided else [("VEC", vec)])
         outs = self._kernel(modes)(
             *ins,
             scalar(n, mx.uint32),
@@ -297,6 +321,10 @@ class ElementwiseOp:
     def __repr__(self) -> str:
         exprs = ", ".join(E.to_text(n) for n in self.nodes)
         return f"ElementwiseOp({self.name}: ({', '.join(self.inputs)}) -> {exprs})"
+
+
+def _knob_class(n: int) -> str:
+    return "small" if n <= _SMALL else "large"
 
 
 def _op_name(name: str | None, text: str) -> str:

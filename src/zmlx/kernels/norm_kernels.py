@@ -17,6 +17,7 @@ from functools import cache
 
 import mlx.core as mx
 
+from ..core import overrides
 from ..core.kernel import Kernel, row_group_size
 from ._common import dims
 
@@ -47,6 +48,49 @@ def geometry(d: int) -> tuple[bool, int, int]:
 
 def supported(d: int) -> bool:
     return geometry(d)[2] <= MAX_C
+
+
+@cache
+def knob_geometry(d: int, warp: bool, group: int) -> tuple[bool, int, int] | None:
+    """``(warp, group, C)`` for rows of ``d`` elements with these knobs (None: C > MAX_C).
+
+    The defaults give :func:`geometry` back: warp rows keep at least 8 elements per lane.
+    """
+    c = max(WARP_MAX // 32, _pow2(math.ceil(d / 32))) if warp else _pow2(math.ceil(d / group))
+    return (warp, group, c) if c <= MAX_C else None
+
+
+def _knob_check(args, knobs) -> str | None:
+    d = args[0].shape[-1]
+    if knob_geometry(d, knobs["warp"], knobs["group"]) is None:
+        return f"rows of {d} need more than {MAX_C} elements per thread with {dict(knobs)}"
+    return None
+
+
+KNOBS = overrides.register_space(
+    overrides.KnobSpace(
+        name="norm",
+        values={"warp": (False, True), "group": (32, 64, 128, 256, 512, 1024)},
+        shape_class=lambda args: f"d{args[0].shape[-1]}",
+        defaults=lambda args: dict(zip(("warp", "group"), geometry(args[0].shape[-1])[:2])),
+        check=_knob_check,
+        describe="warp: one warp per row (group / 32 rows per group) or one group per row; "
+        "group: threads per group; each thread keeps C elements of its row in registers "
+        "(a template constant derived from the row length)",
+        ops=("rms_norm", "layer_norm", "add_rms_norm", "add_layer_norm"),
+    )
+)
+"""Launch knobs of the forward norm kernels (see :mod:`zmlx.core.overrides`)."""
+
+
+def forward_geometry(op: str, x: mx.array) -> tuple[bool, int, int]:
+    """:func:`geometry` of ``x``'s rows, or the knobs an override gives ``op`` there."""
+    d = x.shape[-1]
+    knobs = overrides.lookup(op, lambda: f"d{d}")
+    if knobs is None:
+        return geometry(d)
+    k = KNOBS.resolve((x,), knobs)
+    return knob_geometry(d, k["warp"], k["group"]) or geometry(d)
 
 
 def _prologue(warp: bool, unit_name: str) -> list[str]:
@@ -223,7 +267,8 @@ def run_forward(ln, x, r, w, b, eps, out_dtype, h_dtype) -> list[mx.array]:
     ``[out, h]``."""
     d = x.shape[-1]
     rows = x.size // d
-    warp, group, c = geometry(d)
+    op = ("add_" if r is not None else "") + ("layer_norm" if ln else "rms_norm")
+    warp, group, c = forward_geometry(op, x)
     k = forward_kernel(warp, ln, r is not None, w is not None, b is not None)
     ins = [a for a in (x, r, w, b) if a is not None]
     n_groups = math.ceil(rows / (group // 32)) if warp else rows
