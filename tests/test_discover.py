@@ -395,3 +395,16 @@ def test_timing_record_and_timed_export(tmp_path, relu):
     assert set(capsule.load(cap)["results"]["timings"]) == {"current", "variant", "stock"}
     with pytest.raises(ValueError, match="below --min-speedup"):
         export(path, node_id=slower.id, registry=reg, capsule_path=cap)
+
+
+def test_local_mlx_lm_model_as_proposer(relu):
+    # A tiny fixture model cannot write kernels: its reply is logged and a mutation is used.
+    pytest.importorskip("mlx_lm")
+    from zmlx.models import fixtures
+
+    s = search.new_session(relu, "emulator", cases=[relu.case_dict], dtypes=["float32"])
+    s.root.status = "ok"
+    prop = LLMProposer(local_model=str(fixtures.path()), max_tokens=8, fallback=MutationProposer())
+    assert isinstance(prop.complete([{"role": "user", "content": "hi"}]), str)
+    got = prop.propose(s, relu, s.root)
+    assert got.source == "mutate" and s.events[-1]["kind"] == "llm_unusable"

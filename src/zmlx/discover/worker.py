@@ -12,7 +12,9 @@ ends cannot be stopped any other way). A request::
 
 Answers: ``{"phase": "compiled"}`` once the first check ran (its kernels are built), then
 ``{"phase": "done", "result": {...}}``. On the CPU the kernels run on the SIMT emulator
-(:mod:`zmlx.core.emulate`): correctness only, timing is skipped and the result says so.
+(:mod:`zmlx.core.emulate`): correctness only, timing is skipped and the result says so; where
+NVRTC and MLX's CUDA headers are found (``ZMLX_MLX_CUDA_INCLUDE``, see :mod:`zmlx.core.syntax`)
+the CUDA rendering is also compiled as MLX would compile it.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from typing import Any
 
 import mlx.core as mx
 
-from ..core import emulate
+from ..core import emulate, syntax
 from ..core.kernel import launch_count
 from ..testing import assert_close
 from .target import DTYPES, Target, applied
@@ -99,6 +101,15 @@ def evaluate(req: dict[str, Any], send: Callable[[dict], None]) -> dict[str, Any
     context = emulate.emulate if emulated else contextlib.nullcontext
     cases = req.get("checks") or target.check_cases(emulated)
     dtypes = req.get("dtypes") or [n for n, d in DTYPES.items() if d in target.spec.dtypes]
+    result: dict[str, Any] = {}
+    if emulated and syntax.cuda_available():
+        # The emulator compiles a host rendering; NVRTC also checks the CUDA one, as MLX builds it.
+        fails = syntax.check_all(target.launches(knobs, body, target.args0, kernel))
+        result["nvrtc"] = "ok" if not fails else fails[0][:2000]
+        if fails:
+            result.update(status="error", error="NVRTC rejected the CUDA rendering", checks=[])
+            send({"phase": "done", "result": result})
+            return result
     checks = []
     for i, (case, dtype) in enumerate((c, d) for c in cases for d in dtypes):
         args = target.args(seed * 1_000_003 + i, case, dtype, on_cpu=emulated)  # fresh each time
@@ -114,7 +125,7 @@ def evaluate(req: dict[str, Any], send: Callable[[dict], None]) -> dict[str, Any
         if i == 0:
             send({"phase": "compiled"})
     passed = all(c["ok"] for c in checks)
-    result: dict[str, Any] = {"status": "ok" if passed else "incorrect", "checks": checks}
+    result.update(status="ok" if passed else "incorrect", checks=checks)
     if not passed:
         result["timing"] = {"skipped": "failed a correctness check"}
     elif emulated or not req.get("timing", True):
