@@ -32,6 +32,9 @@ def test_grid_parsing_and_points():
         {"group": 64, "vec": 4},
         {"group": 128, "vec": 4},
     ]  # vec keeps its default; knobs the op lacks are ignored
+    with pytest.raises(ValueError, match="has none of the cases"):
+        sweep._targets("relu", "float32", True, ["nope"])
+    assert [t.case for t in sweep._targets("rms_norm", "float32", True, [])] == ["decode-2048"]
 
 
 @pytest.fixture(scope="module")

@@ -65,12 +65,19 @@ def points(target: Target, grid: Mapping[str, list] | None) -> list[dict[str, An
 
 
 def _targets(op: str, dtype: str, emulated: bool, cases: Sequence[str]) -> list[Target]:
+    """The shapes ``op`` is evaluated at: its bench cases (or ``cases``); on the emulator only
+    the first that is small enough, else its first small test case."""
     first = Target(op, None, dtype)
-    ids = list(cases) or [str(c["id"]) for c in first.spec.bench_cases]
+    known = [str(c["id"]) for c in list(first.spec.bench_cases) + list(first.spec.cases)]
+    ids = (
+        [c for c in cases if c in known]
+        if cases
+        else [str(c["id"]) for c in first.spec.bench_cases]
+    )
+    if cases and not ids:
+        raise ValueError(f"[foundry] {op} has none of the cases {list(cases)}; it has {known}")
     out = []
     for cid in ids:
-        if cid not in [str(c["id"]) for c in list(first.spec.bench_cases) + list(first.spec.cases)]:
-            continue
         t = first if cid == first.case else Target(op, cid, dtype)
         if emulated and input_size(t.args0) > (1 << 15):
             continue  # too large for the emulator (a fiber per GPU thread)
