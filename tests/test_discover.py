@@ -90,6 +90,7 @@ def test_source_rules_allow_what_is_safe():
     # A directive the op's own body already has is accepted; a new one is not.
     assert _check("#define K 4\n" + SAFE) != []
     assert safety.check_source("#define K 4\n" + SAFE, original="#define K 4\n") == []
+    assert safety.check_source("extern int k;" + SAFE, original="extern int k;") == []
 
 
 def _launch(body="", group=(256, 1, 1), template=(), shared=0) -> Launch:

@@ -13,7 +13,7 @@ list means the candidate may be compiled. The rules:
   and at most 1024;
 * no banned tokens (inline assembly, printing, allocation, jumps, the backend-specific
   spellings the portable dialect replaces, preprocessor directives other than
-  ``#pragma unroll``);
+  ``#pragma unroll``) that the op's own body does not already have;
 * no pointer cast that makes a non-const pointer out of anything but one of the op's outputs,
   and no writes into inputs.
 """
@@ -191,8 +191,8 @@ def check_source(
 ) -> list[str]:
     """Reasons to reject a kernel ``body`` before compiling it (empty when it may compile).
 
-    ``original`` is the op's own body: preprocessor lines it already has are accepted (the
-    catalog's own code is trusted; a rewrite may not add new ones).
+    ``original`` is the op's own body: the banned tokens and preprocessor lines it already has
+    are accepted (the catalog's own code is trusted; a rewrite may not add new ones).
     """
     reasons: list[str] = []
     if len(body) > MAX_BODY_CHARS:
@@ -201,9 +201,11 @@ def check_source(
     for pattern, why in _UNBOUNDED:
         if pattern.search(code):
             reasons.append(why)
-    for tok in sorted(set(re.findall(r"[A-Za-z_]\w*", code)) & set(BANNED)):
+    trusted = strip_code(original)
+    tokens = set(re.findall(r"[A-Za-z_]\w*", code)) - set(re.findall(r"[A-Za-z_]\w*", trusted))
+    for tok in sorted(tokens & set(BANNED)):
         reasons.append(f"banned token {tok!r} ({BANNED[tok]})")
-    known = {m.group(0).strip() for m in _DIRECTIVE.finditer(strip_code(original))}
+    known = {m.group(0).strip() for m in _DIRECTIVE.finditer(trusted)}
     for m in _DIRECTIVE.finditer(code):
         directive, rest = m.group(1), m.group(2)
         if directive == "pragma" and rest.split()[:1] == ["unroll"]:
