@@ -7,12 +7,15 @@ same ops run their CUDA/Metal kernels.
 
 from __future__ import annotations
 
+import math
+
 import mlx.core as mx
 import numpy as np
 import pytest
 
 from kernel_checks import assert_compiles
 from test_quant import deq64, f64, fmt, kernel_tol, run_kernel
+from zmlx.core.dtypes import promote
 from zmlx.kernels import moe
 from zmlx.kernels.moe_specs import MODELS, random_indices, random_weights
 from zmlx.kernels.quant_specs import FORMATS, random_qweight, random_x
@@ -141,7 +144,7 @@ def test_moe_combine_exact_rounding_model(ydt, wdt, rng):
     y = random_x(rng, (3, 8, 256), ydt)
     w = random_weights(rng, (3,), 8, wdt)
     got = run_kernel(moe.moe_combine_exact, y, w)
-    assert mx.array_equal(got, _sequential_model(y, w, moe.promote((ydt, wdt)))).item()
+    assert mx.array_equal(got, _sequential_model(y, w, promote((ydt, wdt)))).item()
 
 
 @pytest.mark.cuda
@@ -223,3 +226,29 @@ def test_real_decode_shapes_compile(model):
     wts = mx.zeros((16, k), dtype=mx.bfloat16)
     assert_compiles(moe.moe_experts, x, *q(i_dim, d), *q(i_dim, d), *q(d, i_dim), idx, wts, gs,
                     bits, mode)  # fmt: skip
+
+
+def gelu64(g, approximate):
+    if approximate == "tanh":
+        return 0.5 * g * (1 + np.tanh(np.sqrt(2 / np.pi) * (g + 0.044715 * g**3)))
+    return 0.5 * g * (1 + np.vectorize(math.erf)(g / np.sqrt(2)))
+
+
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+@pytest.mark.parametrize("name", ["a4g64", "a8g32", "mxfp4"])
+def test_gather_qmv_geglu_float64(name, approximate, rng):
+    """Gemma 4's experts: gelu_approx(g) * u (and the erf GELU), float32 so the two differ."""
+    gs, bits, mode = fmt(name)
+    e, k, t, d, n = 6, 4, 3, 128, 24
+    x = random_x(rng, (t, d), mx.float32)
+    wg = random_qweight(rng, (e, n, d), mx.float32, bits, gs, mode)
+    wu = random_qweight(rng, (e, n, d), mx.float32, bits, gs, mode)
+    idx = random_indices(rng, (t,), k, e)
+    got = run_kernel(moe.gather_qmv_geglu, x, *wg, *wu, idx, gs, bits, mode, None, None,
+                     approximate)  # fmt: skip
+    ix = np.array(idx)
+    g = experts64(f64(x), deq64(*wg, gs, bits, mode), ix)
+    u = experts64(f64(x), deq64(*wu, gs, bits, mode), ix)
+    close(got, gelu64(g, approximate) * u, mx.float32)
+    other = gelu64(g, "none" if approximate == "tanh" else "tanh") * u
+    assert np.abs(np.array(got) - other).max() > 1e-5, "the other GELU form would pass too"

@@ -196,3 +196,24 @@ def test_random_qweight_covers_every_code(rng):
     nibbles = {int(v) for v in np.unique((words[..., None] >> (4 * np.arange(8))) & 0xF)}
     assert nibbles == set(range(16))
     assert math.isclose(float(np.array(w).size), 64 * 256 / 8)
+
+
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
+def test_qmv_geglu_float64(dtype, approximate, rng):
+    """A Gemma MLP's gelu(gate) * up: erf (Gemma) and tanh (Gemma 2/3/4) forms."""
+    gs, bits, mode = fmt("a4g64")
+    d, n, t = 128, 40, 3
+    x = random_x(rng, (t, d), dtype)
+    wg, wu = (random_qweight(rng, (n, d), dtype, bits, gs, mode) for _ in range(2))
+    g = f64(x) @ deq64(*wg, gs, bits, mode).T
+    u = f64(x) @ deq64(*wu, gs, bits, mode).T
+    if approximate == "tanh":
+        act = 0.5 * g * (1 + np.tanh(np.sqrt(2 / np.pi) * (g + 0.044715 * g**3)))
+    else:
+        act = 0.5 * g * (1 + np.vectorize(math.erf)(g / np.sqrt(2)))
+    got = run_kernel(quant.qmv_geglu, x, *wg, *wu, gs, bits, mode, approximate)
+    atol, rtol = kernel_tol(dtype)
+    assert_close(got, mx.array((act * u).astype(np.float32)).astype(dtype), atol=atol, rtol=rtol)
+    with pytest.raises(ValueError, match=r"\[qmv_geglu\] expected approximate 'none' or 'tanh'"):
+        quant.qmv_geglu(x, *wg, *wu, gs, bits, mode, "erf")

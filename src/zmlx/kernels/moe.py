@@ -1,4 +1,4 @@
-"""MoE expert kernels over quantized weights, and the weighted combine over experts.
+"""MoE expert kernels over quantized weights (the weighted combine is in :mod:`.moe_combine`).
 
 mlx-lm's ``SwitchGLU`` runs three ``mx.gather_qmm`` calls (gate, up, down), SwiGLU, then each
 block combines ``(y * scores[..., None]).sum(axis=-2)``. Here the selected experts' gate and up
@@ -14,13 +14,30 @@ import math
 
 import mlx.core as mx
 
-from ..core.backend import backend
-from ..core.dtypes import check_float, dtype_name, promote
-from ..core.kernel import grid_1d, scalar
+from ..core.kernel import scalar
 from . import moe_kernels as mk
 from . import quant_kernels as qk
 from ._common import vector
-from .quant import check_qweight, check_x, fmt_template, swiglu_ref, use_kernel
+from .moe_combine import (
+    check_like,
+    moe_combine,
+    moe_combine_exact,
+    moe_combine_exact_ref,
+    moe_combine_ref,
+    moe_combine_shared,
+    moe_combine_shared_ref,
+    shared_add,
+)
+from .quant import (
+    GELU_KINDS,
+    check_qweight,
+    check_x,
+    fmt_template,
+    geglu_ref,
+    gelu_kind,
+    swiglu_ref,
+    use_kernel,
+)
 
 # ---------------------------------------------------------------------------------------
 # References (what mlx-lm computes)
@@ -73,6 +90,8 @@ def gather_qmv_swiglu_ref(x, wg, sg, bg, wu, su, bu, indices, group_size=64, bit
     u = _gather(xs, wu, su, bu, indices, group_size, bits, mode, bias_up)
     if activation == "swiglu_oai":
         return swiglu_oai_ref(g, u, alpha, limit)
+    if activation in ("geglu", "geglu_tanh"):  # Gemma 4's experts: gelu_approx(g) * u
+        return geglu_ref(g, u, "tanh" if activation == "geglu_tanh" else "none")
     return swiglu_ref(g, u)
 
 
@@ -82,27 +101,11 @@ def gather_qmv_swiglu_oai_ref(x, wg, sg, bg, wu, su, bu, indices, group_size=32,
                                  bias_gate, bias_up, "swiglu_oai")  # fmt: skip
 
 
-def moe_combine_ref(y, weights):
-    """Weighted sum over experts with float32 accumulation. Shapes: ``(..., K, D) -> (..., D)``."""
-    w = weights.astype(mx.float32)[..., None]
-    return (y.astype(mx.float32) * w).sum(axis=-2).astype(y.dtype)
-
-
-def moe_combine_exact_ref(y, weights):
-    """mlx-lm's expression itself: ``(y * weights[..., None]).sum(axis=-2).astype(y.dtype)``."""
-    return (y * weights[..., None]).sum(axis=-2).astype(y.dtype)
-
-
-def _shared_add(out, shared, shared_gate):
-    if shared is None:
-        return out
-    return out + (shared if shared_gate is None else mx.sigmoid(shared_gate) * shared)
-
-
-def moe_combine_shared_ref(y, weights, shared, shared_gate=None):
-    """Combine plus a shared expert: ``+ shared`` (GLM-4, DeepSeek) or
-    ``+ sigmoid(shared_gate) * shared`` (Qwen3-Next). Shapes: ``shared_gate (..., 1)``."""
-    return _shared_add(moe_combine_ref(y, weights), shared, shared_gate)
+def gather_qmv_geglu_ref(x, wg, sg, bg, wu, su, bu, indices, group_size=64, bits=4,
+                         mode="affine", bias_gate=None, bias_up=None,
+                         approximate="none"):  # fmt: skip
+    return gather_qmv_swiglu_ref(x, wg, sg, bg, wu, su, bu, indices, group_size, bits, mode,
+                                 bias_gate, bias_up, GELU_KINDS[approximate])  # fmt: skip
 
 
 def gather_qmv_combine_ref(h, w, scales, biases, indices, weights, group_size=64, bits=4,
@@ -114,7 +117,7 @@ def gather_qmv_combine_ref(h, w, scales, biases, indices, weights, group_size=64
         -> ``(..., D)``.
     """
     y = _gather(h, w, scales, biases, indices, group_size, bits, mode, bias)
-    return _shared_add(moe_combine_ref(y, weights), shared, shared_gate)
+    return shared_add(moe_combine_ref(y, weights), shared, shared_gate)
 
 
 # ---------------------------------------------------------------------------------------
@@ -128,17 +131,6 @@ def _check_indices(op, indices, lead, k=None):
         raise ValueError(
             f"[{op}] expected indices of shape {tuple(lead)} + (K,), got {tuple(indices.shape)}"
         )
-
-
-def _check_like(op, name, a, shape, dtype=None):
-    if a is None:
-        return
-    if not isinstance(a, mx.array) or tuple(a.shape) != tuple(shape):
-        got = tuple(a.shape) if isinstance(a, mx.array) else type(a).__name__
-        raise ValueError(f"[{op}] expected '{name}' of shape {tuple(shape)}, got {got}")
-    check_float(op, name, a)
-    if dtype is not None and a.dtype != dtype:
-        raise TypeError(f"[{op}] expected '{name}' in {dtype_name(dtype)}, got {a.dtype}")
 
 
 def _x_layout(op, x, indices) -> tuple[bool, tuple]:
@@ -207,7 +199,7 @@ def gather_qmv(x, w, scales, biases, indices, group_size=64, bits=4, mode="affin
     d = check_qweight(op, "w", w, scales, biases, group_size, bits, mode, stacked=True)
     check_x(op, x, d)
     _x_layout(op, x, indices)
-    _check_like(op, "bias", bias, w.shape[:2], x.dtype)
+    check_like(op, "bias", bias, w.shape[:2], x.dtype)
     out = _gather_launch(op, "plain", x, [(w, scales, biases)], indices, group_size, bits, mode,
                          None if bias is None else [bias], None, verbose)  # fmt: skip
     if out is not None:
@@ -225,15 +217,16 @@ def gather_qmv_swiglu(x, wg, sg, bg, wu, su, bu, indices, group_size=64, bits=4,
         wg, sg, bg, wu, su, bu: gate and up experts' weights (``E`` stacked).
         indices: selected experts per token.
         bias_gate, bias_up: optional per-expert biases ``(E, I)`` (GPT-OSS).
-        activation: ``"swiglu"`` (``silu(g) * u``) or ``"swiglu_oai"`` (GPT-OSS:
-            ``(clip(u, -limit, limit) + 1) * min(g, limit) * sigmoid(alpha * min(g, limit))``).
+        activation: ``"swiglu"`` (``silu(g) * u``), ``"swiglu_oai"`` (GPT-OSS:
+            ``(clip(u, -limit, limit) + 1) * min(g, limit) * sigmoid(alpha * min(g, limit))``),
+            ``"geglu"`` (``gelu(g) * u``, erf) or ``"geglu_tanh"`` (``gelu_approx(g) * u``).
 
     Shapes:
         x: ``(..., D)``; indices: ``(..., K)`` -> ``(..., K, I)``.
     """
     op = "gather_qmv_swiglu"
-    if activation not in ("swiglu", "swiglu_oai"):
-        raise ValueError(f"[{op}] expected activation 'swiglu' or 'swiglu_oai', got {activation!r}")
+    if activation not in qk.GATED:
+        raise ValueError(f"[{op}] expected activation in {tuple(qk.GATED)}, got {activation!r}")
     d = check_qweight(op, "wg", wg, sg, bg, group_size, bits, mode, stacked=True)
     check_qweight(op, "wu", wu, su, bu, group_size, bits, mode, stacked=True)
     if wu.shape != wg.shape:
@@ -242,8 +235,8 @@ def gather_qmv_swiglu(x, wg, sg, bg, wu, su, bu, indices, group_size=64, bits=4,
     _check_indices(op, indices, x.shape[:-1])
     if (bias_gate is None) != (bias_up is None):
         raise ValueError(f"[{op}] expected both bias_gate and bias_up, or neither")
-    _check_like(op, "bias_gate", bias_gate, wg.shape[:2], x.dtype)
-    _check_like(op, "bias_up", bias_up, wg.shape[:2], x.dtype)
+    check_like(op, "bias_gate", bias_gate, wg.shape[:2], x.dtype)
+    check_like(op, "bias_up", bias_up, wg.shape[:2], x.dtype)
     lins = None if bias_gate is None else [bias_gate, bias_up]
     fp = vector((alpha, limit), mx.float32) if activation == "swiglu_oai" else None
     out = _gather_launch(op, activation, x, [(wg, sg, bg), (wu, su, bu)], indices, group_size,
@@ -261,6 +254,17 @@ def gather_qmv_swiglu_oai(x, wg, sg, bg, wu, su, bu, indices, group_size=32, bit
     return gather_qmv_swiglu(x, wg, sg, bg, wu, su, bu, indices, group_size, bits, mode,
                              bias_gate, bias_up, "swiglu_oai", alpha, limit,
                              verbose=verbose)  # fmt: skip
+
+
+def gather_qmv_geglu(x, wg, sg, bg, wu, su, bu, indices, group_size=64, bits=4, mode="affine",
+                     bias_gate=None, bias_up=None, approximate="none", *,
+                     verbose=False):  # fmt: skip
+    """:func:`gather_qmv_swiglu` with GeGLU: ``gelu(x @ Wg.T) * (x @ Wu.T)`` for the selected
+    experts in one kernel; ``approximate="tanh"`` is Gemma 4's ``gelu_approx``, ``"none"`` the
+    erf GELU. Shapes: ``x (..., D)``, ``indices (..., K)`` -> ``(..., K, I)``."""
+    kind = gelu_kind("gather_qmv_geglu", approximate)
+    return gather_qmv_swiglu(x, wg, sg, bg, wu, su, bu, indices, group_size, bits, mode,
+                             bias_gate, bias_up, kind, verbose=verbose)  # fmt: skip
 
 
 def gather_qmv_combine(h, w, scales, biases, indices, weights, group_size=64, bits=4,
@@ -287,13 +291,13 @@ def gather_qmv_combine(h, w, scales, biases, indices, weights, group_size=64, bi
         raise ValueError(f"[{op}] expected 'h' of shape (..., K, I), got {h.shape}")
     lead, k, dout = tuple(h.shape[:-2]), h.shape[-2], w.shape[1]
     _check_indices(op, indices, lead, k)
-    _check_like(op, "weights", weights, lead + (k,))
-    _check_like(op, "bias", bias, w.shape[:2], h.dtype)
-    _check_like(op, "shared", shared, lead + (dout,), h.dtype)
+    check_like(op, "weights", weights, lead + (k,))
+    check_like(op, "bias", bias, w.shape[:2], h.dtype)
+    check_like(op, "shared", shared, lead + (dout,), h.dtype)
     if shared_gate is not None:
         if shared is None:
             raise ValueError(f"[{op}] expected 'shared' with 'shared_gate'")
-        _check_like(op, "shared_gate", shared_gate, lead + (1,), h.dtype)
+        check_like(op, "shared_gate", shared_gate, lead + (1,), h.dtype)
     tokens = math.prod(lead)
     if tokens and use_kernel(op, h, scales, group_size, bits, mode, tokens, verbose):
         r = qk.rows_per_warp(tokens, dout, 1, i_dim)
@@ -331,67 +335,27 @@ def moe_experts_ref(x, wg, sg, bg, wu, su, bu, wd, sd, bd, indices, weights, gro
     return moe_combine_exact_ref(y, weights)
 
 
-# ---------------------------------------------------------------------------------------
-# Weighted combine over experts
-
-
-def _combine(op, y, weights, shared=None, shared_gate=None, exact=False):
-    if not isinstance(y, mx.array) or y.ndim < 2:
-        raise ValueError(f"[{op}] expected 'y' of shape (..., K, D), got {getattr(y, 'shape', y)}")
-    check_float(op, "y", y)
-    lead, k, d = tuple(y.shape[:-2]), y.shape[-2], y.shape[-1]
-    _check_like(op, "weights", weights, lead + (k,))
-    _check_like(op, "shared", shared, lead + (d,), y.dtype)
-    _check_like(op, "shared_gate", shared_gate, lead + (1,), y.dtype)
-    tokens = math.prod(lead)
-    if backend() == "cpu" or tokens * d == 0:
-        return None
-    ins = [y, weights] + [a for a in (shared, shared_gate) if a is not None]
-    tmpl = [("T", y.dtype), ("K", k), ("D", d)]
-    if exact:
-        tmpl.append(("P", promote((y.dtype, weights.dtype))))
-    grid, tg = grid_1d(tokens * d, 256)
-    kern = mk.combine_kernel(exact, shared is not None, shared_gate is not None)
-    return kern(*ins, scalar(tokens, mx.int32), output_shapes=[lead + (d,)],
-                output_dtypes=[y.dtype], grid=grid, threadgroup=tg, template=tmpl)[0]  # fmt: skip
-
-
-def moe_combine(y, weights):
-    """Weighted sum of the experts' outputs with float32 accumulation.
-
-    Shapes:
-        y: ``(..., K, D)``; weights: ``(..., K)`` -> ``(..., D)`` in y's dtype.
-    """
-    out = _combine("moe_combine", y, weights)
-    return moe_combine_ref(y, weights) if out is None else out
-
-
-def moe_combine_exact(y, weights):
-    """mlx-lm's ``(y * weights[..., None]).sum(axis=-2).astype(y.dtype)``, bit for bit.
-
-    The product dtype follows MLX's promotion: Qwen3-MoE's bf16 scores keep bf16 products
-    and a bf16 running sum; GLM-4/DeepSeek's float32 scores give float32 products and sum,
-    cast to y's dtype at the end.
-
-    Shapes:
-        y: ``(..., K, D)``; weights: ``(..., K)`` -> ``(..., D)``.
-    """
-    out = _combine("moe_combine_exact", y, weights, exact=True)
-    return moe_combine_exact_ref(y, weights) if out is None else out
-
-
-def moe_combine_shared(y, weights, shared, shared_gate=None):
-    """:func:`moe_combine` plus the shared expert's output in the same kernel.
-
-    Shapes:
-        y: ``(..., K, D)``; weights: ``(..., K)``; shared: ``(..., D)``;
-        shared_gate: ``(..., 1)`` (Qwen3-Next's gate logit) -> ``(..., D)``.
-    """
-    if shared is None:
-        raise ValueError("[moe_combine_shared] expected a 'shared' array, got None")
-    out = _combine("moe_combine_shared", y, weights, shared, shared_gate)
-    return moe_combine_shared_ref(y, weights, shared, shared_gate) if out is None else out
-
+__all__ = [
+    "gather_qmv",
+    "gather_qmv_combine",
+    "gather_qmv_combine_ref",
+    "gather_qmv_geglu",
+    "gather_qmv_geglu_ref",
+    "gather_qmv_ref",
+    "gather_qmv_swiglu",
+    "gather_qmv_swiglu_oai",
+    "gather_qmv_swiglu_oai_ref",
+    "gather_qmv_swiglu_ref",
+    "moe_combine",
+    "moe_combine_exact",
+    "moe_combine_exact_ref",
+    "moe_combine_ref",
+    "moe_combine_shared",
+    "moe_combine_shared_ref",
+    "moe_experts",
+    "moe_experts_ref",
+    "swiglu_oai_ref",
+]
 
 # Registers the catalog entries (kept apart to keep this file short).
 from . import moe_specs as _specs  # noqa: E402,F401

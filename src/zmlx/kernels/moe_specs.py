@@ -10,6 +10,8 @@ from .moe import (
     gather_qmv,
     gather_qmv_combine,
     gather_qmv_combine_ref,
+    gather_qmv_geglu,
+    gather_qmv_geglu_ref,
     gather_qmv_ref,
     gather_qmv_swiglu,
     gather_qmv_swiglu_oai,
@@ -111,6 +113,15 @@ def _make_swiglu(oai):
     return make
 
 
+def _make_geglu(case, dtype, rng):
+    return (*_make_swiglu(False)(case, dtype, rng), None, None, case.get("approximate", "none"))
+
+
+_GEGLU_CASES = tuple(
+    dict(c, id=f"{c['id']}-tanh", approximate="tanh") if i % 2 else c for i, c in enumerate(CASES)
+)
+
+
 def _make_gather_combine(case, dtype, rng):
     lead, k = _lead(case), case["k"]
     # Inputs case["d"] (a multiple of the group size), outputs case["n"] (awkward sizes).
@@ -193,6 +204,8 @@ for _s in (
     ("gather_qmv_swiglu_oai", gather_qmv_swiglu_oai, gather_qmv_swiglu_oai_ref,
      _make_swiglu(True), _OAI_CASES, BENCH, _OAI_TOL,
      "gather_qmv_swiglu with GPT-OSS's clamped SwiGLU and per-expert biases"),
+    ("gather_qmv_geglu", gather_qmv_geglu, gather_qmv_geglu_ref, _make_geglu, _GEGLU_CASES,
+     BENCH, QTOL, "selected experts' gate+up quantized matvecs and GeGLU (erf or tanh) in one kernel"),
     ("gather_qmv_combine", gather_qmv_combine, gather_qmv_combine_ref, _make_gather_combine,
      CASES, BENCH, QTOL, "experts' down projection x router weight, summed over top-k, one kernel"),
     ("moe_experts", moe_experts, moe_experts_ref, _make_experts, EXPERT_CASES, BENCH, QTOL,

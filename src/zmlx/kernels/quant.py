@@ -1,4 +1,4 @@
-"""Quantized dense ops for decode: dequantize, qmv and its fusions, fused q/k/v projection.
+"""Quantized dense ops for decode: qmv and its fusions, fused q/k/v projection.
 
 Weights are in MLX's formats (``mx.quantize``): affine 4/8-bit with group sizes 32/64/128 and
 mxfp4; the kernels are in :mod:`.quant_kernels`. Every op has a ``<op>_ref`` in plain MLX that
@@ -17,19 +17,12 @@ import mlx.core as mx
 
 from ..core import fallback
 from ..core.backend import backend
-from ..core.dtypes import FLOAT_DTYPES, check_float, dtype_name
+from ..core.dtypes import check_float, dtype_name
 from ..core.kernel import scalar
 from . import quant_kernels as qk
 
 # ---------------------------------------------------------------------------------------
 # References
-
-
-def dequantize_ref(w, scales, biases=None, group_size=64, bits=4, mode="affine", dtype=None):
-    """``mx.dequantize``. Shapes: ``w (..., N, D * bits / 32)`` -> ``(..., N, D)``."""
-    return mx.dequantize(
-        w, scales, biases, group_size=group_size, bits=bits, mode=mode, dtype=dtype
-    )
 
 
 def qmv_ref(x, w, scales, biases=None, group_size=64, bits=4, mode="affine"):
@@ -63,6 +56,22 @@ def qmv_swiglu_ref(x, wg, sg, bg, wu, su, bu, group_size=64, bits=4, mode="affin
     gate = qmv_ref(x, wg, sg, bg, group_size, bits, mode)
     up = qmv_ref(x, wu, su, bu, group_size, bits, mode)
     return swiglu_ref(gate, up)
+
+
+def geglu_ref(gate, up, approximate="none"):
+    """mlx-lm's GeGLU in the input dtype: ``nn.gelu(gate) * up`` (erf; Gemma) or, with
+    ``approximate="tanh"``, ``nn.gelu_approx(gate) * up`` (Gemma 2, 3 and 4, Gemma 4's experts)."""
+    if approximate == "tanh":
+        return 0.5 * gate * (1 + mx.tanh(math.sqrt(2 / math.pi) * (gate + 0.044715 * gate**3))) * up
+    return gate * (1 + mx.erf(gate / math.sqrt(2))) / 2 * up
+
+
+def qmv_geglu_ref(x, wg, sg, bg, wu, su, bu, group_size=64, bits=4, mode="affine",
+                  approximate="none"):  # fmt: skip
+    """A Gemma MLP's ``geglu(gate_proj(x), up_proj(x))``. Shapes: ``x (..., D)`` -> ``(..., I)``."""
+    gate = qmv_ref(x, wg, sg, bg, group_size, bits, mode)
+    up = qmv_ref(x, wu, su, bu, group_size, bits, mode)
+    return geglu_ref(gate, up, approximate)
 
 
 def qkv_proj_ref(x, wq, sq, bq, wk, sk, bk, wv, sv, bv, group_size=64, bits=4, mode="affine",
@@ -149,39 +158,6 @@ def fmt_template(x, d, bits, group_size) -> list:
 # Public ops
 
 
-def dequantize(w, scales, biases=None, group_size=64, bits=4, mode="affine", dtype=None):
-    """Dequantize like ``mx.dequantize`` (same rounding: ``q * scale`` then ``+ bias`` in T).
-
-    Shapes:
-        w: ``(..., N, D * bits / 32)`` uint32; scales/biases: ``(..., N, D / group_size)``
-        -> ``(..., N, D)`` in the scales' dtype (affine) or ``dtype`` (mxfp4, default bf16).
-    """
-    op = "dequantize"
-    if not isinstance(w, mx.array) or w.dtype != mx.uint32 or w.ndim < 2:
-        raise ValueError(f"[{op}] expected a uint32 array of at least 2 axes for 'w'")
-    out_dtype = dtype or (scales.dtype if mode == "affine" else mx.bfloat16)
-    if backend() == "cpu" or out_dtype not in FLOAT_DTYPES:
-        return dequantize_ref(w, scales, biases, group_size, bits, mode, dtype)
-    reason = None if qk.kernel_covers(mode, bits, group_size) else f"mode={mode} bits={bits}"
-    if mode == "affine" and scales.dtype != out_dtype:
-        reason = "dtype differs from the scales' dtype"
-    if reason:
-        fallback.note(op, reason)
-        return dequantize_ref(w, scales, biases, group_size, bits, mode, dtype)
-    d = w.shape[-1] * 32 // bits
-    ins = [w, scales] + ([biases] if mode == "affine" else [])
-    grid, tg = qk.launch_shape(math.ceil(w.size / 32))
-    return qk.dequant_kernel(mode)(
-        *ins,
-        scalar(w.size, mx.int32),
-        output_shapes=[w.shape[:-1] + (d,)],
-        output_dtypes=[out_dtype],
-        grid=grid,
-        threadgroup=tg,
-        template=[("T", out_dtype), ("BITS", bits), ("GROUP_SIZE", group_size)],
-    )[0]
-
-
 def _dense(op, kind, x, mats, group_size, bits, mode, lin=None, res=None, verbose=False):
     """Run a dense matvec kernel (``mats``: list of (w, scales, biases)) or return None."""
     d = x.shape[-1]
@@ -189,7 +165,7 @@ def _dense(op, kind, x, mats, group_size, bits, mode, lin=None, res=None, verbos
     if rows == 0 or not use_kernel(op, x, mats[0][1], group_size, bits, mode, rows, verbose):
         return None
     ns = [m[0].shape[0] for m in mats]
-    joint = 2 if kind in ("swiglu", "swiglu_oai") else 1
+    joint = 1 if kind in ("plain", "qkv") else 2
     r = qk.rows_per_warp(rows, max(ns), joint, d)
     kern = qk.matvec_kernel(
         kind, mode, False, False, lin is not None, res is not None, d <= qk.X_REG_MAX
@@ -277,6 +253,17 @@ def qmv_residual(
     return qmv_residual_ref(x, w, scales, biases, residual, group_size, bits, mode)
 
 
+def _gated(op, kind, x, wg, sg, bg, wu, su, bu, group_size, bits, mode, verbose):
+    """Checks, then the two-weight matvec kernel with activation ``kind``, or None."""
+    d = check_qweight(op, "wg", wg, sg, bg, group_size, bits, mode)
+    if check_qweight(op, "wu", wu, su, bu, group_size, bits, mode) != d or wu.shape != wg.shape:
+        raise ValueError(f"[{op}] expected wu of shape {wg.shape} like wg, got {wu.shape}")
+    check_x(op, x, d)
+    mats = [(wg, sg, bg), (wu, su, bu)]
+    out = _dense(op, kind, x, mats, group_size, bits, mode, verbose=verbose)
+    return out[0] if out else None
+
+
 def qmv_swiglu(x, wg, sg, bg, wu, su, bu, group_size=64, bits=4, mode="affine", *, verbose=False):
     """A dense MLP's gate and up projections and SwiGLU in one kernel.
 
@@ -286,14 +273,39 @@ def qmv_swiglu(x, wg, sg, bg, wu, su, bu, group_size=64, bits=4, mode="affine", 
     Shapes:
         x: ``(..., D)``; wg, wu: ``(I, D * bits / 32)`` -> ``(..., I)``.
     """
-    op = "qmv_swiglu"
-    d = check_qweight(op, "wg", wg, sg, bg, group_size, bits, mode)
-    if check_qweight(op, "wu", wu, su, bu, group_size, bits, mode) != d or wu.shape != wg.shape:
-        raise ValueError(f"[{op}] expected wu of shape {wg.shape} like wg, got {wu.shape}")
-    check_x(op, x, d)
-    mats = [(wg, sg, bg), (wu, su, bu)]
-    out = _dense(op, "swiglu", x, mats, group_size, bits, mode, verbose=verbose)
-    return out[0] if out else qmv_swiglu_ref(x, wg, sg, bg, wu, su, bu, group_size, bits, mode)
+    out = _gated("qmv_swiglu", "swiglu", x, wg, sg, bg, wu, su, bu, group_size, bits, mode,
+                 verbose)  # fmt: skip
+    if out is not None:
+        return out
+    return qmv_swiglu_ref(x, wg, sg, bg, wu, su, bu, group_size, bits, mode)
+
+
+GELU_KINDS = {"none": "geglu", "tanh": "geglu_tanh"}  # approximate -> kernel activation
+
+
+def gelu_kind(op, approximate) -> str:
+    if approximate not in GELU_KINDS:
+        raise ValueError(f"[{op}] expected approximate 'none' or 'tanh', got {approximate!r}")
+    return GELU_KINDS[approximate]
+
+
+def qmv_geglu(x, wg, sg, bg, wu, su, bu, group_size=64, bits=4, mode="affine",
+              approximate="none", *, verbose=False):  # fmt: skip
+    """A Gemma MLP's gate and up projections and GeGLU in one kernel.
+
+    Returns ``gelu(x @ Wg.T) * (x @ Wu.T)`` with the erf GELU (``approximate="none"``, Gemma)
+    or the tanh approximation (``"tanh"``, Gemma 2/3/4); the projections are rounded to the
+    activation dtype first, as mlx-lm's separate ops are, the activation is float32.
+
+    Shapes:
+        x: ``(..., D)``; wg, wu: ``(I, D * bits / 32)`` -> ``(..., I)``.
+    """
+    op = "qmv_geglu"
+    kind = gelu_kind(op, approximate)
+    out = _gated(op, kind, x, wg, sg, bg, wu, su, bu, group_size, bits, mode, verbose)
+    if out is not None:
+        return out
+    return qmv_geglu_ref(x, wg, sg, bg, wu, su, bu, group_size, bits, mode, approximate)
 
 
 def qkv_proj(x, wq, sq, bq, wk, sk, bk, wv, sv, bv, group_size=64, bits=4, mode="affine",
@@ -342,16 +354,19 @@ def _check_shape(op, name, a, shape, dtype) -> None:
 
 # Registers the catalog entries (kept apart to keep this file short).
 from . import quant_specs as _specs  # noqa: E402,F401
-from .quantize import quantize, quantize_ref  # noqa: E402  (quantize's own module)
+from .quantize import dequantize, dequantize_ref, quantize, quantize_ref  # noqa: E402
 
 __all__ = [
     "dequantize",
+    "geglu_ref",
     "dequantize_ref",
     "qkv_proj",
     "qkv_proj_ref",
     "qmv",
     "qmv_bias",
     "qmv_bias_ref",
+    "qmv_geglu",
+    "qmv_geglu_ref",
     "qmv_ref",
     "qmv_residual",
     "qmv_residual_ref",

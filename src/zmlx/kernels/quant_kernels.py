@@ -220,6 +220,15 @@ def _mat(prefix: str, mode: str) -> tuple[str, str, str]:
 # Matvec kernels: out[slot, row] for one, two (SwiGLU) or three (q/k/v) weights
 
 
+# Gated activations of the two-weight kernels, of the rounded projections v0 (gate), v1 (up).
+GATED = {
+    "swiglu": "v0 * zx_sigmoid(v0) * v1",
+    "swiglu_oai": "",  # written out in _store (clamps and runtime alpha, limit)
+    "geglu": "0.5f * v0 * (1.0f + zx_erf(v0 * 0.70710678118654752f)) * v1",
+    "geglu_tanh": "0.5f * v0 * (1.0f + zx_tanh(0.7978845608028654f * (v0 + 0.044715f * v0 * v0 * v0))) * v1",
+}
+
+
 def _to_t(v: str) -> str:
     return f"static_cast<float>(static_cast<T>({v}))"
 
@@ -231,8 +240,8 @@ def matvec_kernel(
     """The matvec kernel of one variant.
 
     Args:
-        kind: ``"plain"`` (one weight), ``"swiglu"`` / ``"swiglu_oai"`` (gate and up weights,
-            one activated output) or ``"qkv"`` (three weights, three outputs).
+        kind: ``"plain"`` (one weight), a gated activation of :data:`GATED` (gate and up
+            weights, one activated output) or ``"qkv"`` (three weights, three outputs).
         mode: ``"affine"`` or ``"mxfp4"``.
         gather: weights are stacked per expert and ``idx[slot]`` picks one.
         x_per_slot: x has one row per slot (else one per token, shared by its ``K`` slots).
@@ -244,7 +253,7 @@ def matvec_kernel(
     ``NK``, ``NV`` for q/k/v), ``BITS``, ``GROUP_SIZE``, ``R`` (rows per warp), ``NB``
     (warps per slot), ``K`` (slots per token). Runtime: ``rt[0]`` = number of slots.
     """
-    joint = {"plain": ["0"], "swiglu": ["g", "u"], "swiglu_oai": ["g", "u"], "qkv": ["q"]}
+    joint = {"plain": ["0"], "qkv": ["q"], **{k: ["g", "u"] for k in GATED}}
     inputs = ["x"]
     if kind == "qkv":
         for p in ("q", "k", "v"):
@@ -345,8 +354,8 @@ def _store(kind: str, parts: list[str], gather: bool, has_bias: bool, has_res: b
         if has_res:
             lines.append("        v0 = static_cast<float>(res[(size_t)slot * N + row]) + v0;")
         res = "v0"
-    elif kind == "swiglu":
-        res = "v0 * zx_sigmoid(v0) * v1"
+    elif GATED[kind]:
+        res = GATED[kind]
     else:  # GPT-OSS: gate clipped from above, up clipped both ways, (up + 1) * gate * sig
         lines.append("        const float alpha = fp[0];")
         lines.append("        const float limit = fp[1];")

@@ -9,20 +9,20 @@ import numpy as np
 
 from .catalog import KernelSpec, register
 from .quant import (
-    dequantize,
-    dequantize_ref,
     qkv_proj,
     qkv_proj_ref,
     qmv,
     qmv_bias,
     qmv_bias_ref,
+    qmv_geglu,
+    qmv_geglu_ref,
     qmv_ref,
     qmv_residual,
     qmv_residual_ref,
     qmv_swiglu,
     qmv_swiglu_ref,
 )
-from .quantize import quantize, quantize_ref
+from .quantize import dequantize, dequantize_ref, quantize, quantize_ref
 
 # ---------------------------------------------------------------------------------------
 # Random quantized weights for tests and benchmarks (no mx.quantize: fast at real sizes)
@@ -131,6 +131,15 @@ def _make_swiglu(case, dtype, rng):
     return (x, *_mk_q(case, dtype, rng), *_mk_q(case, dtype, rng), *_fmt(case))
 
 
+def _make_geglu(case, dtype, rng):
+    return (*_make_swiglu(case, dtype, rng), case.get("approximate", "none"))
+
+
+_GEGLU_CASES = tuple(
+    dict(c, id=f"{c['id']}-tanh", approximate="tanh") if i % 2 else c for i, c in enumerate(CASES)
+)
+
+
 def _make_qkv(case, dtype, rng):
     x = random_x(rng, _lead(case) + (case["d"],), dtype)
     n = case["n"]
@@ -160,6 +169,8 @@ for _name, _op, _ref, _make, _cases, _tol, _desc in (
      "residual + quantized matvec in one kernel"),
     ("qmv_swiglu", qmv_swiglu, qmv_swiglu_ref, _make_swiglu, CASES, QTOL,
      "dense MLP gate and up quantized matvecs with SwiGLU in one kernel"),
+    ("qmv_geglu", qmv_geglu, qmv_geglu_ref, _make_geglu, _GEGLU_CASES, QTOL,
+     "dense GeGLU MLP (Gemma: erf or tanh GELU) gate and up quantized matvecs in one kernel"),
     ("qkv_proj", qkv_proj, qkv_proj_ref, _make_qkv, _QKV_CASES, QTOL,
      "q, k and v quantized projections for decode in one launch"),
 ):  # fmt: skip

@@ -1,4 +1,7 @@
-"""Quantize like ``mx.quantize``, bit for bit: affine 2/4/8-bit (group sizes 32/64/128) and mxfp4.
+"""Quantize and dequantize like ``mx.quantize`` / ``mx.dequantize``, bit for bit.
+
+:func:`quantize` covers affine 2/4/8-bit (group sizes 32/64/128) and mxfp4; :func:`dequantize`
+affine 4/8-bit and mxfp4 (its body is in :mod:`.quant_kernels`, beside the matvecs).
 
 MLX's backends do not quantize alike, so "matching ``mx.quantize``" depends on where it runs
 (read from MLX's sources and checked on the CPU against MLX 0.32.4):
@@ -31,14 +34,16 @@ magnitude) is reduced with xor shuffles inside the chunk, each lane packs and wr
 
 from __future__ import annotations
 
+import math
 from functools import cache
 
 import mlx.core as mx
 
 from ..core import emulate, fallback
 from ..core.backend import backend
-from ..core.dtypes import check_float
+from ..core.dtypes import FLOAT_DTYPES, check_float
 from ..core.kernel import Kernel, grid_1d, scalar
+from . import quant_kernels as qk
 
 MODES = {"affine": (64, 4), "mxfp4": (32, 4)}  # mode -> default (group_size, bits), as MLX
 KERNEL_BITS = {"affine": (2, 4, 8), "mxfp4": (4,)}
@@ -46,7 +51,7 @@ RULES = {"cpu": 0, "gpu": 1}
 GROUP = 256  # threads per group
 
 # ---------------------------------------------------------------------------------------
-# Reference
+# References
 
 
 def quantize_ref(w, group_size=None, bits=None, mode="affine"):
@@ -57,6 +62,13 @@ def quantize_ref(w, group_size=None, bits=None, mode="affine"):
         (and biases) ``(..., D / group_size)``.
     """
     return tuple(mx.quantize(w, group_size, bits, mode=mode))
+
+
+def dequantize_ref(w, scales, biases=None, group_size=64, bits=4, mode="affine", dtype=None):
+    """``mx.dequantize``. Shapes: ``w (..., N, D * bits / 32)`` -> ``(..., N, D)``."""
+    return mx.dequantize(
+        w, scales, biases, group_size=group_size, bits=bits, mode=mode, dtype=dtype
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -291,4 +303,37 @@ def quantize(w, group_size=None, bits=None, mode="affine", *, like=None, verbose
     return tuple(outs)
 
 
-__all__ = ["quantize", "quantize_ref"]
+def dequantize(w, scales, biases=None, group_size=64, bits=4, mode="affine", dtype=None):
+    """Dequantize like ``mx.dequantize`` (same rounding: ``q * scale`` then ``+ bias`` in T).
+
+    Shapes:
+        w: ``(..., N, D * bits / 32)`` uint32; scales/biases: ``(..., N, D / group_size)``
+        -> ``(..., N, D)`` in the scales' dtype (affine) or ``dtype`` (mxfp4, default bf16).
+    """
+    op = "dequantize"
+    if not isinstance(w, mx.array) or w.dtype != mx.uint32 or w.ndim < 2:
+        raise ValueError(f"[{op}] expected a uint32 array of at least 2 axes for 'w'")
+    out_dtype = dtype or (scales.dtype if mode == "affine" else mx.bfloat16)
+    if backend() == "cpu" or out_dtype not in FLOAT_DTYPES:
+        return dequantize_ref(w, scales, biases, group_size, bits, mode, dtype)
+    reason = None if qk.kernel_covers(mode, bits, group_size) else f"mode={mode} bits={bits}"
+    if mode == "affine" and scales.dtype != out_dtype:
+        reason = "dtype differs from the scales' dtype"
+    if reason:
+        fallback.note(op, reason)
+        return dequantize_ref(w, scales, biases, group_size, bits, mode, dtype)
+    d = w.shape[-1] * 32 // bits
+    ins = [w, scales] + ([biases] if mode == "affine" else [])
+    grid, tg = qk.launch_shape(math.ceil(w.size / 32))
+    return qk.dequant_kernel(mode)(
+        *ins,
+        scalar(w.size, mx.int32),
+        output_shapes=[w.shape[:-1] + (d,)],
+        output_dtypes=[out_dtype],
+        grid=grid,
+        threadgroup=tg,
+        template=[("T", out_dtype), ("BITS", bits), ("GROUP_SIZE", group_size)],
+    )[0]
+
+
+__all__ = ["dequantize", "dequantize_ref", "quantize", "quantize_ref"]
