@@ -224,6 +224,7 @@ def test_errors():
         quantize(w, like="metal")
 
 
+@pytest.mark.no_emulate  # compile checks capture launches; the emulator would run them
 @pytest.mark.parametrize("like", ["cpu", "gpu"])
 def test_compiles_at_real_shapes(like):
     """NVRTC (when available) and the Metal shim, both rule sets, every format."""

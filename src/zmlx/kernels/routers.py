@@ -236,3 +236,4 @@ def route_stock(logits, select_bias, rule):
 
 
 from . import router_specs as _specs  # noqa: E402,F401  (registers the catalog entries)
+from .router_balance import expert_counts, router_aux_loss  # noqa: E402,F401
