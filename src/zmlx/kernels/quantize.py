@@ -14,7 +14,7 @@ MLX's backends do not quantize alike, so "matching ``mx.quantize``" depends on w
   and Metal kernels start the maximum at 0 (``hi = max(0, max(w))``) and round half away from
   zero (``round``).
 * **mxfp4** (groups of 32, e2m1 values, e8m0 scales ``2^(s - 127)``): the scale is the smallest
-  power of two >= ``amax / 6`` on every backend (MLX rounds MX scales up since 2026-08). On the
+  power of two >= ``amax / 6`` on every backend (ml-explore/mlx#4353, in 0.32.4). On the
   CPU ``amax / 6`` is first rounded to the input dtype, an all-zero group gets ``s = 0`` (scale
   byte 127) and ``s + 127`` wraps modulo 256, and each ``w / 2^s`` takes the nearest e2m1 value
   with ties going to the smaller magnitude (the first minimum of ``|w - lut|``), never -0. On
