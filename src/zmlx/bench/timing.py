@@ -122,6 +122,8 @@ def compare(
         d = timings[n].to_dict()
         d["speedup"] = base / d["median_us"] if d["median_us"] > 0 else float("nan")
         base_eval = statistics.median(timings[baseline].eval_us)
-        d["eval_speedup"] = base_eval / d["median_eval_us"] if d["median_eval_us"] > 0 else float("nan")
+        d["eval_speedup"] = (
+            base_eval / d["median_eval_us"] if d["median_eval_us"] > 0 else float("nan")
+        )
         out[n] = d
     return out
