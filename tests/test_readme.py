@@ -23,3 +23,10 @@ def test_readme_starts_with_the_two_commands():
     blocks = (ROOT / "README.md").read_text().split("```bash\n")[1:3]
     assert "pip install -e '.[cpu,lm,dev]'" in blocks[0] and "python -m zmlx.validate" in blocks[0]
     assert "python -m pytest" in blocks[1]
+
+
+def test_readme_kernel_count_matches_the_catalog():
+    from zmlx.kernels import catalog
+
+    n = len(catalog.specs())
+    assert f"A catalog of {n} fused kernels" in (ROOT / "README.md").read_text()
