@@ -6,7 +6,7 @@
 For each family: ``zmlx.models.build(name, "full", quant)`` from an empty memory pool, timed to
 the end of evaluation, with ``mx.get_peak_memory()`` reset before each build. Then one
 prefill of 16 tokens and one decode step check that the model runs (finite logits) and give a
-first rough time per step. The acceptance bar (issue 3): each of the four default families
+first rough time per step. The bar: each of the four default families
 builds in about a minute within 80 GB on an H100.
 """
 
