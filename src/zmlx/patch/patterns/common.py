@@ -52,6 +52,18 @@ class Pattern:
         return self.replacement.from_module(module, **config)
 
 
+class DecodeFused(Fused):
+    """A replacement whose fused path takes calls of up to ``max_tokens`` tokens (decode);
+    longer calls (prefill) run the original forward."""
+
+    def zmlx_setup(self, **cfg: Any) -> None:
+        object.__setattr__(self, "_zx", cfg)
+
+    def zmlx_fused(self, x) -> bool:
+        """Whether this call takes the fused path."""
+        return x.ndim > 0 and tokens(x) <= self._zx["max_tokens"]
+
+
 def quantized_params(layer: nn.Module) -> dict[str, Any] | None:
     """A quantized linear / switch-linear layer's arrays and format, or None when float.
 

@@ -18,8 +18,8 @@ import mlx.nn as nn
 
 from ...kernels import moe as K
 from ...kernels import routers as R
-from ..base import Context, Fused
-from .common import NO, Pattern, Verdict, match, quantized_params, skip, tokens
+from ..base import Context
+from .common import NO, DecodeFused, Pattern, Verdict, match, quantized_params, skip
 
 # Per family: the router's attribute path, where the selection-only bias lives, and how the
 # shared expert joins ("add": y + shared(x); "gated": y + sigmoid(gate(x)) * shared(x)).
@@ -86,18 +86,15 @@ def expert_config(glu) -> dict[str, Any] | Verdict:
                               mode=down["mode"]), **activation)  # fmt: skip
 
 
-class FusedMoE(Fused):
+class FusedMoE(DecodeFused):
     """Replacement MoE block: three launches at decode, the original forward otherwise."""
 
     zmlx_pattern = "moe_block"
 
-    def zmlx_setup(self, **cfg: Any) -> None:
-        object.__setattr__(self, "_zx", cfg)
-
     def __call__(self, x: mx.array) -> mx.array:
-        cfg = self._zx
-        if tokens(x) > cfg["max_tokens"] or x.ndim == 0:
+        if not self.zmlx_fused(x):
             return super().__call__(x)
+        cfg = self._zx
         router = _get(self, cfg["router_path"])
         sbias = _get(self, cfg["select_bias"]) if cfg["select_bias"] else None
         rp = quantized_params(router) if cfg["router_quantized"] else None

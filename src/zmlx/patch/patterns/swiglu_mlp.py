@@ -10,14 +10,22 @@ into SiLU. Decode runs :func:`~zmlx.kernels.quant.qmv_swiglu` then
 from __future__ import annotations
 
 import re
-from typing import Any
 
 import mlx.core as mx
 import mlx.nn as nn
 
 from ...kernels import quant as Q
-from ..base import Context, Fused
-from .common import NO, Pattern, Verdict, call_source, match, quantized_params, skip, tokens
+from ..base import Context
+from .common import (
+    NO,
+    DecodeFused,
+    Pattern,
+    Verdict,
+    call_source,
+    match,
+    quantized_params,
+    skip,
+)
 
 
 def activation_of(module: nn.Module) -> str | None:
@@ -30,16 +38,13 @@ def activation_of(module: nn.Module) -> str | None:
     return None
 
 
-class FusedSwiGLUMLP(Fused):
+class FusedSwiGLUMLP(DecodeFused):
     zmlx_pattern = "swiglu_mlp"
 
-    def zmlx_setup(self, **cfg: Any) -> None:
-        object.__setattr__(self, "_zx", cfg)
-
     def __call__(self, x: mx.array) -> mx.array:
-        cfg = self._zx
-        if tokens(x) > cfg["max_tokens"] or x.ndim == 0:
+        if not self.zmlx_fused(x):
             return super().__call__(x)
+        cfg = self._zx
         g, u, d = (quantized_params(self[n]) for n in ("gate_proj", "up_proj", "down_proj"))
         fmt = dict(group_size=cfg["group_size"], bits=cfg["bits"], mode=cfg["mode"])
         h = Q.qmv_swiglu(x, g["w"], g["scales"], g["biases"], u["w"], u["scales"], u["biases"],

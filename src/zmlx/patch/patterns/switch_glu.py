@@ -8,27 +8,22 @@ then :func:`~zmlx.kernels.moe.gather_qmv` (their down projections), instead of t
 
 from __future__ import annotations
 
-from typing import Any
-
 import mlx.core as mx
 import mlx.nn as nn
 
 from ...kernels import moe as K
-from ..base import Context, Fused
-from .common import NO, Pattern, Verdict, match, quantized_params, tokens
+from ..base import Context
+from .common import NO, DecodeFused, Pattern, Verdict, match, quantized_params
 from .moe_block import expert_config
 
 
-class FusedSwitchGLU(Fused):
+class FusedSwitchGLU(DecodeFused):
     zmlx_pattern = "switch_glu"
 
-    def zmlx_setup(self, **cfg: Any) -> None:
-        object.__setattr__(self, "_zx", cfg)
-
     def __call__(self, x: mx.array, indices: mx.array) -> mx.array:
-        cfg = self._zx
-        if tokens(x) > cfg["max_tokens"] or x.ndim == 0:
+        if not self.zmlx_fused(x):
             return super().__call__(x, indices)
+        cfg = self._zx
         g, u, d = (quantized_params(self[n]) for n in ("gate_proj", "up_proj", "down_proj"))
         fmt = dict(group_size=cfg["group_size"], bits=cfg["bits"], mode=cfg["mode"])
         h = K.gather_qmv_swiglu(
