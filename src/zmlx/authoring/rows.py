@@ -19,7 +19,7 @@ import mlx.core as mx
 from ..core import expr as E
 from ..core.backend import backend
 from ..core.dtypes import as_array, check_float, promote
-from ..core.kernel import Kernel, row_group_size
+from ..core.kernel import Kernel, dims, row_group_size
 
 WARP_ROW_MAX = 256  # rows up to this length get one warp each
 _WARP_GROUP = 256  # threads per group in warp-per-row mode (8 rows per group)
@@ -104,16 +104,16 @@ class _RowOp:
     def __init__(self) -> None:
         self._kernels: dict[tuple, Kernel] = {}
         self.last_path: str | None = None
-        self._fn_cache: dict[tuple, Callable] = {}
+        self._fn: Callable | None = None
 
-    def _function(self, key: tuple) -> Callable:
-        """A cached ``mx.custom_function`` for one operand layout.
+    def _function(self) -> Callable:
+        """The op's ``mx.custom_function`` (built once).
 
         The forward reads the call's state from ``self._state`` (set just before the call,
         used synchronously); the VJP takes the output dtype and shapes from the cotangents, so
         a later call never leaks into an earlier call's backward pass.
         """
-        fn = self._fn_cache.get(key)
+        fn = self._fn
         if fn is None:
             op = self
 
@@ -135,7 +135,7 @@ class _RowOp:
                 grads = [g.astype(p.dtype) for g, p in zip(grads, prims)]
                 return grads[0] if single else tuple(grads)
 
-            self._fn_cache[key] = fn
+            self._fn = fn
         return fn
 
     def _geometry(self, rows: int, d: int) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
@@ -197,7 +197,7 @@ class ReduceOp(_RowOp):
                 f"[{self.name}] expected rows of at least one element, got shape {tuple(x.shape)}"
             )
         self._state = (modes, rows, d, dtype, out_shape, verbose)
-        return self._function(tuple(modes))(*arrays)[0]
+        return self._function()(*arrays)[0]
 
     def _forward(self, arrs):
         modes, rows, d, dtype, out_shape, verbose = self._state
@@ -287,7 +287,7 @@ class ReduceOp(_RowOp):
         grid, group = self._geometry(rows, d)
         (out,) = self._kernel(modes, _mode_key(modes, d)[1])(
             *ins,
-            _dims(rows, d),
+            dims(rows, d),
             output_shapes=[(rows,)],
             output_dtypes=[dtype],
             grid=grid,
@@ -297,24 +297,6 @@ class ReduceOp(_RowOp):
             backend_name=b,
         )
         return out
-
-
-def _dims(rows: int, d: int) -> mx.array:
-    return scalar_pair(rows, d)
-
-
-_PAIRS: dict[tuple[int, int], mx.array] = {}
-
-
-def scalar_pair(a: int, b: int) -> mx.array:
-    """A cached 2-element uint32 array ``[a, b]`` (row count and row length)."""
-    arr = _PAIRS.get((a, b))
-    if arr is None:
-        if len(_PAIRS) > 4096:
-            _PAIRS.clear()
-        arr = mx.array([a, b], dtype=mx.uint32)
-        _PAIRS[(a, b)] = arr
-    return arr
 
 
 def _tree_fold(x: mx.array, combine: E.Node, init: float) -> mx.array:
@@ -416,7 +398,7 @@ class MapReduceOp(_RowOp):
             outs = [mx.zeros(x.shape, dtype=dtype) for _ in self.outs]
             return outs[0] if len(outs) == 1 else tuple(outs)
         self._state = (modes, rows, d, dtype, x.shape, verbose)
-        outs = self._function(tuple(modes))(*arrays)
+        outs = self._function()(*arrays)
         return outs[0] if len(self.outs) == 1 else tuple(outs)
 
     def _forward(self, arrs):
@@ -491,7 +473,7 @@ class MapReduceOp(_RowOp):
         grid, group = self._geometry(rows, d)
         outs = self._kernel(modes, _mode_key(modes, d)[1])(
             *ins,
-            _dims(rows, d),
+            dims(rows, d),
             output_shapes=[tuple(shape)] * len(self.outs),
             output_dtypes=[dtype] * len(self.outs),
             grid=grid,
@@ -580,7 +562,7 @@ class RowwiseOp(_RowOp):
             return outs[0] if len(outs) == 1 else tuple(outs)
 
         self._state = (modes, rows, d, dtype, x.shape, verbose)
-        outs = self._function(tuple(modes))(*arrays)
+        outs = self._function()(*arrays)
         return outs[0] if len(self.outputs) == 1 else tuple(outs)
 
     def _reference(self, arrs, dtype) -> list[mx.array]:
@@ -611,7 +593,7 @@ class RowwiseOp(_RowOp):
         grid, group = self._geometry(rows, d)
         return k(
             *ins,
-            _dims(rows, d),
+            dims(rows, d),
             output_shapes=[tuple(shape)] * len(self.outputs),
             output_dtypes=[dtype] * len(self.outputs),
             grid=grid,

@@ -309,3 +309,30 @@ def render_body(body: str, dialect: Dialect) -> str:
 def render_header(header: str, dialect: Dialect) -> str:
     """The full header for one backend: the dialect prelude, then the kernel's own header."""
     return dialect.prelude + ("\n" + header if header else "")
+
+
+SHAPE_ARGS = ("shape", "strides", "ndim")
+
+
+def shape_args(name: str, body: str) -> list[str]:
+    """Which of ``<name>_shape``, ``<name>_strides``, ``<name>_ndim`` a rendered body names
+    (MLX passes an input's shape arguments only when its source mentions them)."""
+    return [k for k in SHAPE_ARGS if f"{name}_{k}" in body]
+
+
+def template_lines(template, type_name) -> list[str]:
+    """Template values as declarations at the top of a body, as MLX writes them for CUDA.
+
+    Args:
+        template: ``(name, value)`` pairs (bool, int or dtype).
+        type_name: maps a dtype to its C++ spelling on the target.
+    """
+    lines = []
+    for tname, tval in template:
+        if isinstance(tval, bool):
+            lines.append(f"  constexpr bool {tname} = {'true' if tval else 'false'};")
+        elif isinstance(tval, int):
+            lines.append(f"  constexpr int {tname} = {tval};")
+        else:
+            lines.append(f"  using {tname} = {type_name(tval)};")
+    return lines

@@ -35,7 +35,7 @@ import mlx.core as mx
 import numpy as np
 
 from .backend import force_backend
-from .dialect import _COMMON_MATH, Dialect, render_body
+from .dialect import _COMMON_MATH, Dialect, render_body, shape_args, template_lines
 
 _RUNTIME = r"""
 #include <cmath>
@@ -289,31 +289,19 @@ def host_source(kernel, inputs, output_dtypes, template) -> str:
         unpack.append(f"(const {ctype}*)b[{k}]")
         k += 1
         if a.ndim > 0:
-            if f"{name}_shape" in body:
-                params.append(f"const int* {name}_shape")
-                unpack.append(f"(const int*)b[{k}]")
-                k += 1
-            if f"{name}_strides" in body:
-                params.append(f"const int64_t* {name}_strides")
-                unpack.append(f"(const int64_t*)b[{k}]")
-                k += 1
-            if f"{name}_ndim" in body:
-                params.append(f"const int {name}_ndim")
-                unpack.append(f"*(const int*)b[{k}]")
+            for arg in shape_args(name, body):
+                ctype = {"shape": "const int*", "strides": "const int64_t*", "ndim": "const int"}[
+                    arg
+                ]
+                params.append(f"{ctype} {name}_{arg}")
+                unpack.append(f"*(const int*)b[{k}]" if arg == "ndim" else f"({ctype})b[{k}]")
                 k += 1
     for name, dt in zip(kernel.outputs, output_dtypes):
         ctype = _TYPES[dt][0]
         params.append(f"{ctype}* {name}")
         unpack.append(f"({ctype}*)b[{k}]")
         k += 1
-    consts = []
-    for tname, tval in template:
-        if isinstance(tval, bool):
-            consts.append(f"  constexpr bool {tname} = {'true' if tval else 'false'};")
-        elif isinstance(tval, int):
-            consts.append(f"  constexpr int {tname} = {tval};")
-        else:
-            consts.append(f"  using {tname} = {_TYPES[tval][0]};")
+    consts = template_lines(template, lambda d: _TYPES[d][0])
     return "\n".join(
         [
             _RUNTIME,
@@ -397,14 +385,11 @@ def launch(kernel, inputs, output_shapes, output_dtypes, grid, threadgroup, temp
         keep.append(arr)
         ptrs.append(arr.ctypes.data)
         if a.ndim > 0:
-            extra = []
-            if f"{name}_shape" in body:
-                extra.append(np.array(a.shape, dtype=np.int32))
-            if f"{name}_strides" in body:
-                strides = [int(np.prod(a.shape[i + 1 :])) for i in range(a.ndim)]
-                extra.append(np.array(strides, dtype=np.int64))
-            if f"{name}_ndim" in body:
-                extra.append(np.array([a.ndim], dtype=np.int32))
+            contiguous = [int(np.prod(a.shape[i + 1 :])) for i in range(a.ndim)]
+            values = {"shape": np.array(a.shape, dtype=np.int32),
+                      "strides": np.array(contiguous, dtype=np.int64),
+                      "ndim": np.array([a.ndim], dtype=np.int32)}  # fmt: skip
+            extra = [values[arg] for arg in shape_args(name, body)]
             for e in extra:
                 keep.append(e)
                 ptrs.append(e.ctypes.data)

@@ -317,20 +317,30 @@ def row_group_size(d: int, per_thread: int = 4, lo: int = 32, hi: int = 1024) ->
     return g
 
 
-_SCALARS: dict[tuple, mx.array] = {}
+_VECTORS: dict[tuple, mx.array] = {}
+
+
+def vector(values: Sequence[float | int], dtype: mx.Dtype) -> mx.array:
+    """A cached small array carrying runtime parameters (sizes, offsets, hyper-parameters).
+
+    Bodies read it as ``p[0]``, ``p[1]``... on both backends (arrays of fewer than 8 elements
+    are ``constant`` pointers on Metal), so a new value is a new array, never a new build.
+    """
+    key = (tuple(values), dtype)
+    arr = _VECTORS.get(key)
+    if arr is None:
+        if len(_VECTORS) > 4096:
+            _VECTORS.clear()
+        arr = mx.array(list(values), dtype=dtype)
+        _VECTORS[key] = arr
+    return arr
 
 
 def scalar(value: float | int, dtype: mx.Dtype = mx.float32) -> mx.array:
-    """A cached 1-element array carrying a runtime parameter into a kernel.
+    """A cached 1-element :func:`vector`: one runtime parameter, read as ``name[0]``."""
+    return vector((value,), dtype)
 
-    Bodies read it as ``name[0]`` on both backends (one-element arrays are pointers on CUDA
-    and ``constant`` pointers on Metal), so a new value never triggers a new build.
-    """
-    key = (value, dtype)
-    arr = _SCALARS.get(key)
-    if arr is None:
-        if len(_SCALARS) > 4096:
-            _SCALARS.clear()
-        arr = mx.array([value], dtype=dtype)
-        _SCALARS[key] = arr
-    return arr
+
+def dims(*values: int | bool) -> mx.array:
+    """A cached uint32 :func:`vector` of sizes and flags (row count, row length, ...)."""
+    return vector([int(v) for v in values], mx.uint32)

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import mlx.core as mx
 
+from .dialect import shape_args, template_lines
 from .kernel import Launch
 
 _CUDA_TYPES = {
@@ -124,22 +125,12 @@ def cuda_source(launch: Launch) -> str:
     for name, (dtype, shape) in zip(k.inputs, launch.inputs):
         params.append(f"    const {_CUDA_TYPES[dtype]}* {name}")
         if len(shape) > 0:
-            if f"{name}_shape" in body:
-                params.append(f"    const __grid_constant__ Shape {name}_shape")
-            if f"{name}_strides" in body:
-                params.append(f"    const __grid_constant__ Strides {name}_strides")
-            if f"{name}_ndim" in body:
-                params.append(f"    const __grid_constant__ int {name}_ndim")
+            cuda_t = {"shape": "Shape", "strides": "Strides", "ndim": "int"}
+            params += [f"    const __grid_constant__ {cuda_t[a]} {name}_{a}"
+                       for a in shape_args(name, body)]  # fmt: skip
     for name, dtype in zip(k.outputs, launch.output_dtypes):
         params.append(f"    {_CUDA_TYPES[dtype]}* {name}")
-    consts = []
-    for tname, tval in launch.template:
-        if isinstance(tval, bool):
-            consts.append(f"  constexpr bool {tname} = {'true' if tval else 'false'};")
-        elif isinstance(tval, int):
-            consts.append(f"  constexpr int {tname} = {tval};")
-        else:
-            consts.append(f"  using {tname} = {_CUDA_TYPES[tval]};")
+    consts = template_lines(launch.template, _CUDA_TYPES.__getitem__)
     return (
         '#include "mlx/backend/cuda/device/utils.cuh"\n#include <cooperative_groups.h>\n'
         + header
@@ -167,12 +158,8 @@ def metal_source(launch: Launch) -> str:
         ref = "&" if len(shape) == 0 else "*"
         params.append(f"  const {space} {_METAL_TYPES[dtype]}{ref} {name}")
         if len(shape) > 0:
-            if f"{name}_shape" in body:
-                params.append(f"  const constant int* {name}_shape")
-            if f"{name}_strides" in body:
-                params.append(f"  const constant int64_t* {name}_strides")
-            if f"{name}_ndim" in body:
-                params.append(f"  const constant int& {name}_ndim")
+            metal_t = {"shape": "int*", "strides": "int64_t*", "ndim": "int&"}
+            params += [f"  const constant {metal_t[a]} {name}_{a}" for a in shape_args(name, body)]
     for name, dtype in zip(k.outputs, launch.output_dtypes):
         t = _METAL_TYPES[dtype]
         params.append(f"  device {f'atomic<{t}>' if k.atomic_outputs else t}* {name}")
@@ -189,14 +176,7 @@ def metal_source(launch: Launch) -> str:
     for a, t in attrs.items():
         if a in body:
             params.append(f"  {t} {a}")
-    consts = []
-    for tname, tval in launch.template:
-        if isinstance(tval, bool):
-            consts.append(f"  constexpr bool {tname} = {'true' if tval else 'false'};")
-        elif isinstance(tval, int):
-            consts.append(f"  constexpr int {tname} = {tval};")
-        else:
-            consts.append(f"  using {tname} = {_METAL_TYPES[tval]};")
+    consts = template_lines(launch.template, _METAL_TYPES.__getitem__)
     return (
         METAL_SHIM
         + header

@@ -2,35 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import mlx.core as mx
 
 from ..core.dtypes import check_float
-from ..core.kernel import grid_1d
-
-_VECTORS: dict[tuple, mx.array] = {}
-
-
-def vector(values: Sequence[float | int], dtype: mx.Dtype) -> mx.array:
-    """A cached small array of runtime parameters (sizes, offsets, hyper-parameters).
-
-    Kernels read it as ``p[0]``, ``p[1]``...; a new value is a new array, never a new build.
-    """
-    key = (tuple(values), dtype)
-    arr = _VECTORS.get(key)
-    if arr is None:
-        if len(_VECTORS) > 4096:
-            _VECTORS.clear()
-        arr = mx.array(list(values), dtype=dtype)
-        _VECTORS[key] = arr
-    return arr
-
-
-def dims(*values: int | bool) -> mx.array:
-    """A cached uint32 vector of sizes and flags (row count, row length, ...)."""
-    return vector([int(v) for v in values], mx.uint32)
-
+from ..core.kernel import dims, grid_1d, vector  # noqa: F401 (re-exported)
 
 VEC = 4  # elements per thread in elementwise-shaped kernels (memory-level parallelism)
 

@@ -20,9 +20,9 @@ from collections.abc import Sequence
 
 import mlx.core as mx
 
-from ..authoring.rows import WARP_ROW_MAX, scalar_pair
+from ..authoring.rows import WARP_ROW_MAX
 from ..core.dtypes import check_float
-from ..core.kernel import Kernel, row_group_size
+from ..core.kernel import Kernel, dims, row_group_size
 
 WARP_GROUP = 256  # threads per group for warp rows (8 rows per group)
 MAX_INDEX = 2**24  # indices travel through float shuffles: exact below 2^24
@@ -218,7 +218,7 @@ class RowKernel:
         grid, tg = geometry(rows, d, mode, group)
         return self.kernel(mode)(
             *inputs,
-            scalar_pair(rows, d),
+            dims(rows, d),
             output_shapes=output_shapes,
             output_dtypes=output_dtypes,
             grid=grid,

@@ -24,11 +24,10 @@ import math
 import mlx.core as mx
 
 from ..authoring.elementwise import elementwise
-from ..authoring.rows import scalar_pair
 from ..core import expr as E
 from ..core.backend import backend
 from ..core.dtypes import check_float, promote
-from ..core.kernel import Kernel, grid_1d
+from ..core.kernel import Kernel, dims, grid_1d
 
 # act(g) as an expression of g; u is the linear half.
 _ACTS = {
@@ -211,7 +210,7 @@ class _ConcatGated:
         grid, group = grid_1d(n_rows_h, 256)
         (out,) = kernel(
             *arrays,
-            scalar_pair(n_rows_h, h),
+            dims(n_rows_h, h),
             output_shapes=[out_shape],
             output_dtypes=[out_dtype],
             grid=grid,

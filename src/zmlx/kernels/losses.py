@@ -14,10 +14,10 @@ import math
 
 import mlx.core as mx
 
-from ..authoring.rows import reduce, scalar_pair
+from ..authoring.rows import reduce
 from ..core.backend import backend
 from ..core.dtypes import check_float, dtype_name
-from ..core.kernel import Kernel
+from ..core.kernel import Kernel, dims
 from ._common import vector
 from ._rowkit import RowKernel, rows_of, strided
 from .softmax import logsumexp_f32
@@ -184,7 +184,7 @@ def _ce_vjp(primals, cotangents, outputs):
         outputs[1],
         g,
         params,
-        scalar_pair(rows, d),
+        dims(rows, d),
         output_shapes=[x.shape],
         output_dtypes=[x.dtype],
         grid=(rows * nch * 256, 1, 1),
