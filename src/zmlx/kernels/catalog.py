@@ -111,6 +111,19 @@ def register(spec: KernelSpec) -> KernelSpec:
     return spec
 
 
+def register_table(family: str, rows, columns: Sequence[str], **shared: Any) -> None:
+    """Register one :class:`KernelSpec` per row of a family's table.
+
+    Args:
+        family: the family name.
+        rows: tuples of field values, in the order of ``columns``.
+        columns: KernelSpec field names of the tuple positions.
+        shared: fields every row gets (``cases``, ``bench_cases``, ...).
+    """
+    for row in rows:
+        register(KernelSpec(family=family, **shared, **dict(zip(columns, row, strict=True))))
+
+
 def load_all() -> None:
     """Import every family module (each registers its ops)."""
     for fam in FAMILIES:

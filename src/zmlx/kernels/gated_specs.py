@@ -5,7 +5,7 @@ from __future__ import annotations
 import mlx.core as mx
 
 from . import gated as G
-from .catalog import KernelSpec, register
+from .catalog import register_table
 
 # gate/up shapes: rows of 1, 31, 33 and 4097, a transposed input, one decode token and a
 # prefill batch. The concatenated forms take x of shape (..., 2H).
@@ -113,18 +113,10 @@ _SPECS = [
      "GPT-OSS SwiGLU of the checkpoint's interleaved gate_up_proj output, with biases"),
 ]  # fmt: skip
 
-for _name, _op, _ref, _make, _stock, _grad, _desc in _SPECS:
-    register(
-        KernelSpec(
-            name=_name,
-            family="gated",
-            op=_op,
-            ref=_ref,
-            make_inputs=_make,
-            cases=CASES,
-            bench_cases=BENCH,
-            stock=_stock,
-            grad_argnums=_grad,
-            description=_desc,
-        )
-    )
+register_table(
+    "gated",
+    _SPECS,
+    ("name", "op", "ref", "make_inputs", "stock", "grad_argnums", "description"),
+    cases=CASES,
+    bench_cases=BENCH,
+)

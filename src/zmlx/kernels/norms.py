@@ -22,7 +22,7 @@ from ..core.backend import backend
 from ..core.dtypes import promote
 from . import norm_kernels as K
 from ._common import as_list, check_array, check_vector, vector
-from .catalog import KernelSpec, register
+from .catalog import register_table
 
 # ---------------------------------------------------------------------------------------
 # References (plain MLX)
@@ -354,20 +354,12 @@ _NORM_SPECS = (
     ),
 )
 
-for _name, _op, _ref, _make, _stock, _argnums, _desc in _NORM_SPECS:
-    register(
-        KernelSpec(
-            name=_name,
-            family="norms",
-            op=_op,
-            ref=_ref,
-            make_inputs=_make,
-            cases=CASES,
-            bench_cases=BENCH,
-            stock=_stock,
-            grad_argnums=_argnums,
-            description=_desc,
-        )
-    )
+register_table(
+    "norms",
+    _NORM_SPECS,
+    ("name", "op", "ref", "make_inputs", "stock", "grad_argnums", "description"),
+    cases=CASES,
+    bench_cases=BENCH,
+)
 
 from . import group_norm as _group_norm  # noqa: E402,F401  (registers group_norm)

@@ -6,7 +6,7 @@ import mlx.core as mx
 
 from . import reductions as R  # its sum/max/min are MLX's names, not the builtins
 from ._rowkit import ROW_BENCH, ROW_CASES, row_input
-from .catalog import KernelSpec, register
+from .catalog import register_table
 
 CASES = ROW_CASES
 BENCH = ROW_BENCH + ({"id": "router", "shape": (1024, 128)}, {"id": "vocab", "shape": (8, 151936)})
@@ -55,20 +55,23 @@ _SPECS = [
      "k <= 32 largest per row, sorted, with uint32 indices (ties: lowest index first)"),
 ]  # fmt: skip
 
-for _name, _op, _ref, _make, _stock, _grad, _desc in _SPECS:
-    register(
-        KernelSpec(
-            name=_name,
-            family="reductions",
-            op=_op,
-            ref=_ref,
-            make_inputs=(lambda m: lambda c, d, r: (m(c, d, r),))(_make)
-            if _make in (_x, _x_ties)
-            else _make,
-            cases=CASES,
-            bench_cases=BENCH,
-            stock=_stock,
-            grad_argnums=_grad,
-            description=_desc,
-        )
+# Single-array makers return the array; the catalog wants the argument tuple.
+_ROWS = [
+    (
+        n,
+        op,
+        ref,
+        (lambda m: lambda c, d, r: (m(c, d, r),))(mk) if mk in (_x, _x_ties) else mk,
+        st,
+        g,
+        ds,
     )
+    for n, op, ref, mk, st, g, ds in _SPECS
+]
+register_table(
+    "reductions",
+    _ROWS,
+    ("name", "op", "ref", "make_inputs", "stock", "grad_argnums", "description"),
+    cases=CASES,
+    bench_cases=BENCH,
+)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import mlx.core as mx
 
 from ._rowkit import ROW_BENCH, ROW_CASES, row_input
-from .catalog import KernelSpec, register
+from .catalog import register_table
 from .softmax import (
     NEG_INF,
     log_softmax,
@@ -62,18 +62,5 @@ _SPECS = [
      lambda x: mx.logsumexp(x, axis=-1), "log(sum(exp(x))) over the last axis, one pass"),
 ]  # fmt: skip
 
-for _name, _op, _ref, _make, _stock, _desc in _SPECS:
-    register(
-        KernelSpec(
-            name=_name,
-            family="softmax",
-            op=_op,
-            ref=_ref,
-            make_inputs=_make,
-            cases=CASES,
-            bench_cases=BENCH,
-            stock=_stock,
-            grad_argnums=(0,),
-            description=_desc,
-        )
-    )
+register_table("softmax", _SPECS, ("name", "op", "ref", "make_inputs", "stock", "description"),
+               cases=CASES, bench_cases=BENCH, grad_argnums=(0,))  # fmt: skip
