@@ -22,7 +22,7 @@ from ..core.dtypes import as_array, check_float, promote
 from ..core.kernel import Kernel, dims, row_group_size
 
 WARP_ROW_MAX = 256  # rows up to this length get one warp each
-_WARP_GROUP = 256  # threads per group in warp-per-row mode (8 rows per group)
+WARP_GROUP = 256  # threads per group in warp-per-row mode (8 rows per group)
 _MAX_ROWS = 2**31 - 1
 
 _BUILTIN = {
@@ -139,12 +139,21 @@ class _RowOp:
         return fn
 
     def _geometry(self, rows: int, d: int) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
-        if d <= WARP_ROW_MAX:
-            per = _WARP_GROUP // 32
-            n_groups = math.ceil(rows / per)
-            return (n_groups * _WARP_GROUP, 1, 1), (_WARP_GROUP, 1, 1)
-        g = row_group_size(d)
-        return (rows * g, 1, 1), (g, 1, 1)
+        return row_geometry(rows, d, row_mode(d))
+
+
+def row_mode(d: int) -> str:
+    """``"warp"`` (one warp a row) for rows of up to :data:`WARP_ROW_MAX`, else ``"block"``."""
+    return "warp" if d <= WARP_ROW_MAX else "block"
+
+
+def row_geometry(rows: int, d: int, mode: str, group: int | None = None):
+    """``(grid, threadgroup)`` for ``rows`` rows of ``d`` elements in ``mode``."""
+    if mode == "warp":
+        per = WARP_GROUP // 32
+        return (math.ceil(rows / per) * WARP_GROUP, 1, 1), (WARP_GROUP, 1, 1)
+    g = group or row_group_size(d)
+    return (rows * g, 1, 1), (g, 1, 1)
 
 
 def _row_prologue(mode: str) -> list[str]:

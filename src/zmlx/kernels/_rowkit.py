@@ -20,11 +20,15 @@ from collections.abc import Sequence
 
 import mlx.core as mx
 
-from ..authoring.rows import WARP_ROW_MAX
+from ..authoring.rows import (  # noqa: F401 (re-exported)
+    WARP_GROUP,
+    WARP_ROW_MAX,
+    row_mode,  # noqa: F401
+)
+from ..authoring.rows import row_geometry as geometry  # noqa: F401
 from ..core.dtypes import check_float
-from ..core.kernel import Kernel, dims, row_group_size
+from ..core.kernel import Kernel, dims
 
-WARP_GROUP = 256  # threads per group for warp rows (8 rows per group)
 MAX_INDEX = 2**24  # indices travel through float shuffles: exact below 2^24
 
 HEADER = r"""
@@ -145,19 +149,6 @@ def check_input(op: str, x) -> None:
 
 def rows_of(x: mx.array) -> int:
     return math.prod(x.shape[:-1])
-
-
-def row_mode(d: int) -> str:
-    return "warp" if d <= WARP_ROW_MAX else "block"
-
-
-def geometry(rows: int, d: int, mode: str, group: int | None = None):
-    """``(grid, threadgroup)`` for ``rows`` rows of ``d`` elements in ``mode``."""
-    if mode == "warp":
-        per = WARP_GROUP // 32
-        return (math.ceil(rows / per) * WARP_GROUP, 1, 1), (WARP_GROUP, 1, 1)
-    g = group or row_group_size(d)
-    return (rows * g, 1, 1), (g, 1, 1)
 
 
 class RowKernel:
