@@ -9,6 +9,12 @@ of ``--tokens`` tokens after a 64-token prompt (tok/s of the decode phase, media
 ``--runs``), and a forward over a 1024-token prompt (prefill tok/s). Fidelity: teacher-forced
 top-1 agreement of the patched model with stock over the stock greedy sequence, position by
 position through the decode path.
+
+Variants (``--variants``, the last is the headline): ``stock``; ``compiled`` (stock modules,
+decode steps through :func:`zmlx.decode.compile_decode`); ``patched`` (``zmlx.patch``);
+``zmlx_stock_attention`` (patched and compiled, mlx-lm's attention); ``zmlx`` (patched,
+compiled, zmlx's decode-attention kernel). Each also gets a one-step profile: host time to build the
+step's graph, and the step's time when evaluated at once.
 """
 
 from __future__ import annotations
@@ -24,11 +30,20 @@ import mlx.core as mx
 
 from zmlx.bench import capsule
 from zmlx.core.backend import device_name
+from zmlx.decode import compile_decode
 from zmlx.models import build
 from zmlx.patch import patch, unpatch
 
 QUANTS = {"gpt_oss": "mxfp4"}
 PATTERNS = ["moe_block", "switch_glu", "swiglu_mlp"]
+VARIANTS = {
+    # name: (zmlx.patch the model, compile_decode's attention or None for eager decode steps)
+    "stock": (False, None),
+    "compiled": (False, "stock"),
+    "patched": (True, None),
+    "zmlx_stock_attention": (True, "stock"),
+    "zmlx": (True, "zmlx"),
+}
 
 
 def setup_arg_parser() -> argparse.ArgumentParser:
@@ -42,8 +57,20 @@ def setup_arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--agreement-positions", type=int, default=256)
     p.add_argument("--patterns", nargs="+", default=PATTERNS)
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS),
+                   help="what to measure against stock; the last is the headline")
     p.add_argument("--json", help="write the capsule here")
     return p
+
+
+def setup_variant(model, name: str, patterns):
+    """The callable to decode with for variant ``name`` (patching ``model`` if it says so)."""
+    do_patch, attention = VARIANTS[name]
+    if do_patch:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            patch(model, patterns=patterns)
+    return model if attention is None else compile_decode(model, attention)
 
 
 def decode_run(model, prompt: mx.array, n: int) -> tuple[float, list[int]]:
@@ -69,28 +96,39 @@ def prefill_run(model, prompt: mx.array) -> float:
     return prompt.size / (time.perf_counter() - t0)
 
 
-def agreement(model, seq: list[int], positions: int, patterns) -> dict:
-    """Teacher-forced top-1 agreement (patched vs stock) over ``seq``, one token per step."""
+def step_profile(model, prompt: mx.array, steps: int = 24) -> dict:
+    """Host time to build one decode step's graph, and the step's time when evaluated at
+    once (build + encode + GPU), in microseconds (medians over ``steps``)."""
     from mlx_lm.models.cache import make_prompt_cache
 
-    seq = seq[: positions + 1]
+    cache = make_prompt_cache(model)
+    mx.eval(model(prompt[None], cache=cache))
+    tok = mx.array([[int(prompt[-1])]], dtype=mx.int32)
+    builds, totals = [], []
+    for i in range(steps + 2):
+        mx.synchronize()
+        t0 = time.perf_counter()
+        logits = model(tok, cache=cache)
+        t1 = time.perf_counter()
+        mx.eval(logits)
+        mx.synchronize()
+        t2 = time.perf_counter()
+        if i >= 2:  # the first steps trace / build kernels
+            builds.append(1e6 * (t1 - t0))
+            totals.append(1e6 * (t2 - t0))
+    return {"build_us": statistics.median(builds), "step_us": statistics.median(totals)}
 
-    def tops():
-        cache = make_prompt_cache(model)
-        out = []
-        for i in range(len(seq) - 1):
-            logits = model(mx.array([[seq[i]]]), cache=cache)
-            out.append(mx.argmax(logits[0, -1]).item())
-        return out
 
-    stock = tops()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        patch(model, patterns=patterns)
-    fused = tops()
-    unpatch(model)
-    same = sum(a == b for a, b in zip(stock, fused))
-    return {"positions": len(stock), "top1_agree": same / max(1, len(stock))}
+def top1s(model, seq: list[int]) -> list[int]:
+    """Teacher-forced top-1 over ``seq``, one token per step through the decode path."""
+    from mlx_lm.models.cache import make_prompt_cache
+
+    cache = make_prompt_cache(model)
+    out = []
+    for i in range(len(seq) - 1):
+        logits = model(mx.array([[seq[i]]], dtype=mx.int32), cache=cache)
+        out.append(mx.argmax(logits[0, -1]).item())
+    return out
 
 
 def run_family(family: str, args) -> dict:
@@ -107,44 +145,60 @@ def run_family(family: str, args) -> dict:
         warnings.simplefilter("ignore")
         report = patch(model, patterns=args.patterns)
     unpatch(model)
-    # Warm-up both (kernel builds, MLX's own JIT).
-    decode_run(model, prompt, 8)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        patch(model, patterns=args.patterns)
-    decode_run(model, prompt, 8)
-    prefill_run(model, long_prompt[:64])
-    unpatch(model)
-    prefill_run(model, long_prompt[:64])
-    runs = {"stock": {"decode": [], "prefill": []}, "zmlx": {"decode": [], "prefill": []}}
-    stock_tokens = None
+    variants = list(args.variants)
+    if "stock" not in variants:
+        variants.insert(0, "stock")
+    runs = {v: {"decode": [], "prefill": [], "tokens_equal_stock": []} for v in variants}
+    profile, stock_tokens = {}, None
+    # Warm-up every variant (kernel builds, MLX's own JIT, traces) and profile one step.
+    for v in variants:
+        m = setup_variant(model, v, args.patterns)
+        decode_run(m, prompt, 8)
+        prefill_run(m, long_prompt[:64])
+        profile[v] = step_profile(m, prompt)
+        unpatch(model)
     for _ in range(args.runs):
-        for variant in ("stock", "zmlx"):
-            if variant == "zmlx":
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    patch(model, patterns=args.patterns)
-            tps, toks = decode_run(model, prompt, args.tokens)
-            runs[variant]["decode"].append(tps)
-            runs[variant]["prefill"].append(prefill_run(model, long_prompt))
-            if variant == "stock" and stock_tokens is None:
+        for v in variants:
+            m = setup_variant(model, v, args.patterns)
+            tps, toks = decode_run(m, prompt, args.tokens)
+            runs[v]["decode"].append(tps)
+            runs[v]["prefill"].append(prefill_run(m, long_prompt))
+            if v == "stock" and stock_tokens is None:
                 stock_tokens = toks
-            if variant == "zmlx":
-                runs[variant].setdefault("tokens_equal_stock", []).append(toks == stock_tokens)
-                unpatch(model)
+            runs[v]["tokens_equal_stock"].append(toks == stock_tokens)
+            unpatch(model)
 
     def rate(xs):
         return {"median": statistics.median(xs), "min": min(xs), "max": max(xs), "runs": xs}
 
-    phases = {}
-    for phase in ("decode", "prefill"):
-        st, pa = rate(runs["stock"][phase]), rate(runs["zmlx"][phase])
-        phases[phase] = {"stock": st, "patched": pa, "speedup": pa["median"] / st["median"]}
-    fid = agreement(model, stock_tokens, args.agreement_positions, args.patterns)
+    seq = stock_tokens[: args.agreement_positions + 1]
+    ref = top1s(model, seq)
+    table = {}
+    for v in variants:
+        m = setup_variant(model, v, args.patterns)
+        tops = ref if v == "stock" else top1s(m, seq)
+        unpatch(model)
+        table[v] = {
+            "decode": rate(runs[v]["decode"]), "prefill": rate(runs[v]["prefill"]),
+            "decode_speedup": statistics.median(runs[v]["decode"])
+            / statistics.median(runs["stock"]["decode"]),
+            "prefill_speedup": statistics.median(runs[v]["prefill"])
+            / statistics.median(runs["stock"]["prefill"]),
+            "tokens_equal_stock": runs[v]["tokens_equal_stock"],
+            "top1_agree": sum(a == b for a, b in zip(ref, tops)) / max(1, len(ref)),
+            "step_profile": profile[v], "patch": VARIANTS[v][0], "compiled_attention": VARIANTS[v][1],
+        }  # fmt: skip
+    best = variants[-1]
+    phases = {
+        phase: {"stock": table["stock"][phase], "patched": table[best][phase],
+                "speedup": table[best][f"{phase}_speedup"]}
+        for phase in ("decode", "prefill")
+    }  # fmt: skip
     result = {
         "model": family, "size": args.size, "quant": QUANTS.get(family, "4bit"),
-        "build_s": build_s, "patch_report": report.to_dict(), **phases,
-        "tokens_equal_stock": runs["zmlx"].get("tokens_equal_stock", []), "fidelity": fid,
+        "build_s": build_s, "patch_report": report.to_dict(), "headline_variant": best,
+        **phases, "variants": table,
+        "fidelity": {"positions": len(ref), "top1_agree": table[best]["top1_agree"]},
         "decode_tokens": args.tokens, "prompt_tokens": args.prompt, "prefill_tokens": args.prefill,
     }  # fmt: skip
     del model
@@ -159,6 +213,11 @@ def main(argv=None) -> int:
         r = run_family(fam, args)
         rows.append(r)
         d, p = r["decode"], r["prefill"]
+        for v, t in r["variants"].items():
+            print(f"  {v:<9} decode {t['decode']['median']:7.1f} tok/s ({t['decode_speedup']:.2f}x) "
+                  f"prefill {t['prefill']['median']:8.1f} ({t['prefill_speedup']:.2f}x) top-1 "
+                  f"{100 * t['top1_agree']:.1f}% step build {t['step_profile']['build_us']:.0f} us "
+                  f"eval-at-once {t['step_profile']['step_us']:.0f} us")
         print(f"{fam:<14} decode {d['stock']['median']:7.1f} -> {d['patched']['median']:7.1f} tok/s "
               f"({d['speedup']:.2f}x)  prefill {p['stock']['median']:8.1f} -> "
               f"{p['patched']['median']:8.1f} tok/s ({p['speedup']:.2f}x)  top-1 agree "
