@@ -110,6 +110,20 @@ KINDS: dict[str, dict[str, Any]] = {
             "rows[].decode.patched": RATE,
         },
     },
+    "fixture_decode": {
+        "doc": "trained fixtures, stock vs patched + compiled decoding (benchmarks/fixture_decode.py)",
+        "results": {"rows": "list"},
+        "optional": {"attention": "str"},
+        "items": {
+            "rows[]": {
+                "family": "str",
+                "tokens": "int",
+                "identical": "bool",
+                "max_logit_diff": "number",
+                "top1_agree": "number",
+            }
+        },
+    },
     "moe_block_bench": {
         "doc": "one MoE block's experts at decode, zmlx vs mlx-lm's SwitchGLU (benchmarks/moe_block.py)",
         "results": {"copy_bandwidth_gbps": "number", "rows": "list"},

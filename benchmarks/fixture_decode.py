@@ -1,0 +1,90 @@
+"""Fidelity of zmlx decoding on the trained fixtures: stock mlx-lm against patched + compiled.
+
+    python benchmarks/fixture_decode.py [--families ...] [--tokens 64] [--json OUT]
+
+For each trained fixture (quantized as it ships, see ``zmlx.models.fixtures.load_quantized``):
+greedy decoding of ``--tokens`` tokens from the fixture's prompt, stock against the model
+patched with ``--patterns`` and decoded through :func:`zmlx.decode.compile_decode`; then
+teacher-forced logits over the stock sequence (max |difference|, top-1 agreement). Also
+records which modules were patched and how many kernel launches the patched run issued.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+
+import mlx.core as mx
+
+from zmlx.bench import capsule
+from zmlx.core.backend import device_name
+from zmlx.core.kernel import launch_count
+from zmlx.decode import compile_decode
+from zmlx.models import fixtures
+from zmlx.patch import patch, unpatch
+
+PATTERNS = ["moe_block", "switch_glu", "swiglu_mlp"]
+
+
+def teacher_forced(model, seq: list[int]) -> mx.array:
+    """Logits (float32) at each position of ``seq`` but the last, one token per step."""
+    from mlx_lm.models.cache import make_prompt_cache
+
+    cache = make_prompt_cache(model)
+    rows = [model(mx.array([[t]], dtype=mx.int32), cache=cache)[0, -1] for t in seq[:-1]]
+    return mx.stack(rows).astype(mx.float32)
+
+
+def run_family(family: str, args) -> dict:
+    from mlx_lm.generate import generate_step
+
+    model, _ = fixtures.load_quantized(family)
+    prompt = mx.array(fixtures.record(family)["prompt_tokens"])
+    stock = [int(t) for t, _ in generate_step(prompt, model, max_tokens=args.tokens)]
+    seq = [int(t) for t in prompt.tolist()][-8:] + stock
+    ref = teacher_forced(model, seq)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        report = patch(model, patterns=args.patterns)
+    decoder = compile_decode(model, args.attention)
+    n0 = launch_count()
+    fused = [int(t) for t, _ in generate_step(prompt, decoder, max_tokens=args.tokens)]
+    launches = launch_count() - n0
+    got = teacher_forced(decoder, seq)
+    unpatch(model)
+    first_diff = next((i for i, (a, b) in enumerate(zip(stock, fused)) if a != b), None)
+    return {
+        "family": family, "tokens": args.tokens, "identical": stock == fused,
+        "first_difference": first_diff, "patched": report.patterns(),
+        "kernel_launches": launches, "compiled_steps": decoder.steps,
+        "max_logit_diff": mx.abs(ref - got).max().item(),
+        "top1_agree": mx.mean(mx.argmax(ref, -1) == mx.argmax(got, -1)).item(),
+    }  # fmt: skip
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--families", nargs="+", default=fixtures.available())
+    p.add_argument("--tokens", type=int, default=64)
+    p.add_argument("--patterns", nargs="+", default=PATTERNS)
+    p.add_argument("--attention", default="auto", choices=["auto", "zmlx", "stock"])
+    p.add_argument("--json", help="write the capsule here")
+    args = p.parse_args(argv)
+    print(f"device: {device_name()}")
+    rows = []
+    for fam in args.families:
+        r = run_family(fam, args)
+        rows.append(r)
+        print(f"{fam:<14} identical={r['identical']!s:<5} first diff {r['first_difference']} "
+              f"max|dlogit| {r['max_logit_diff']:.4f} top-1 {100 * r['top1_agree']:.1f}% "
+              f"launches {r['kernel_launches']} patched {r['patched']}")  # fmt: skip
+    if args.json:
+        capsule.write(capsule.make("fixture_decode", {"rows": rows,
+                                                      "attention": args.attention}), args.json)  # fmt: skip
+        print(f"capsule: {args.json}")
+    return 0 if all(r["identical"] for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
