@@ -57,8 +57,13 @@ def setup_arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--agreement-positions", type=int, default=256)
     p.add_argument("--patterns", nargs="+", default=PATTERNS)
-    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS),
-                   help="what to measure against stock; the last is the headline")
+    p.add_argument(
+        "--variants",
+        nargs="+",
+        default=list(VARIANTS),
+        choices=list(VARIANTS),
+        help="what to measure against stock; the last is the headline",
+    )
     p.add_argument("--json", help="write the capsule here")
     return p
 
@@ -214,10 +219,12 @@ def main(argv=None) -> int:
         rows.append(r)
         d, p = r["decode"], r["prefill"]
         for v, t in r["variants"].items():
-            print(f"  {v:<9} decode {t['decode']['median']:7.1f} tok/s ({t['decode_speedup']:.2f}x) "
-                  f"prefill {t['prefill']['median']:8.1f} ({t['prefill_speedup']:.2f}x) top-1 "
-                  f"{100 * t['top1_agree']:.1f}% step build {t['step_profile']['build_us']:.0f} us "
-                  f"eval-at-once {t['step_profile']['step_us']:.0f} us")
+            print(
+                f"  {v:<9} decode {t['decode']['median']:7.1f} tok/s ({t['decode_speedup']:.2f}x) "
+                f"prefill {t['prefill']['median']:8.1f} ({t['prefill_speedup']:.2f}x) top-1 "
+                f"{100 * t['top1_agree']:.1f}% step build {t['step_profile']['build_us']:.0f} us "
+                f"eval-at-once {t['step_profile']['step_us']:.0f} us"
+            )
         print(f"{fam:<14} decode {d['stock']['median']:7.1f} -> {d['patched']['median']:7.1f} tok/s "
               f"({d['speedup']:.2f}x)  prefill {p['stock']['median']:8.1f} -> "
               f"{p['patched']['median']:8.1f} tok/s ({p['speedup']:.2f}x)  top-1 agree "
