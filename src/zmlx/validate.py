@@ -182,6 +182,8 @@ def setup_arg_parser() -> argparse.ArgumentParser:
                    help="teacher-forced top-1 agreement needed to pass")  # fmt: skip
     p.add_argument("--require-identical", action=argparse.BooleanOptionalAction, default=None,
                    help="require identical greedy tokens (default: unless random weights)")  # fmt: skip
+    p.add_argument("--compile-decode", action="store_true",
+                   help="decode the patched model through zmlx.decode.compile_decode")  # fmt: skip
     p.add_argument("--json", default=None, metavar="OUT",
                    help="write the capsule here ('-': stdout; default: benchmarks/capsules/)")  # fmt: skip
     return p
@@ -205,7 +207,8 @@ def validate(args: argparse.Namespace) -> dict[str, Any]:
     for note in loaded.notes:
         print(f"note: {note}", file=sys.stderr)
     prompts = prompts_for(loaded, args.prompts)
-    toggle = Toggle(loaded.model, patterns=args.patterns)
+    toggle = Toggle(loaded.model, patterns=args.patterns,
+                    compile_decode=getattr(args, "compile_decode", False))  # fmt: skip
     require = (
         not loaded.random_weights if args.require_identical is None else args.require_identical
     )
@@ -220,6 +223,7 @@ def validate(args: argparse.Namespace) -> dict[str, Any]:
         "source": loaded.source,
         "random_weights": loaded.random_weights,
         "patterns": args.patterns,
+        "compile_decode": bool(getattr(args, "compile_decode", False)),
         "patch": report.to_dict() if hasattr(report, "to_dict") else {},
         "fidelity": fid,
         "throughput": speed,

@@ -24,11 +24,14 @@ class Toggle:
         patch: ``model -> report`` (default :func:`zmlx.patch.patch` with ``patterns``).
         unpatch: ``model -> None`` (default :func:`zmlx.patch.unpatch`).
         patterns: pattern names for the default ``patch`` (None: the safety table's choice).
+        compile_decode: the patched variant decodes through :func:`zmlx.decode.compile_decode`.
 
-    The report of the first ``patch`` call is kept in :attr:`report`.
+    The report of the first ``patch`` call is kept in :attr:`report`; :attr:`runner` is what
+    to run (the model, or its compiled decoder when patched with ``compile_decode``).
     """
 
-    def __init__(self, model, patch=None, unpatch=None, patterns: Sequence[str] | None = None):
+    def __init__(self, model, patch=None, unpatch=None, patterns: Sequence[str] | None = None,
+                 compile_decode: bool = False):  # fmt: skip
         if patch is None or unpatch is None:
             from ..patch import patch as zpatch
             from ..patch import unpatch as zunpatch
@@ -40,6 +43,8 @@ class Toggle:
         self.model, self._patch, self._unpatch = model, patch, unpatch
         self.report: Any = None
         self.patched = False
+        self.compile_decode = compile_decode
+        self.runner = model
 
     def on(self) -> None:
         if self.patched:
@@ -51,11 +56,16 @@ class Toggle:
                 warnings.simplefilter("ignore")
                 self._patch(self.model)
         self.patched = True
+        if self.compile_decode:  # a new decoder: the patch changed the modules it traces
+            from ..decode import compile_decode
+
+            self.runner = compile_decode(self.model)
 
     def off(self) -> None:
         if self.patched:
             self._unpatch(self.model)
             self.patched = False
+            self.runner = self.model
 
     def set(self, patched: bool) -> None:
         self.on() if patched else self.off()
@@ -125,14 +135,14 @@ def fidelity(
     disable = None if progress is None else not progress
     for i, prompt in enumerate(tqdm(prompts, desc="fidelity", unit="prompt", disable=disable)):
         toggle.off()
-        ref = greedy(toggle.model, prompt, max_tokens)
+        ref = greedy(toggle.runner, prompt, max_tokens)
         toggle.on()
-        got = greedy(toggle.model, prompt, max_tokens)
+        got = greedy(toggle.runner, prompt, max_tokens)
         seq = list(prompt) + ref
         toggle.off()
-        a = logits(toggle.model, seq)
+        a = logits(toggle.runner, seq)
         toggle.on()
-        b = logits(toggle.model, seq)
+        b = logits(toggle.runner, seq)
         diff = mx.abs(a - b)
         same = int(mx.sum(mx.argmax(a, axis=-1) == mx.argmax(b, axis=-1)).item())
         agree, positions = agree + same, positions + a.shape[0]
@@ -215,14 +225,14 @@ def throughput(
 
     for patched in (False, True):  # warm-up: kernels compiled, caches allocated
         toggle.set(patched)
-        run_once(toggle.model, prompt, min(warmup_tokens, decode_tokens))
+        run_once(toggle.runner, prompt, min(warmup_tokens, decode_tokens))
     got: dict[str, dict[str, list]] = {v: {"prefill": [], "decode": [], "peak": []}
                                        for v in ("stock", "patched")}  # fmt: skip
     disable = None if progress is None else not progress
     for _ in tqdm(range(runs), desc="throughput", unit="run", disable=disable):
         for variant in ("stock", "patched"):
             toggle.set(variant == "patched")
-            pre, dec, peak = run_once(toggle.model, prompt, decode_tokens)
+            pre, dec, peak = run_once(toggle.runner, prompt, decode_tokens)
             got[variant]["prefill"].append(pre)
             got[variant]["decode"].append(dec)
             got[variant]["peak"].append(peak)
