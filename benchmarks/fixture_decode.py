@@ -83,13 +83,14 @@ def main(argv=None) -> int:
     for fam in args.families:
         r = run_family(fam, args)
         rows.append(r)
+        if args.json:  # after every family, so a cut-short run keeps what it measured
+            capsule.write(capsule.make("fixture_decode", {"rows": rows,
+                                                          "attention": args.attention}), args.json)  # fmt: skip
         print(f"{fam:<14} stock==cpu {r['stock_equals_cpu']!s:<5} zmlx==cpu "
               f"{r['zmlx_equals_cpu']!s:<5} identical={r['identical']!s:<5} first diff {r['first_difference']} "
               f"max|dlogit| {r['max_logit_diff']:.4f} top-1 {100 * r['top1_agree']:.1f}% "
               f"launches {r['kernel_launches']} patched {r['patched']}")  # fmt: skip
     if args.json:
-        capsule.write(capsule.make("fixture_decode", {"rows": rows,
-                                                      "attention": args.attention}), args.json)  # fmt: skip
         print(f"capsule: {args.json}")
     return 0 if all(r["identical"] or r["zmlx_equals_cpu"] for r in rows) else 1
 

@@ -66,6 +66,14 @@ def test_patched_model_compiles_too():
         unpatch(model)
 
 
+def test_one_trace_serves_every_request():
+    model, _ = fixtures.load("qwen3_moe")
+    dec = decode.compile_decode(model)
+    for prompt in ([5, 6, 7], [9, 10, 11, 12, 13]):
+        assert decode.generate(dec, prompt, 8) == stock_tokens(model, prompt, 8)
+    assert dec.traces == 1 and dec.steps >= 14
+
+
 def test_cache_growth_retraces_and_stays_exact():
     model, _ = fixtures.load("mixtral")
     prompt = _prompt("mixtral")

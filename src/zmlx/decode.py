@@ -279,9 +279,9 @@ class CompiledDecoder:
             attention = "stock" if backend() == "cpu" else "zmlx"
         self.model = model
         self.attention = attention
-        self._fns: dict[int, tuple[list[Any], Any]] = {}
+        self._fns: dict[tuple, tuple[list[Any], Any]] = {}
         self.steps = 0  # compiled steps run
-        self.traces = 0  # times the step was traced (one per cache capacity)
+        self.traces = 0  # times the step was traced (one per cache layout and capacity)
 
     def __getattr__(self, name: str):
         return getattr(self.__dict__["model"], name)
@@ -293,15 +293,30 @@ class CompiledDecoder:
         return caches
 
     def _compiled(self, cache: list[Any]):
-        entry = self._fns.get(id(cache))
-        if entry is not None and entry[0] is cache:
-            return entry[1]
+        """``(proxies, fn)``: the compiled step for caches laid out like ``cache``.
+
+        The step is traced over the decoder's own proxy caches, whose buffers are its captured
+        state; a call copies the caller's buffers in and the results back out. So one trace
+        serves every cache list of the same layout (each request of ``mlx_lm.generate`` makes
+        a new one), and a new trace happens only when the buffers grow.
+        """
         from mlx_lm.models.cache import ArraysCache
 
-        statics = [c for c in cache if isinstance(c, StaticKVCache)]
-        trace = statics[0]._trace
-        state: list[Any] = [c.buf for c in statics]
-        state += [c.cache for c in cache if isinstance(c, ArraysCache)]
+        layout = tuple(
+            ("kv", c.window) if isinstance(c, StaticKVCache) else ("arrays", len(c.cache))
+            for c in cache
+        )
+        entry = self._fns.get(layout)
+        if entry is not None:
+            return entry
+        trace = _Trace()
+        proxies: list[Any] = [
+            StaticKVCache(trace, window=c.window)
+            if kind == "kv"
+            else ArraysCache(c.cache.__len__())
+            for (kind, _), c in zip(layout, cache)
+        ]
+        state: list[Any] = [p.buf if isinstance(p, StaticKVCache) else p.cache for p in proxies]
         model = self.model
         route = self.attention == "zmlx"
 
@@ -310,15 +325,15 @@ class CompiledDecoder:
             trace.offset = offset
             try:
                 with _attention_routed(model) if route else contextlib.nullcontext():
-                    return model(tokens, cache=cache)
+                    return model(tokens, cache=proxies)
             finally:
                 trace.offset = None
 
         fn = mx.compile(step, inputs=state, outputs=state)
         if len(self._fns) > 8:
             self._fns.clear()
-        self._fns[id(cache)] = (cache, fn)
-        return fn
+        self._fns[layout] = (proxies, fn)
+        return proxies, fn
 
     def _can_compile(self, tokens, cache, kwargs) -> bool:
         from mlx_lm.models.cache import ArraysCache
@@ -334,8 +349,6 @@ class CompiledDecoder:
             return False
         if any(c.empty() for c in statics) or len({c._offset for c in statics}) != 1:
             return False
-        if len({id(c._trace) for c in statics}) != 1:
-            return False
         return all(a is not None for c in cache if isinstance(c, ArraysCache) for a in c.cache)
 
     def __call__(self, tokens, cache=None, **kwargs):
@@ -349,9 +362,22 @@ class CompiledDecoder:
             tokens = tokens.astype(mx.int32)
         for c in statics:
             c.reserve(pos + n)
-        out = self._compiled(cache)(tokens, mx.array(pos, dtype=mx.int32))
-        for c in statics:
-            c._offset = pos + n
+        proxies, fn = self._compiled(cache)
+        for p, c in zip(proxies, cache):  # the caller's buffers in (moved, not shared, so
+            if isinstance(p, StaticKVCache):  # MLX may update them in place)
+                p.buf["keys"], p.buf["values"] = c.buf["keys"], c.buf["values"]
+                c.buf["keys"] = c.buf["values"] = None
+            else:
+                p.cache[:] = c.cache
+        out = fn(tokens, mx.array(pos, dtype=mx.int32))
+        for p, c in zip(proxies, cache):  # the step's results out
+            if isinstance(p, StaticKVCache):
+                c.buf["keys"], c.buf["values"] = p.buf["keys"], p.buf["values"]
+                p.buf["keys"] = p.buf["values"] = None  # hold no reference between steps
+                c._offset = pos + n
+            else:
+                c.cache[:] = p.cache
+                p.cache[:] = [None] * len(p.cache)
         self.steps += 1
         return out
 
