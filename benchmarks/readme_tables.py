@@ -26,12 +26,62 @@ def _cap(name: str) -> dict | None:
     return capsule.load(p) if p.exists() else None
 
 
-def render() -> str:
+DECODE_VARIANTS = ["moe_decode_qwen3_30b_a3b_h200.json", "moe_decode_lfm2_8b_a1b_h200.json"]
+VARIANT_TEXT = {
+    "stock": "mlx-lm as is",
+    "compiled": "`compile_decode` only",
+    "patched": "`patch` only",
+    "zmlx_stock_attention": "`patch` + `compile_decode`, mlx-lm attention",
+    "zmlx": "`patch` + `compile_decode`",
+}
+
+
+def _variants() -> list[str]:
     out = []
+    for name in DECODE_VARIANTS:
+        cap = _cap(name)
+        if not cap:
+            continue
+        for r in cap["results"]["rows"]:
+            if "variants" not in r:
+                continue
+            fid = r["fidelity"]
+            out += [f"**{r['model']}** ({r['quant']}, random weights), {cap['env']['device']}, "
+                    f"median of {len(r['variants']['stock']['decode']['runs'])} runs of "
+                    f"{r['decode_tokens']} tokens (capsule `benchmarks/capsules/{name}`; "
+                    f"stock against stock, teacher-forced twice: "
+                    f"{100 * fid.get('stock_repeat_top1_agree', float('nan')):.1f}%):", "",
+                    "| variant | decode tok/s | vs stock | prefill vs stock (1024 tokens) | "
+                    "host build us/step | teacher-forced top-1 vs stock |",
+                    "| --- | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
+            for v, t in r["variants"].items():
+                out.append(f"| {VARIANT_TEXT.get(v, v)} | {t['decode']['median']:.1f} | "
+                           f"{t['decode_speedup']:.2f}x | {t['prefill_speedup']:.2f}x | "
+                           f"{t['step_profile']['build_us']:.0f} | "
+                           f"{100 * t['top1_agree']:.1f}% |")  # fmt: skip
+            out.append("")
+    fx = _cap("fixture_decode_h200.json")
+    if fx:
+        out += [f"Trained fixtures on the {fx['env']['device']} (capsule "
+                "`benchmarks/capsules/fixture_decode_h200.json`), greedy tokens of stock MLX "
+                "CUDA and of `patch` + `compile_decode`, each against MLX's CPU backend in the "
+                "same process, and teacher-forced logits of zmlx against stock CUDA:", "",
+                "| fixture | stock CUDA = CPU | zmlx = CPU | zmlx = stock CUDA | "
+                "max abs logit diff | top-1 |", "| --- | --- | --- | --- | ---: | ---: |"]  # fmt: skip
+        for r in fx["results"]["rows"]:
+            out.append(f"| {r['family']} | {r['stock_equals_cpu']} | {r['zmlx_equals_cpu']} | "
+                       f"{r['identical']} | {r['max_logit_diff']:.2g} | "
+                       f"{100 * r['top1_agree']:.0f}% |")  # fmt: skip
+        out.append("")
+    return out
+
+
+def render() -> str:
+    out = _variants()
     dec = _cap("moe_decode_qwen3_30b_a3b_h100.json")
     if dec:
         dev = dec["env"]["device"]
-        out += [f"End to end, random 4-bit weights, {dev} (`{dec['command']}`, "
+        out += [f"Earlier, `patch` alone, {dev} (`{dec['command']}`, "
                 f"capsule `benchmarks/capsules/moe_decode_qwen3_30b_a3b_h100.json`):", "",
                 "| model | decode stock tok/s | decode zmlx tok/s | decode ratio | prefill ratio "
                 "(1024 tokens) | teacher-forced top-1 agreement |",
