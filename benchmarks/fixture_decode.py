@@ -26,7 +26,7 @@ from zmlx.decode import compile_decode
 from zmlx.models import fixtures
 from zmlx.patch import patch, unpatch
 
-PATTERNS = ["moe_block", "switch_glu", "swiglu_mlp"]
+PATTERNS = ["moe_block", "switch_glu", "swiglu_mlp", "qk_norm_rope"]
 
 
 def teacher_forced(model, seq: list[int]) -> mx.array:

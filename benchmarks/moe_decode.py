@@ -35,7 +35,7 @@ from zmlx.models import build
 from zmlx.patch import patch, unpatch
 
 QUANTS = {"gpt_oss": "mxfp4"}
-PATTERNS = ["moe_block", "switch_glu", "swiglu_mlp"]
+PATTERNS = ["moe_block", "switch_glu", "swiglu_mlp", "qk_norm_rope"]
 VARIANTS = {
     # name: (zmlx.patch the model, compile_decode's attention or None for eager decode steps)
     "stock": (False, None),

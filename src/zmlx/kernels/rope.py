@@ -304,4 +304,5 @@ register(
     )
 )
 
+from . import qk_norm_rope as _qk_norm_rope  # noqa: E402,F401  (registers qk_norm_rope)
 from . import rope_cache as _rope_cache  # noqa: E402,F401  (registers rope_qk_cache_update)
