@@ -42,6 +42,8 @@ def run_family(family: str, args) -> dict:
     from mlx_lm.generate import generate_step
 
     model, _ = fixtures.load_quantized(family)
+    if args.dtype != "float32":  # the fixtures' float weights (norms, embeddings...) and so
+        model.set_dtype(getattr(mx, args.dtype))  # the activations, in a half dtype
     prompt = mx.array(fixtures.record(family)["prompt_tokens"])
     stock = [int(t) for t, _ in generate_step(prompt, model, max_tokens=args.tokens)]
     with mx.stream(mx.cpu):
@@ -60,7 +62,7 @@ def run_family(family: str, args) -> dict:
     unpatch(model)
     first_diff = next((i for i, (a, b) in enumerate(zip(stock, fused)) if a != b), None)
     return {
-        "family": family, "tokens": args.tokens, "identical": stock == fused,
+        "family": family, "tokens": args.tokens, "dtype": args.dtype, "identical": stock == fused,
         "first_difference": first_diff, "stock_equals_cpu": stock == cpu,
         "zmlx_equals_cpu": fused == cpu, "stock_head": stock[:8], "zmlx_head": fused[:8],
         "cpu_head": cpu[:8], "patched": report.patterns(),
@@ -76,6 +78,12 @@ def main(argv=None) -> int:
     p.add_argument("--tokens", type=int, default=64)
     p.add_argument("--patterns", nargs="+", default=PATTERNS)
     p.add_argument("--attention", default="auto", choices=["auto", "zmlx", "stock"])
+    p.add_argument(
+        "--dtype",
+        default="float32",
+        choices=["float32", "bfloat16", "float16"],
+        help="activation dtype (the fixtures are float32)",
+    )
     p.add_argument("--json", help="write the capsule here")
     args = p.parse_args(argv)
     print(f"device: {device_name()}")

@@ -26,7 +26,13 @@ def _cap(name: str) -> dict | None:
     return capsule.load(p) if p.exists() else None
 
 
-DECODE_VARIANTS = ["moe_decode_qwen3_30b_a3b_h200.json", "moe_decode_lfm2_8b_a1b_h200.json"]
+DECODE_VARIANTS = [
+    "moe_decode_qwen3_30b_a3b_h200.json",
+    "moe_decode_lfm2_8b_a1b_h200.json",
+    "moe_decode_qwen3_30b_a3b_h100_qk.json",
+    "moe_decode_qwen3_30b_a3b_h100_noqk.json",
+]
+FIXTURE_CAPSULES = ["fixture_decode_h200.json", "fixture_decode_qwen3_qk_h100.json"]
 VARIANT_TEXT = {
     "stock": "mlx-lm as is",
     "compiled": "`compile_decode` only",
@@ -46,7 +52,9 @@ def _variants() -> list[str]:
             if "variants" not in r:
                 continue
             fid = r["fidelity"]
-            out += [f"**{r['model']}** ({r['quant']}, random weights), {cap['env']['device']}, "
+            pats = ", ".join(f"`{p}`" for p in sorted(r["patch_report"]["patterns"]))
+            out += [f"**{r['model']}** ({r['quant']}, random weights, patterns {pats}), "
+                    f"{cap['env']['device']}, "
                     f"median of {len(r['variants']['stock']['decode']['runs'])} runs of "
                     f"{r['decode_tokens']} tokens (capsule `benchmarks/capsules/{name}`; "
                     f"stock against stock, teacher-forced twice: "
@@ -60,12 +68,16 @@ def _variants() -> list[str]:
                            f"{t['step_profile']['build_us']:.0f} | "
                            f"{100 * t['top1_agree']:.1f}% |")  # fmt: skip
             out.append("")
-    fx = _cap("fixture_decode_h200.json")
-    if fx:
+    for name in FIXTURE_CAPSULES:
+        fx = _cap(name)
+        if not fx:
+            continue
         out += [f"Trained fixtures on the {fx['env']['device']} (capsule "
-                "`benchmarks/capsules/fixture_decode_h200.json`), greedy tokens of stock MLX "
+                f"`benchmarks/capsules/{name}`, patterns "
+                f"{sorted(fx['results']['rows'][0]['patched'])}): greedy tokens of stock MLX "
                 "CUDA and of `patch` + `compile_decode`, each against MLX's CPU backend in the "
-                "same process, and teacher-forced logits of zmlx against stock CUDA:", "",
+                "same process (stock first, zmlx second), and teacher-forced logits of zmlx "
+                "against stock CUDA:", "",
                 "| fixture | stock CUDA = CPU | zmlx = CPU | zmlx = stock CUDA | "
                 "max abs logit diff | top-1 |", "| --- | --- | --- | --- | ---: | ---: |"]  # fmt: skip
         for r in fx["results"]["rows"]:

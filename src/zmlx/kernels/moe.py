@@ -14,6 +14,7 @@ import math
 
 import mlx.core as mx
 
+from ..core.dtypes import promote
 from ..core.kernel import scalar
 from . import moe_kernels as mk
 from . import quant_kernels as qk
@@ -117,7 +118,7 @@ def gather_qmv_combine_ref(h, w, scales, biases, indices, weights, group_size=64
         -> ``(..., D)``.
     """
     y = _gather(h, w, scales, biases, indices, group_size, bits, mode, bias)
-    return shared_add(moe_combine_ref(y, weights), shared, shared_gate)
+    return shared_add(moe_combine_exact_ref(y, weights), shared, shared_gate)
 
 
 # ---------------------------------------------------------------------------------------
@@ -271,7 +272,8 @@ def gather_qmv_combine(h, w, scales, biases, indices, weights, group_size=64, bi
                        mode="affine", bias=None, shared=None, shared_gate=None, *,
                        verbose=False):  # fmt: skip
     """Down projection of the selected experts times their router weights, summed over the
-    ``K`` experts, in ONE kernel with float32 accumulation.
+    ``K`` experts, in ONE kernel, rounded as mlx-lm rounds (each expert's output to the
+    activation dtype, each weighted product and the running sum to the promoted dtype).
 
     Args:
         h: activated expert inputs (the output of :func:`gather_qmv_swiglu`).
@@ -307,7 +309,8 @@ def gather_qmv_combine(h, w, scales, biases, indices, weights, group_size=64, bi
         ins = [h, w, scales] + ([biases] if mode == "affine" else []) + [indices, weights]
         ins += [a for a in (bias, shared, shared_gate) if a is not None]
         grid, tg = qk.launch_shape(tokens * nb)
-        tmpl = [("T", h.dtype), ("I", i_dim), ("D", dout), ("BITS", bits)]
+        tmpl = [("T", h.dtype), ("P", promote((h.dtype, weights.dtype))), ("I", i_dim),
+                ("D", dout), ("BITS", bits)]  # fmt: skip
         tmpl += [("GROUP_SIZE", group_size), ("K", k), ("R", r), ("NB", nb)]
         return kern(*ins, scalar(tokens, mx.int32), output_shapes=[lead + (dout,)],
                     output_dtypes=[h.dtype], grid=grid, threadgroup=tg,

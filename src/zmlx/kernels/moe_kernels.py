@@ -17,12 +17,18 @@ from .quant_kernels import HEADER, _acc_decl, _mat, _prologue, _qinputs, _reduce
 
 
 @cache
-def gather_combine_kernel(mode: str, has_bias: bool, has_shared: bool, has_gate: bool, regs: bool):
+def gather_combine_kernel(mode: str, has_bias: bool, has_shared: bool, has_gate: bool, regs: bool,
+                          exact: bool = True):  # fmt: skip
     """``out[t, row] = sum_j weights[t, j] * (h[t, j] . W[idx[t, j], row])``, float32 sums.
 
     One warp owns ``R`` output rows of one token across all ``K`` experts, so no atomics
-    are needed. Template constants: ``T``, ``I`` (inputs), ``D`` (outputs), ``BITS``,
-    ``GROUP_SIZE``, ``K``, ``R``, ``NB`` (warps per token). Runtime: ``rt[0]`` = tokens.
+    are needed. Template constants: ``T``, ``P`` (the product dtype: ``T`` promoted with the
+    weights' dtype), ``I`` (inputs), ``D`` (outputs), ``BITS``, ``GROUP_SIZE``, ``K``, ``R``,
+    ``NB`` (warps per token). Runtime: ``rt[0]`` = tokens.
+
+    ``exact`` rounds as mlx-lm does: each expert's projection (plus its bias) to ``T``, each
+    product with its weight to ``P``, the running sum over ``k`` (in order) to ``P`` (one warp
+    reduction per expert); otherwise one float32 sum and one reduction at the end.
     """
     inputs = ["h", *_qinputs("0", mode), "idx", "wts"]
     if has_bias:
@@ -51,17 +57,32 @@ def gather_combine_kernel(mode: str, has_bias: bool, has_shared: bool, has_gate:
     body += _prologue("I", regs, mode)
     body += _acc_decl(["acc0"])
     body += _row_loop(mode, [_mat("0", mode)], "D", "ex * D", regs, "acc")
-    body += """
+    if exact:
+        add_bias = ""
+        if has_bias:
+            add_bias = (" if (row0 + r < D) { y = static_cast<float>(static_cast<T>(y + "
+                        "static_cast<float>(bias[(size_t)ex * D + row0 + r]))); }")  # fmt: skip
+        body += f"""
+#pragma unroll
+    for (int r = 0; r < R; ++r) {{
+      float y = static_cast<float>(static_cast<T>(zx_warp_sum(acc0[r])));{add_bias}
+      tot[r] = static_cast<float>(static_cast<P>(
+          tot[r] + static_cast<float>(static_cast<P>(zx_mul_rn(y, wk)))));
+    }}
+  }}
+"""
+    else:
+        body += """
 #pragma unroll
     for (int r = 0; r < R; ++r) {
       tot[r] += wk * acc0[r];
     }
   }
 """
-    body += _reduce(["tot"])
+        body += _reduce(["tot"])
     epi = ["  if (lane == 0u) {", "#pragma unroll", "    for (int r = 0; r < R; ++r) {"]
     epi += ["      const int row = row0 + r;", "      if (row < D) {", "        float v = tot[r];"]
-    if has_bias:
+    if has_bias and not exact:
         epi += [
             "        for (int k = 0; k < K; ++k) {",
             "          const int ex = static_cast<int>(idx[t * K + k]);",
@@ -79,7 +100,8 @@ def gather_combine_kernel(mode: str, has_bias: bool, has_shared: bool, has_gate:
         epi.append(f"        v = v + {sh};")
     epi += ["        out[(size_t)t * D + row] = static_cast<T>(v);", "      }", "    }", "  }"]
     body += "\n".join(epi) + "\n"
-    return Kernel(f"qmv_combine_{mode}", inputs, ["out"], body, header=HEADER)
+    name = f"qmv_combine_{mode}" + ("_exact" if exact else "")
+    return Kernel(name, inputs, ["out"], body, header=HEADER)
 
 
 # ---------------------------------------------------------------------------------------

@@ -222,7 +222,9 @@ def _mat(prefix: str, mode: str) -> tuple[str, str, str]:
 
 # Gated activations of the two-weight kernels, of the rounded projections v0 (gate), v1 (up).
 GATED = {
-    "swiglu": "v0 * zx_sigmoid(v0) * v1",
+    # silu(g) * u rounded op by op, as mlx-lm's compiled swiglu: sigmoid, g * sigmoid, * u.
+    "swiglu": "static_cast<float>(static_cast<T>(v0 * static_cast<float>(static_cast<T>("
+    "zx_sigmoid(v0))))) * v1",
     "swiglu_oai": "",  # written out in _store (clamps and runtime alpha, limit)
     "geglu": "0.5f * v0 * (1.0f + zx_erf(v0 * 0.70710678118654752f)) * v1",
     "geglu_tanh": "0.5f * v0 * (1.0f + zx_tanh(0.7978845608028654f * (v0 + 0.044715f * v0 * v0 * v0))) * v1",
