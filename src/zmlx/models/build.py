@@ -142,12 +142,23 @@ def _randomize_packed(m: nn.Module) -> None:
         raise ValueError(f"[models.build] no random packing for mode {m.mode!r}")
 
 
+SELECTION_BIASES = ("e_score_correction_bias", "expert_bias")
+"""Routers' selection-only biases; trained models hold distinct values there."""
+
+
 def _init_raw_routers(model: nn.Module) -> None:
     # MoEGate (deepseek, glm4) starts from zeros, which routes every token to the same experts.
     for _, m in model.named_modules():
         if "e_score_correction_bias" in m and "weight" in m and not hasattr(m, "to_quantized"):
             bound = 1 / math.sqrt(m["weight"].shape[-1])
             m["weight"] = mx.random.uniform(-bound, bound, m["weight"].shape)
+        # Zero selection biases plus scores rounded to bf16 make exact ties among experts,
+        # which trained models (distinct float32 biases) do not have; ties leave the choice
+        # to each backend's argpartition. Small distinct biases keep routing well defined.
+        for name in SELECTION_BIASES:
+            b = m.get(name) if isinstance(m, dict) else None
+            if isinstance(b, mx.array) and b.ndim == 1 and mx.issubdtype(b.dtype, mx.floating):
+                m[name] = mx.random.uniform(-0.02, 0.02, b.shape).astype(b.dtype)
 
 
 def _eval_by_layer(model: nn.Module) -> None:
