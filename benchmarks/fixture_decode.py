@@ -20,6 +20,7 @@ import warnings
 import mlx.core as mx
 
 from zmlx.bench import capsule
+from zmlx.bench.lm import teacher_forced
 from zmlx.core.backend import device_name
 from zmlx.core.kernel import launch_count
 from zmlx.decode import compile_decode
@@ -27,15 +28,6 @@ from zmlx.models import fixtures
 from zmlx.patch import patch, unpatch
 
 PATTERNS = ["moe_block", "switch_glu", "swiglu_mlp", "qk_norm_rope"]
-
-
-def teacher_forced(model, seq: list[int]) -> mx.array:
-    """Logits (float32) at each position of ``seq`` but the last, one token per step."""
-    from mlx_lm.models.cache import make_prompt_cache
-
-    cache = make_prompt_cache(model)
-    rows = [model(mx.array([[t]], dtype=mx.int32), cache=cache)[0, -1] for t in seq[:-1]]
-    return mx.stack(rows).astype(mx.float32)
 
 
 def run_family(family: str, args) -> dict:

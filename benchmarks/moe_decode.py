@@ -29,6 +29,7 @@ import warnings
 import mlx.core as mx
 
 from zmlx.bench import capsule
+from zmlx.bench.lm import teacher_forced
 from zmlx.core.backend import device_name
 from zmlx.decode import compile_decode
 from zmlx.models import build
@@ -126,14 +127,7 @@ def step_profile(model, prompt: mx.array, steps: int = 24) -> dict:
 
 def top1s(model, seq: list[int]) -> list[int]:
     """Teacher-forced top-1 over ``seq``, one token per step through the decode path."""
-    from mlx_lm.models.cache import make_prompt_cache
-
-    cache = make_prompt_cache(model)
-    out = []
-    for i in range(len(seq) - 1):
-        logits = model(mx.array([[seq[i]]], dtype=mx.int32), cache=cache)
-        out.append(mx.argmax(logits[0, -1]).item())
-    return out
+    return mx.argmax(teacher_forced(model, seq), axis=-1).tolist()
 
 
 def run_family(family: str, args) -> dict:

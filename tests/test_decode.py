@@ -122,13 +122,13 @@ def test_traced_mask_and_write_position():
     trace = decode._Trace()
     cache = decode.StaticKVCache(trace, window=3, step=8)
     cache.update_and_fetch(mx.zeros((1, 1, 5, 2)), mx.zeros((1, 1, 5, 2)))
-    trace.offset = mx.array(5)
+    trace.set(mx.array(5))
     try:
         k, v = cache.update_and_fetch(mx.ones((1, 1, 1, 2)), 2 * mx.ones((1, 1, 1, 2)))
         mask = np.array(cache.make_mask(1))
         mask_full = np.array(cache.make_mask(2, window_size=100))
     finally:
-        trace.offset = None
+        trace.set(None)
     assert k.shape[2] == 8 and float(k[0, 0, 5, 0]) == 1 and float(v[0, 0, 5, 0]) == 2
     assert float(k[0, 0, 4, 0]) == 0 and float(k[0, 0, 6, 0]) == 0
     pos = np.arange(8)

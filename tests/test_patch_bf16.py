@@ -3,6 +3,7 @@ through the references (CPU) and through the GPU kernels on the emulator."""
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 
 import mlx.core as mx
@@ -29,17 +30,22 @@ def _tokens(model, prompt, n):
     return [int(t) for t, _ in generate_step(prompt, model, max_tokens=n)]
 
 
-@pytest.mark.parametrize("family", fixtures.available())
-def test_reference_path_bf16_token_identical(family):
-    model, prompt = _bf16(family)
-    ref = _tokens(model, prompt, 32)
+def _patched_tokens(model, prompt, n, emulated=False):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         patch(model, patterns=PATTERNS)
     try:
-        assert _tokens(model, prompt, 32) == ref
+        with emulate() if emulated else contextlib.nullcontext():
+            return _tokens(model, prompt, n)
     finally:
         unpatch(model)
+
+
+@pytest.mark.parametrize("family", fixtures.available())
+def test_reference_path_bf16_token_identical(family):
+    model, prompt = _bf16(family)
+    ref = _tokens(model, prompt, 32)
+    assert _patched_tokens(model, prompt, 32) == ref
 
 
 @pytest.mark.no_emulate
@@ -47,12 +53,5 @@ def test_reference_path_bf16_token_identical(family):
 def test_kernels_bf16_token_identical_on_emulator(family):
     model, prompt = _bf16(family)
     ref = _tokens(model, prompt, 8)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        patch(model, patterns=PATTERNS)
-    try:
-        with emulate():
-            got = _tokens(model, prompt, 8)
-    finally:
-        unpatch(model)
+    got = _patched_tokens(model, prompt, 8, emulated=True)
     assert got == ref

@@ -41,12 +41,18 @@ __all__ = ["CompiledDecoder", "StaticKVCache", "compile_decode", "generate", "su
 
 
 class _Trace:
-    """Shared by a decoder's caches: the position array while a decode step is traced."""
+    """Shared by a decoder's caches while a decode step is traced: the position (a scalar
+    int32 array) and the same as the ``(1,)`` start index ``mx.slice_update`` takes."""
 
-    __slots__ = ("offset",)
+    __slots__ = ("offset", "start")
 
     def __init__(self) -> None:
         self.offset: mx.array | None = None
+        self.start: mx.array | None = None
+
+    def set(self, offset: mx.array | None) -> None:
+        self.offset = offset
+        self.start = None if offset is None else mx.reshape(offset.astype(mx.int32), (1,))
 
 
 class StaticKVCache:
@@ -121,7 +127,7 @@ class StaticKVCache:
         n = keys.shape[2]
         t = self._trace.offset
         if t is not None:
-            start = mx.reshape(t, (1,)).astype(mx.int32)
+            start = self._trace.start
             self.buf["keys"] = mx.slice_update(self.buf["keys"], keys, start, axes=(2,))
             self.buf["values"] = mx.slice_update(self.buf["values"], values, start, axes=(2,))
             return self.buf["keys"], self.buf["values"]
@@ -322,12 +328,12 @@ class CompiledDecoder:
 
         def step(tokens, offset):
             self.traces += 1
-            trace.offset = offset
+            trace.set(offset)
             try:
                 with _attention_routed(model) if route else contextlib.nullcontext():
                     return model(tokens, cache=proxies)
             finally:
-                trace.offset = None
+                trace.set(None)
 
         fn = mx.compile(step, inputs=state, outputs=state)
         if len(self._fns) > 8:

@@ -103,6 +103,15 @@ def logits(model, tokens: Sequence[int]) -> mx.array:
     return out
 
 
+def teacher_forced(model, tokens: Sequence[int]) -> mx.array:
+    """Float32 logits ``(len(tokens) - 1, vocab)``: ``tokens`` fed one at a time through a KV
+    cache (the decode path, where forward passes over the whole sequence take the prefill
+    path)."""
+    cache = _cache(model)
+    rows = [model(mx.array([[t]], dtype=mx.int32), cache=cache)[0, -1] for t in tokens[:-1]]
+    return mx.stack(rows).astype(mx.float32)
+
+
 def _first_difference(a: Sequence[int], b: Sequence[int]) -> int | None:
     for i, (x, y) in enumerate(zip(a, b)):
         if x != y:

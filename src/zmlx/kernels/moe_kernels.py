@@ -10,7 +10,17 @@ from __future__ import annotations
 from functools import cache
 
 from ..core.kernel import Kernel
-from .quant_kernels import HEADER, _acc_decl, _mat, _prologue, _qinputs, _reduce, _row_loop, _to_t
+from .quant_kernels import (
+    HEADER,
+    _acc_decl,
+    _mat,
+    _prologue,
+    _qinputs,
+    _reduce,
+    _row_loop,
+    _to_t,
+    exact_accumulate,
+)
 
 # ---------------------------------------------------------------------------------------
 # Down projection x router weight, summed over the K experts of each token
@@ -60,14 +70,13 @@ def gather_combine_kernel(mode: str, has_bias: bool, has_shared: bool, has_gate:
     if exact:
         add_bias = ""
         if has_bias:
-            add_bias = (" if (row0 + r < D) { y = static_cast<float>(static_cast<T>(y + "
-                        "static_cast<float>(bias[(size_t)ex * D + row0 + r]))); }")  # fmt: skip
+            bias = "static_cast<float>(bias[(size_t)ex * D + row0 + r])"
+            add_bias = f" if (row0 + r < D) {{ y = {_to_t('y + ' + bias)}; }}"
         body += f"""
 #pragma unroll
     for (int r = 0; r < R; ++r) {{
-      float y = static_cast<float>(static_cast<T>(zx_warp_sum(acc0[r])));{add_bias}
-      tot[r] = static_cast<float>(static_cast<P>(
-          tot[r] + static_cast<float>(static_cast<P>(zx_mul_rn(y, wk)))));
+      float y = {_to_t("zx_warp_sum(acc0[r])")};{add_bias}
+      {exact_accumulate("tot[r]", "y", "wk")}
     }}
   }}
 """
@@ -129,7 +138,7 @@ def combine_kernel(exact: bool, has_shared: bool, has_gate: bool) -> Kernel:
     if exact:
         # MLX rounds each product to P, then sums in P in order (CPU, and CUDA's
         # col_reduce_small for K <= 32 and D % 8 == 0), then casts to y's dtype.
-        step = "acc = static_cast<float>(static_cast<P>(acc + static_cast<float>(static_cast<P>(zx_mul_rn(yv, wv)))));"
+        step = exact_accumulate("acc", "yv", "wv")
     else:
         step = "acc += wv * yv;"
     store = "float v = static_cast<float>(static_cast<T>(acc));"

@@ -220,19 +220,29 @@ def _mat(prefix: str, mode: str) -> tuple[str, str, str]:
 # Matvec kernels: out[slot, row] for one, two (SwiGLU) or three (q/k/v) weights
 
 
+def _to_t(v: str) -> str:
+    return f"static_cast<float>(static_cast<T>({v}))"
+
+
+def _to_p(v: str) -> str:
+    """``v`` rounded to the template dtype ``P`` (a kernel's promoted product dtype)."""
+    return f"static_cast<float>(static_cast<P>({v}))"
+
+
+def exact_accumulate(acc: str, y: str, w: str) -> str:
+    """``acc += y * w`` rounded as MLX's ``(y * w[..., None]).sum(-2)`` rounds: the product
+    to ``P``, then the running sum to ``P``, term by term in order."""
+    return f"{acc} = {_to_p(acc + ' + ' + _to_p(f'zx_mul_rn({y}, {w})'))};"
+
+
 # Gated activations of the two-weight kernels, of the rounded projections v0 (gate), v1 (up).
 GATED = {
     # silu(g) * u rounded op by op, as mlx-lm's compiled swiglu: sigmoid, g * sigmoid, * u.
-    "swiglu": "static_cast<float>(static_cast<T>(v0 * static_cast<float>(static_cast<T>("
-    "zx_sigmoid(v0))))) * v1",
+    "swiglu": _to_t(f"v0 * {_to_t('zx_sigmoid(v0)')}") + " * v1",
     "swiglu_oai": "",  # written out in _store (clamps and runtime alpha, limit)
     "geglu": "0.5f * v0 * (1.0f + zx_erf(v0 * 0.70710678118654752f)) * v1",
     "geglu_tanh": "0.5f * v0 * (1.0f + zx_tanh(0.7978845608028654f * (v0 + 0.044715f * v0 * v0 * v0))) * v1",
 }
-
-
-def _to_t(v: str) -> str:
-    return f"static_cast<float>(static_cast<T>({v}))"
 
 
 @cache
