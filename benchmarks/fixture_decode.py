@@ -14,8 +14,13 @@ and how many kernel launches the patched run issued.
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
 import sys
+import tempfile
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 
 import mlx.core as mx
 
@@ -64,6 +69,37 @@ def run_family(family: str, args) -> dict:
     }  # fmt: skip
 
 
+def _child(fam: str, argv: list[str], folder: str) -> dict:
+    """Run one family in a child process (the same options) and return its row."""
+    out = os.path.join(folder, f"{fam}.json")
+    keep, skip = [], False
+    for a in argv:  # drop the options the child gets anew
+        if a in ("--families", "--json", "--jobs"):
+            skip = True
+            continue
+        if a.startswith("--"):
+            skip = False
+        if not skip:
+            keep.append(a)
+    cmd = [sys.executable, __file__, *keep, "--families", fam, "--json", out]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if not os.path.exists(out):
+        raise RuntimeError(f"[fixture_decode] {fam} failed:\n{done.stdout}\n{done.stderr[-3000:]}")
+    return json.load(open(out))["results"]["rows"][0]
+
+
+def _rows(args, argv: list[str]):
+    """Each family's row, in order: here, or with ``--jobs`` from child processes."""
+    if args.jobs <= 1 or len(args.families) == 1:
+        for fam in args.families:
+            yield run_family(fam, args)
+        return
+    with tempfile.TemporaryDirectory() as folder, ThreadPoolExecutor(args.jobs) as pool:
+        futures = [pool.submit(_child, fam, argv, folder) for fam in args.families]
+        for f in futures:
+            yield f.result()
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--families", nargs="+", default=fixtures.available())
@@ -76,12 +112,18 @@ def main(argv=None) -> int:
         choices=["float32", "bfloat16", "float16"],
         help="activation dtype (the fixtures are float32)",
     )
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="families decoded at once, one process each (kernel compilation is CPU-bound)",
+    )
     p.add_argument("--json", help="write the capsule here")
     args = p.parse_args(argv)
     print(f"device: {device_name()}")
     rows = []
-    for fam in args.families:
-        r = run_family(fam, args)
+    for r in _rows(args, argv if argv is not None else sys.argv[1:]):
+        fam = r["family"]
         rows.append(r)
         if args.json:  # after every family, so a cut-short run keeps what it measured
             capsule.write(capsule.make("fixture_decode", {"rows": rows,

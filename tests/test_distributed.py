@@ -36,3 +36,7 @@ def test_sharded_patched_decode_matches_unsharded(family, tmp_path):
     assert res["ranks"] == 2
     assert res["patch"]["patterns"].get("moe_block", 0) > 0
     assert res["patched_equals_sharded_stock"] and res["patched_equals_unsharded"]
+    assert res["top1_agreement_vs_sharded_stock"] == 1.0
+    # Compiled decode steps trace the collectives too, and decode the same tokens.
+    assert res["compiled"]["error"] is None, res["compiled"]["error"]
+    assert res["compiled"]["equals_sharded_stock"]

@@ -175,6 +175,44 @@ def test_ties_go_to_the_lower_index():
     assert inds.tolist() == [[0]]
 
 
+def _tied_logits(rng, t: int, e: int, dtype) -> mx.array:
+    # Few distinct values: every row has ties at the k-th place.
+    return mx.array(rng.integers(0, 4, size=(t, e)).astype(np.float32) * 0.25).astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", [mx.float32, mx.bfloat16], ids=["f32", "bf16"])
+@pytest.mark.parametrize("ascending", [False, True], ids=["desc", "asc"])
+@pytest.mark.parametrize("kind", ["softmax_topk", "topk_softmax", "sigmoid_topk"])
+def test_ties_and_order_follow_the_familys_form(kind, ascending, dtype, rng):
+    # A stable sort of the selection scores is what MLX's GPU argpartition does: the kernel
+    # (run on the emulator here, on the GPU in the GPU suite) and the reference both follow it.
+    logits = _tied_logits(rng, 37, 96, dtype)
+    rule = R.RouterRule(kind, 6, ascending=ascending)
+    sel = np.array(logits.astype(mx.float32))
+    order = np.argsort(sel, axis=-1, kind="stable")
+    want = order[:, -6:] if ascending else np.argsort(-sel, axis=-1, kind="stable")[:, :6]
+    from kernel_checks import emulator
+
+    with emulator():
+        got_kernel = np.array(R.route(logits, rule)[0])
+    got_ref = np.array(R.route_ref(logits, rule)[0])
+    np.testing.assert_array_equal(got_ref, want)
+    np.testing.assert_array_equal(got_kernel, want)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("ascending", [False, True], ids=["desc", "asc"])
+def test_kernel_matches_stock_argpartition_on_the_gpu(ascending, rng):
+    # Picks, ties and order equal mlx-lm's argpartition expression on this GPU backend.
+    logits = _tied_logits(rng, 64, 128, mx.bfloat16)
+    rule = R.RouterRule("topk_softmax", 8, ascending=ascending)
+    before = fallback.counts().get("route", 0)
+    got, _ = R.route(logits, rule)
+    assert fallback.counts().get("route", 0) == before, "the router kernel did not run"
+    want, _ = R.route_ref(logits, rule, partition=True)
+    np.testing.assert_array_equal(np.array(got), np.array(want))
+
+
 def test_order_is_descending_selection_score(rng):
     logits = mx.array(RS._separated(rng, 7, 40))
     bias = mx.array(rng.normal(0, 0.5, size=(40,)).astype(np.float32))

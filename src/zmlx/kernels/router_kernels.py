@@ -4,7 +4,9 @@ One body covers every routing rule (softmax -> top-k, top-k -> softmax, sigmoid/
 selection bias with group-limited top-k); compile-time constants pick the steps, so each
 model's configuration compiles once. A warp routes one token: lane ``l`` holds experts
 ``l, l + 32, ...`` (at most 16 each, so ``E <= 512``) in registers, and top-k is ``k`` rounds
-of a warp argmax that breaks ties by the lower expert index.
+of a warp argmax. Ties and order follow the family's mlx-lm expression on MLX's GPU (a stable
+sort, see ``RouterRule.ascending``): descending score with ties to the lower index, or, for
+``ASC``, ties to the higher index and the picks written in ascending order.
 
 Where mlx-lm computes in the activation dtype (bfloat16 softmax output, renormalisation,
 scaling), the kernel rounds to that dtype at the same points (``zx_rnd<S>``), so its weights
@@ -109,7 +111,8 @@ _CORE = r"""
       }
     }
   }
-  // Top-k: K rounds of a warp argmax (larger score first, then the lower index).
+  // Top-k: K rounds of a warp argmax (larger score first, then the lower index; with ASC the
+  // higher index, and pick i goes to slot K - 1 - i).
   const float none = 1048576.0f;
   uint taken = 0u;
   int my_i = 0;
@@ -120,7 +123,8 @@ _CORE = r"""
     float bw = 0.0f;
     for (int j = 0; j < EPL; ++j) {
       const int e = (int)lane + 32 * j;
-      if (e < E && ((taken >> j) & 1u) == 0u && (bi == none || sel[j] > bv)) {
+      if (e < E && ((taken >> j) & 1u) == 0u &&
+          (bi == none || sel[j] > bv || (ASC && sel[j] == bv))) {
         bv = sel[j];
         bi = (float)e;
         bw = wsrc[j];
@@ -130,7 +134,7 @@ _CORE = r"""
       const float ov = zx_shfl_xor(bv, mm);
       const float oi = zx_shfl_xor(bi, mm);
       const float ow = zx_shfl_xor(bw, mm);
-      if (oi != none && (bi == none || ov > bv || (ov == bv && oi < bi))) {
+      if (oi != none && (bi == none || ov > bv || (ov == bv && (ASC ? oi > bi : oi < bi)))) {
         bv = ov;
         bi = oi;
         bw = ow;
@@ -138,7 +142,7 @@ _CORE = r"""
     }
     const int win = (int)bi;
     if ((win & 31) == (int)lane) { taken |= (1u << (win >> 5)); }
-    if ((int)lane == i) { my_i = win; my_w = bw; }
+    if ((int)lane == (ASC ? K - 1 - i : i)) { my_i = win; my_w = bw; }
   }
   const bool act = (int)lane < K;
   float wt = my_w;
@@ -295,6 +299,7 @@ def route_template(plan, n_experts: int) -> list:
         ("S", plan.score_dtype),
         ("SD", plan.select_dtype),
         ("O", plan.out_dtype),
+        ("ASC", plan.ascending),
     ]
 
 

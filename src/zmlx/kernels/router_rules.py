@@ -36,6 +36,13 @@ class RouterRule:
         out_dtype: dtype of the weights (MiniMax and LFM2 cast to the activation dtype);
             None keeps the scores dtype.
         gate_float32: :func:`router_fused` only: the matvec sees ``x.astype(float32)`` (MiniMax).
+        ascending: the family selects with ``argpartition(s, kth=-k)[..., -k:]`` (Qwen3-MoE,
+            Qwen3-Next, LFM2, GPT-OSS, Granite) rather than ``argpartition(-s, kth=k - 1)[..., :k]``.
+            MLX's GPU argpartition is a stable sort, so the first form returns the k experts
+            by ascending score and keeps the higher index of a tie; the second returns them by
+            descending score and keeps the lower index. zmlx follows the family's form, so
+            its picks and their order (which sets the combine's rounding) match stock MLX on
+            the GPU.
     """
 
     kind: str
@@ -50,6 +57,7 @@ class RouterRule:
     bias_cast: bool = False
     out_dtype: mx.Dtype | None = None
     gate_float32: bool = False
+    ascending: bool = False
 
 
 _KINDS = ("softmax_topk", "topk_softmax", "sigmoid_topk")
@@ -80,7 +88,10 @@ def router_rule(model_type: str, args, dtype: mx.Dtype | None = None) -> RouterR
 
     k = int(get("num_experts_per_tok", get("num_experts_per_token", 1)))
     if model_type in ("qwen3_moe", "qwen3_next", "olmoe"):
-        return RouterRule("softmax_topk", k, norm=bool(get("norm_topk_prob", False)))
+        return RouterRule(
+            "softmax_topk", k, norm=bool(get("norm_topk_prob", False)),
+            ascending=model_type != "olmoe",
+        )  # fmt: skip
     if model_type == "deepseek_v2":
         grouped = get("topk_method") == "group_limited_greedy"
         return RouterRule(
@@ -91,9 +102,9 @@ def router_rule(model_type: str, args, dtype: mx.Dtype | None = None) -> RouterR
             topk_group=int(get("topk_group", 1)) if grouped else 1,
         )
     if model_type in ("mixtral", "gpt_oss"):
-        return RouterRule("topk_softmax", k)
+        return RouterRule("topk_softmax", k, ascending=model_type == "gpt_oss")
     if model_type == "granitemoe":
-        return RouterRule("topk_softmax", k, float32=True)
+        return RouterRule("topk_softmax", k, float32=True, ascending=True)
     if model_type in ("glm4_moe", "glm4_moe_lite", "deepseek_v3"):
         return RouterRule(
             "sigmoid_topk",
@@ -118,6 +129,7 @@ def router_rule(model_type: str, args, dtype: mx.Dtype | None = None) -> RouterR
             norm_eps=1e-6,
             scale=float(get("routed_scaling_factor", 1.0)),
             out_dtype=dtype,
+            ascending=True,
         )
     if model_type == "kimi_linear":
         return RouterRule(
@@ -138,8 +150,17 @@ def router_rule(model_type: str, args, dtype: mx.Dtype | None = None) -> RouterR
 # References (plain MLX, mlx-lm's expressions; top-k through a stable sort, see module doc)
 
 
-def _topk_desc(sel: mx.array, k: int, partition: bool = False) -> mx.array:
-    if partition:  # mlx-lm's expression: unspecified order (the benchmark baseline)
+def _topk(sel: mx.array, k: int, ascending: bool, partition: bool = False) -> mx.array:
+    """The k largest of ``sel`` as the family's form selects them (see ``RouterRule``).
+
+    The reference sorts stably, as MLX's GPU argpartition does; ``partition=True`` is mlx-lm's
+    own expression (on the CPU its order and ties are unspecified: the benchmark baseline).
+    """
+    if ascending:
+        if partition:
+            return mx.stop_gradient(mx.argpartition(sel, kth=-k, axis=-1)[..., -k:])
+        return mx.stop_gradient(mx.argsort(sel, axis=-1)[..., -k:])
+    if partition:
         return mx.stop_gradient(mx.argpartition(-sel, kth=k - 1, axis=-1)[..., :k])
     return mx.stop_gradient(mx.argsort(-sel, axis=-1)[..., :k])
 
@@ -170,7 +191,8 @@ def route_ref(logits: mx.array, rule: RouterRule, select_bias: mx.array | None =
     """Plain-MLX reference of :func:`route` (the CPU path and the test oracle).
 
     ``partition=True`` selects with ``argpartition`` exactly as mlx-lm does (order
-    unspecified); the default uses a stable argsort (descending, ties to the lower index).
+    unspecified on the CPU); the default uses a stable argsort, as MLX's GPU argpartition does
+    (see ``RouterRule.ascending`` for the order and ties).
 
     Shapes:
         logits: ``(..., E)``; select_bias: ``(E,)`` -> indices ``(..., k)`` uint32,
@@ -178,7 +200,7 @@ def route_ref(logits: mx.array, rule: RouterRule, select_bias: mx.array | None =
     """
     k = rule.k
     if rule.kind == "topk_softmax":
-        inds = _topk_desc(logits, k, partition)
+        inds = _topk(logits, k, rule.ascending, partition)
         v = mx.take_along_axis(logits, inds, axis=-1)
         if rule.float32:
             w = mx.softmax(v.astype(mx.float32), axis=-1)
@@ -199,7 +221,7 @@ def route_ref(logits: mx.array, rule: RouterRule, select_bias: mx.array | None =
         sel = _group_mask(sel, rule.n_group, rule.topk_group, mode)
         if rule.kind == "softmax_topk":
             scores = sel  # DeepSeek-V2 takes weights from the masked scores
-    inds = _topk_desc(sel, k, partition)
+    inds = _topk(sel, k, rule.ascending, partition)
     return inds, _finish(mx.take_along_axis(scores, inds, axis=-1), rule)
 
 
@@ -245,6 +267,7 @@ class _Plan:
     score_dtype: mx.Dtype
     select_dtype: mx.Dtype
     out_dtype: mx.Dtype
+    ascending: bool
 
 
 _PLANS: dict[tuple, tuple[_Plan, list]] = {}
@@ -259,7 +282,9 @@ def _plan(rule: RouterRule, logits_dtype, bias_dtype, n_experts: int) -> tuple[_
     if rule.kind == "topk_softmax":
         s = logits_dtype
         out = rule.out_dtype or (f32 if rule.float32 else logits_dtype)
-        plan = _Plan(rule.k, False, 0.0, 1.0, 1, 1, 0, 1, 0, False, False, False, s, s, out)
+        plan = _Plan(
+            rule.k, False, 0.0, 1.0, 1, 1, 0, 1, 0, False, False, False, s, s, out, rule.ascending
+        )
     else:
         s = f32 if rule.float32 else logits_dtype
         soft = rule.kind == "softmax_topk"
@@ -270,7 +295,7 @@ def _plan(rule: RouterRule, logits_dtype, bias_dtype, n_experts: int) -> tuple[_
         plan = _Plan(
             rule.k, rule.norm, float(rule.norm_eps), float(rule.scale), max(rule.n_group, 1),
             rule.topk_group, score, 0, gmode, soft, has_bias, rule.bias_cast, s, sd,
-            rule.out_dtype or s,
+            rule.out_dtype or s, rule.ascending,
         )  # fmt: skip
     hit = (plan, RK.route_template(plan, n_experts))
     _PLANS[key] = hit
