@@ -42,10 +42,10 @@ def run_family(family: str, args) -> dict:
     if args.dtype != "float32":  # the fixtures' float weights (norms, embeddings...) and so
         model.set_dtype(getattr(mx, args.dtype))  # the activations, in a half dtype
     prompt = mx.array(fixtures.record(family)["prompt_tokens"])
-    stock = [int(t) for t, _ in generate_step(prompt, model, max_tokens=args.tokens)]
+    step = {"max_tokens": args.tokens, "prefill_step_size": args.prefill_step}
+    stock = [int(t) for t, _ in generate_step(prompt, model, **step)]
     with mx.stream(mx.cpu):
-        cpu = [int(t) for t, _ in generate_step(prompt, model, max_tokens=args.tokens,
-                                                 stream=mx.cpu)]  # fmt: skip
+        cpu = [int(t) for t, _ in generate_step(prompt, model, stream=mx.cpu, **step)]
     seq = [int(t) for t in prompt.tolist()][-8:] + stock
     ref = teacher_forced(model, seq)
     with warnings.catch_warnings():
@@ -53,7 +53,7 @@ def run_family(family: str, args) -> dict:
         report = patch(model, patterns=args.patterns)
     decoder = compile_decode(model, args.attention)
     n0 = launch_count()
-    fused = [int(t) for t, _ in generate_step(prompt, decoder, max_tokens=args.tokens)]
+    fused = [int(t) for t, _ in generate_step(prompt, decoder, **step)]
     launches = launch_count() - n0
     got = teacher_forced(decoder, seq)
     unpatch(model)
@@ -117,6 +117,13 @@ def main(argv=None) -> int:
         type=int,
         default=1,
         help="families decoded at once, one process each (kernel compilation is CPU-bound)",
+    )
+    p.add_argument(
+        "--prefill-step",
+        type=int,
+        default=2048,
+        help="prompt tokens per prefill step (1: every token through the decode path; MLX's "
+        "CUDA quantized_matmul has no kernel for the tiny fixtures' bfloat16 prefill shapes)",
     )
     p.add_argument("--json", help="write the capsule here")
     args = p.parse_args(argv)
