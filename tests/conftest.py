@@ -6,7 +6,11 @@ import contextlib
 import os
 import zlib
 
-import mlx.core as mx
+# References are float32: MLX's CUDA backend would otherwise run float32 matmuls in TF32
+# (10-bit mantissa), far outside float32 tolerances. Read once, at MLX's first GEMM.
+os.environ.setdefault("MLX_ENABLE_TF32", "0")
+
+import mlx.core as mx  # noqa: E402
 import numpy as np
 import pytest
 from hypothesis import settings
