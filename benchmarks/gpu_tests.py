@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -54,16 +55,27 @@ def main(argv=None) -> int:
         xml = os.path.join(tmp, "junit.xml")
         cmd = [sys.executable, "-m", "pytest", f"--junitxml={xml}", *extra]
         t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd)
+        interrupted = False
         try:
-            rc = subprocess.run(cmd, timeout=args.timeout or None).returncode
+            rc = proc.wait(timeout=args.timeout or None)
         except subprocess.TimeoutExpired:
+            # Interrupt rather than kill: pytest then stops its workers and still writes the
+            # report of the tests that ran (the capsule says it was cut short).
+            interrupted = True
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=90)
+            except subprocess.TimeoutExpired:
+                proc.kill()
             rc = 124
         duration = time.perf_counter() - t0
         if not os.path.exists(xml):
             print("[gpu_tests] pytest wrote no report", file=sys.stderr)
             return rc or 1
         res = summarize(xml)
-    res.update({"duration_s": duration, "args": extra, "returncode": rc})
+    res.update({"duration_s": duration, "args": extra, "returncode": rc,
+                "interrupted": interrupted})  # fmt: skip
     capsule.write(capsule.make("gpu_tests", res), args.json)
     print(f"passed {res['passed']} failed {res['failed']} errors {res['errors']} "
           f"skipped {res['skipped']} in {duration:.0f}s -> {args.json}")  # fmt: skip

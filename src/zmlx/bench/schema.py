@@ -165,7 +165,7 @@ KINDS: dict[str, dict[str, Any]] = {
     "gpu_tests": {
         "doc": "a pytest run on a GPU machine: counts and failures",
         "results": {"passed": "int", "failed": "int", "skipped": "int", "duration_s": "number"},
-        "optional": {"errors": "int", "args": "list", "failures": "list"},
+        "optional": {"errors": "int", "args": "list", "failures": "list", "interrupted": "bool"},
         "items": {"failures[]": {"test": "str", "message": "str"}},
     },
 }
