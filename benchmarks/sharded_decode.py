@@ -18,6 +18,7 @@ Rank 0 writes a capsule with the rank count, the backend, tok/s, agreement and t
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -34,7 +35,11 @@ def setup_arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", default="tiny", choices=["tiny", "full"])
     p.add_argument("--tokens", type=int, default=64)
     p.add_argument("--runs", type=int, default=3, help="timed decodes per variant (median)")
-    p.add_argument("--backend", default="ring", help="the backend mlx.launch was given (recorded)")
+    p.add_argument(
+        "--backend",
+        default="ring",
+        help="recorded when mlx.launch's environment does not say (it takes --backend itself)",
+    )
     p.add_argument("--json", help="rank 0 writes the capsule here")
     return p
 
@@ -80,6 +85,15 @@ def _decode(model, prompt, n, runs: int = 1):
     return toks, statistics.median(rates), rates
 
 
+def _backend(given: str) -> str:
+    """The backend mlx.launch set up (its environment says), else ``--backend``."""
+    if "NCCL_HOST_IP" in os.environ:
+        return "nccl"
+    if "MLX_HOSTFILE" in os.environ:
+        return "ring"
+    return given
+
+
 def _agreement(ref: mx.array, got: mx.array) -> float:
     return mx.mean(mx.argmax(ref, -1) == mx.argmax(got, -1)).item()
 
@@ -114,7 +128,8 @@ def main(argv=None) -> int:
         _decode(decoder, prompt, 8)
         toks, tps, runs = _decode(decoder, prompt, args.tokens, args.runs)
         zmlx.update(tok_s=tps, runs=runs, equals_sharded_stock=toks == stock,
-                    top1_agreement=_agreement(ref, teacher_forced(decoder, seq)))  # fmt: skip
+                    top1_agreement=_agreement(ref, teacher_forced(decoder, seq)),
+                    traces=decoder.traces, steps=decoder.steps)  # fmt: skip
     except Exception as e:  # noqa: BLE001 - recorded in the capsule, the eager result stands
         zmlx["error"] = f"{type(e).__name__}: {e}"
     result = {
@@ -135,7 +150,7 @@ def main(argv=None) -> int:
           f"teacher-forced top-1 {100 * top1:.1f}%, identical to sharded stock: "
           f"{patched == stock}, to unsharded: {result['patched_equals_unsharded']}")  # fmt: skip
     if group.rank() == 0 and args.json:
-        result["distributed_backend"] = args.backend
+        result["distributed_backend"] = _backend(args.backend)
         capsule.write(capsule.make("sharded_decode", result), args.json)
     if args.size == "tiny":
         ok = result["patched_equals_sharded_stock"] and result["patched_equals_unsharded"]

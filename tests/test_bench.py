@@ -92,7 +92,9 @@ def test_save_default_path_and_stdout(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     cap = capsule.make("gpu_tests", results("gpu_tests"))
     path = capsule.save(cap, None, "h100 run")
-    assert path.parent == capsule.CAPSULE_DIR and path.name.startswith("gpu_tests-h100_run-cpu-")
+    assert path.parent == capsule.CAPSULE_DIR and path.name.startswith(
+        f"gpu_tests-h100_run-{cap['env']['backend']}-"
+    )
     capsule.load(path)
     assert capsule.save(cap, "-") is None
     assert json.loads(capsys.readouterr().out)["kind"] == "gpu_tests"

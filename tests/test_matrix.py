@@ -146,7 +146,8 @@ def test_report_heatmap_png_and_markdown(tmp_path, capsys):
         ledger.append(led, r)
     models, cols, speed = grid(_rows(), "decode_speedup")
     assert models == ["Qwen3-30B-A3B", "Llama-3.1-8B-Instruct"]
-    assert cols == ["cpu / default", "cpu / rms_norm"]
+    b = _rows()[0]["backend"]  # the backend these rows were made on
+    assert cols == [f"{b} / default", f"{b} / rms_norm"]
     assert speed[0] == [pytest.approx(1.8), pytest.approx(0.9)] and np.isnan(speed[1][1])
     out = tmp_path / "report"
     assert main(["report", "--ledger", str(led), "--out", str(out)]) == 0

@@ -15,6 +15,7 @@ pytest.importorskip("mlx_lm")
 
 from mlx_lm.models.cache import make_prompt_cache  # noqa: E402
 
+from zmlx.core.backend import gpu_backend
 from zmlx.models import (  # noqa: E402
     FAMILIES,
     FULL,
@@ -58,8 +59,10 @@ def test_tiny_build_forward_cache_save_load(family, quant, tmp_path):
     steps = [model(x[:, :36], cache=cache)] + [
         model(x[:, i : i + 1], cache=cache) for i in range(36, 40)
     ]
+    # MLX's CUDA GEMMs for the 40-token pass and the 1-token steps differ by more than its CPU's.
+    tol = 2e-4 if gpu_backend() == "cpu" else 3e-2
     np.testing.assert_allclose(
-        np.array(mx.concatenate(steps, axis=1)), np.array(full), atol=2e-4, rtol=2e-4
+        np.array(mx.concatenate(steps, axis=1)), np.array(full), atol=tol, rtol=tol
     )
 
     if quant is not None:

@@ -44,6 +44,14 @@ def adversarial(rng, dtype, d=256) -> mx.array:
     return mx.array(x).astype(dtype)
 
 
+def cpu_ref(*args):
+    """``mx.quantize`` on MLX's CPU stream: the rules the emulated kernel (``run``) follows."""
+    with mx.stream(mx.cpu):
+        out = quantize_ref(*args)
+        mx.eval(out)
+    return out
+
+
 def run(w, gs, bits, mode, like=None):
     with emulator():
         before = launch_count()
@@ -129,7 +137,7 @@ def gpu_rules_np(w: mx.array, gs, bits, mode):
 def test_cpu_rules_match_mx_quantize(dtype, mode, gs, bits, rng):
     w = adversarial(rng, dtype)
     got = run(w, gs, bits, mode)
-    assert_equal_bits(got, quantize_ref(w, gs, bits, mode), f"{mode} {bits}b g{gs}")
+    assert_equal_bits(got, cpu_ref(w, gs, bits, mode), f"{mode} {bits}b g{gs}")
 
 
 @pytest.mark.parametrize("mode,gs,bits", [FORMATS[4], FORMATS[7], FORMATS[-1]],
@@ -147,7 +155,7 @@ def test_rules_differ_where_mlx_backends_do():
     w = mx.array([[-1.0 - i / 64 for i in range(64)]])
     cpu, gpu = run(w, 64, 4, "affine", "cpu"), run(w, 64, 4, "affine", "gpu")
     assert not mx.array_equal(cpu[1], gpu[1]).item()  # the GPU's range reaches up to 0
-    assert_equal_bits(cpu, quantize_ref(w, 64, 4, "affine"))
+    assert_equal_bits(cpu, cpu_ref(w, 64, 4, "affine"))
     v = mx.array([[4.0, -0.1, 0.75, 2.5] + [0.0] * 28])
     cpu, gpu = run(v, 32, 4, "mxfp4", "cpu"), run(v, 32, 4, "mxfp4", "gpu")
     codes = lambda q: [(int(q[0].item()) >> (4 * k)) & 0xF for k in range(4)]  # noqa: E731
@@ -170,8 +178,9 @@ def test_round_trip_through_dequantize(mode, gs, bits, rng):
         back = quant.dequantize(*q, *(() if mode == "affine" else (None,)), gs, bits, mode,
                                 mx.bfloat16 if mode == "mxfp4" else None)  # fmt: skip
         mx.eval(back)
-    want = mx.dequantize(*quantize_ref(w, gs, bits, mode), group_size=gs, bits=bits, mode=mode,
-                         dtype=mx.bfloat16)  # fmt: skip
+    with mx.stream(mx.cpu):
+        want = mx.dequantize(*quantize_ref(w, gs, bits, mode), group_size=gs, bits=bits,
+                             mode=mode, dtype=mx.bfloat16)  # fmt: skip
     assert mx.array_equal(back, want).item()
     wf = np.array(w.astype(mx.float32)).reshape(-1, gs)
     err = np.abs(np.array(back.astype(mx.float32)).reshape(-1, gs) - wf)
@@ -205,7 +214,7 @@ def test_fallbacks_note_and_match(rng):
             mx.eval(got)
             assert launch_count() == before, why
             assert fallback.counts().get("quantize", 0) == notes + 1, why
-            assert_equal_bits(got, quantize_ref(*args), why)
+            assert_equal_bits(got, cpu_ref(*args), why)
 
 
 def test_errors():

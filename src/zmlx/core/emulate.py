@@ -347,7 +347,9 @@ def _library(source: str) -> ctypes.CDLL:
         return lib
     out = _cache_dir() / f"k{digest}.so"
     if not out.exists():
-        src = out.with_suffix(".cpp")
+        # Per-process source and output, then an atomic rename: parallel test workers build
+        # the same kernel at once, and one must never compile a source another is writing.
+        src = out.with_suffix(f".{os.getpid()}.cpp")
         src.write_text(source)
         tmp = out.with_suffix(f".{os.getpid()}.tmp")
         cxx = os.environ.get("CXX", "c++")
@@ -362,6 +364,7 @@ def _library(source: str) -> ctypes.CDLL:
                 f"[emulate] kernel failed to compile for the host:\n{proc.stderr[:4000]}"
             )
         os.replace(tmp, out)
+        src.unlink(missing_ok=True)
     lib = ctypes.CDLL(str(out))
     lib.zx_launch.restype = ctypes.c_int
     _LIBS[digest] = lib

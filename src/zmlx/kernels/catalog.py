@@ -61,6 +61,10 @@ class KernelSpec:
         grad_argnums: inputs whose gradients tests compare with the reference's; empty when
             the op is not differentiable.
         description: one line for listings and docs.
+        cpu_rules: where the op reproduces MLX's CPU kernel bit for bit rather than the one of
+            the backend it runs on (MLX's backends quantize and dequantize differently):
+            ``"always"``, ``"emulated"`` (under the CPU emulator only) or None. Tests then
+            evaluate the reference on MLX's CPU stream.
     """
 
     name: str
@@ -77,6 +81,13 @@ class KernelSpec:
     )
     grad_argnums: tuple[int, ...] = ()
     description: str = ""
+    cpu_rules: str | None = None
+
+    def reference_stream(self, emulated: bool):
+        """The stream the test reference runs on (None: the default one)."""
+        if self.cpu_rules == "always" or (self.cpu_rules == "emulated" and emulated):
+            return mx.cpu
+        return None
 
     @property
     def differentiable(self) -> bool:

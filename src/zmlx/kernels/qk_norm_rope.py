@@ -19,6 +19,7 @@ import numpy as np
 from ..core.backend import backend
 from ..core.dtypes import check_float
 from ..core.kernel import Kernel, grid_1d
+from ..testing import TOLERANCES
 from ._common import dims as shape_params
 from ._common import vector
 from .catalog import KernelSpec, register
@@ -210,6 +211,10 @@ register(
             {"id": "prefill-qwen3-30b", "shape": (1, 1024, 32, 4, 128)},
         ),
         stock=qk_norm_rope_ref,
+        # Angles reach offset * theta_0 = 4096 rad: float32 carries about 2.4e-4 of absolute
+        # error there, and backends compute their sin/cos differently (MLX's CUDA rope is off
+        # the CPU's by that much), so float32 gets that atol.
+        tolerances={**TOLERANCES, mx.float32: (5e-4, 1e-4)},
         description="per-head RMSNorm of q and k + rope + head transpose in one kernel "
         "(Qwen3-style attention), runtime offsets",
     )

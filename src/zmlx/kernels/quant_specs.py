@@ -158,7 +158,7 @@ _DEQ_CASES = tuple(
 _DEQ_TOL = {mx.float32: (0.0, 0.0), mx.float16: (0.0, 0.0), mx.bfloat16: (0.0, 0.0)}
 
 
-for _name, _op, _ref, _make, _cases, _tol, _desc in (
+for _name, _op, _ref, _make, _cases, _tol, _desc in (  # dequantize: MLX's CPU rounding
     ("dequantize", dequantize, dequantize_ref, _make_dequant, _DEQ_CASES, _DEQ_TOL,
      "mx.dequantize (affine 4/8-bit, mxfp4) with its exact rounding"),
     ("qmv", qmv, qmv_ref, _make_qmv(None), CASES, QTOL,
@@ -186,6 +186,7 @@ for _name, _op, _ref, _make, _cases, _tol, _desc in (
             stock=_ref,
             tolerances=_tol,
             description=_desc,
+            cpu_rules="always" if _name == "dequantize" else None,
         )
     )
 
@@ -238,5 +239,6 @@ register(
         stock=quantize_ref,
         tolerances=_DEQ_TOL,
         description="mx.quantize bit for bit (affine 2/4/8-bit, mxfp4), one warp-lane chunk per group",
+        cpu_rules="emulated",
     )
 )

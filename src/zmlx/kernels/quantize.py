@@ -26,6 +26,10 @@ MLX's backends do not quantize alike, so "matching ``mx.quantize``" depends on w
 one ``mx.quantize`` follows where the kernel runs (the GPU's on CUDA and Metal, the CPU's under
 the CPU emulator). NaN and infinite inputs are not covered (MLX's backends disagree on them).
 
+:func:`dequantize` rounds as MLX's CPU kernel does on every backend: ``q * scale``, then
+``+ bias``, each rounded to the output dtype. MLX's CUDA kernel writes the same expression but
+lets the compiler fuse it into one multiply-add, so there the two can differ in the last bit.
+
 Kernel: one thread per packed uint32 word (``32 / bits`` elements), so a group is a chunk of
 ``group_size * bits / 32`` neighbouring lanes of a warp; its minimum/maximum (or largest
 magnitude) is reduced with xor shuffles inside the chunk, each lane packs and writes its word
