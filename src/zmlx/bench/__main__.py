@@ -111,6 +111,13 @@ def _print_row(row: dict) -> None:
     print(line(row), file=sys.stderr, flush=True)
 
 
+def _partial_writer(target):
+    """Rewrite the capsule at ``target`` after every case (a long sweep may be cut short)."""
+    if target in (None, "-"):
+        return None
+    return lambda res: capsule.write(capsule.make("catalog_bench", res), target)
+
+
 def _catalog(args) -> int:
     from ..kernels import catalog
     from . import catalog_bench
@@ -126,6 +133,7 @@ def _catalog(args) -> int:
         repeats=args.repeats,
         batch=args.batch,
         on_row=None if sys.stderr.isatty() else _print_row,
+        on_partial=_partial_writer(args.json),
     )
     if not res["rows"] and not res["errors"]:
         raise ValueError(f"[bench catalog] no bench cases match {args.case}")

@@ -122,6 +122,7 @@ def run(
     batch: int = 10,
     progress: bool | None = None,
     on_row: Callable[[dict[str, Any]], None] | None = None,
+    on_partial: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Benchmark ``specs``; returns the ``results`` of a ``catalog_bench`` capsule.
 
@@ -132,6 +133,8 @@ def run(
         warmup, repeats, batch: as in :func:`zmlx.bench.compare`.
         progress: a tqdm bar (default: when stderr is a terminal).
         on_row: called with each row (and each error) as soon as it is measured.
+        on_partial: called after each case with the results so far (``"partial": True``), so
+            a sweep cut short still leaves a capsule.
 
     Returns:
         ``{"backend", "path", "dtype", "rows", "errors", "note"?}``; an op that raises is listed
@@ -157,6 +160,12 @@ def run(
             errors.append(row)
         if on_row is not None:
             on_row(row)
+        if on_partial is not None:
+            on_partial(dict(_results(rows, errors, dtype), partial=True))
+    return _results(rows, errors, dtype)
+
+
+def _results(rows: list, errors: list, dtype: str) -> dict[str, Any]:
     b = backend()
     paths = {r["path"] for r in rows}
     res: dict[str, Any] = {

@@ -65,7 +65,7 @@ KINDS: dict[str, dict[str, Any]] = {
     "catalog_bench": {
         "doc": "every catalog op against stock MLX (python -m zmlx.bench catalog)",
         "results": {"backend": "str", "path": "str", "dtype": "str", "rows": "list"},
-        "optional": {"errors": "list", "note": "str"},
+        "optional": {"errors": "list", "note": "str", "partial": "bool"},
         "items": {"rows[]": CATALOG_ROW, "rows[].timings{}": TIMING},
     },
     "validate": {

@@ -65,7 +65,9 @@ def quantize_ref(w, group_size=None, bits=None, mode="affine"):
         w: ``(..., D)`` with at least 2 axes -> w_q ``(..., D * bits / 32)`` uint32, scales
         (and biases) ``(..., D / group_size)``.
     """
-    return tuple(mx.quantize(w, group_size, bits, mode=mode))
+    # A contiguous copy: MLX 0.32.4's CUDA quantize reads a transposed input as if it were
+    # row-contiguous (measured on an H200), which the kernel path does not.
+    return tuple(mx.quantize(mx.contiguous(w), group_size, bits, mode=mode))
 
 
 def dequantize_ref(w, scales, biases=None, group_size=64, bits=4, mode="affine", dtype=None):
@@ -308,7 +310,8 @@ def quantize(w, group_size=None, bits=None, mode="affine", *, like=None, verbose
 
 
 def dequantize(w, scales, biases=None, group_size=64, bits=4, mode="affine", dtype=None):
-    """Dequantize like ``mx.dequantize`` (same rounding: ``q * scale`` then ``+ bias`` in T).
+    """Dequantize like ``mx.dequantize`` on MLX's CPU (``q * scale`` then ``+ bias``, each
+    rounded to T; see the module doc for MLX's CUDA kernel).
 
     Shapes:
         w: ``(..., N, D * bits / 32)`` uint32; scales/biases: ``(..., N, D / group_size)``
