@@ -26,7 +26,10 @@ def _cap(name: str) -> dict | None:
     return capsule.load(p) if p.exists() else None
 
 
+# The four full-size families, stock against zmlx in one process each (the headline table).
+HEADLINE = ["moe_decode_qwen3_lfm2_h200.json", "moe_decode_glm_gptoss_h200.json"]
 DECODE_VARIANTS = [
+    *HEADLINE,
     "moe_decode_qwen3_30b_a3b_h200.json",
     "moe_decode_lfm2_8b_a1b_h200.json",
     "moe_decode_qwen3_30b_a3b_h100_qk.json",
@@ -88,8 +91,87 @@ def _variants() -> list[str]:
     return out
 
 
+def _headline() -> list[str]:
+    rows = []
+    for name in HEADLINE:
+        cap = _cap(name)
+        if cap:
+            rows += [(name, cap, r) for r in cap["results"]["rows"]]
+    if not rows:
+        return []
+    out = ["Decode of the four full-size MoE families (random weights, 64-token prompt, median "
+           "of 3 runs of 256 tokens; prefill of 1024 tokens), stock mlx-lm against zmlx "
+           "(`patch` + `compile_decode`) in the same process. *top-1* is teacher-forced "
+           "agreement with stock over 256 positions; *compile only* is the same for stock "
+           "kernels under `compile_decode`, the floor that rounding differences alone give "
+           "on random weights:", "",
+           "| model | GPU | stock tok/s | zmlx tok/s | decode | prefill | top-1 | "
+           "top-1, compile only | capsule |",
+           "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]  # fmt: skip
+    for name, cap, r in rows:
+        v = r["variants"]
+        floor = v.get("compiled", {}).get("top1_agree", float("nan"))
+        out.append(f"| {r['model']} ({r['quant']}) | {cap['env']['device']} | "
+                   f"{v['stock']['decode']['median']:.1f} | {v['zmlx']['decode']['median']:.1f} | "
+                   f"{v['zmlx']['decode_speedup']:.2f}x | {v['zmlx']['prefill_speedup']:.2f}x | "
+                   f"{100 * v['zmlx']['top1_agree']:.1f}% | {100 * floor:.1f}% | `{name}` |")  # fmt: skip
+    return out + [""]
+
+
+def _sharded() -> list[str]:
+    name = "sharded_decode_qwen3_full_2xh200.json"
+    cap = _cap(name)
+    if not cap:
+        return []
+    r = cap["results"]
+    c = r["compiled"]
+    return [f"{r['family']} (full size, 4-bit) sharded over {r['ranks']} ranks with mlx-lm's "
+            f"`shard()`, one {cap['env']['device']} each, launched with `mlx.launch --backend "
+            f"nccl` (capsule `benchmarks/capsules/{name}`; its `distributed_backend` field "
+            "predates the fix that reads the launcher's backend), median of "
+            f"{len(r['stock_runs'])} runs of {r['tokens']} tokens:", "",
+            "| variant | decode tok/s | vs sharded stock | teacher-forced top-1 |",
+            "| --- | ---: | ---: | ---: |",
+            f"| sharded stock | {r['stock_tok_s']:.1f} | 1.00x | 100.0% |",
+            f"| sharded + `patch` | {r['patched_tok_s']:.1f} | {r['patched_speedup']:.2f}x | "
+            f"{100 * r['top1_agreement_vs_sharded_stock']:.1f}% |",
+            f"| sharded + `patch` + `compile_decode` | {c['tok_s']:.1f} | {c['speedup']:.2f}x | "
+            f"{100 * c['top1_agreement']:.1f}% |", ""]  # fmt: skip
+
+
+def _zoo() -> list[str]:
+    name = "zoo_build_h200.json"
+    cap = _cap(name)
+    if not cap:
+        return []
+    out = [f"`zmlx.models.build(name, \"full\", quant)` on the {cap['env']['device']} (capsule "
+           f"`benchmarks/capsules/{name}`; the first build includes CUDA start-up):", "",
+           "| family | quant | build s | peak GB | parameters GB | finite logits |",
+           "| --- | --- | ---: | ---: | ---: | --- |"]  # fmt: skip
+    for b in cap["results"]["builds"]:
+        out.append(f"| {b['family']} | {b['quant']} | {b['build_s']:.1f} | "
+                   f"{b['peak_memory_bytes'] / 1e9:.1f} | {b['parameter_bytes'] / 1e9:.1f} | "
+                   f"{b['finite']} |")  # fmt: skip
+    return out + [""]
+
+
+def _suites() -> list[str]:
+    out = []
+    for name, what in (("gpu_tests_full_h200.json", "the whole suite"),
+                       ("gpu_tests_rerun_h200.json", "the files that had failures, after fixes")):  # fmt: skip
+        cap = _cap(name)
+        if not cap:
+            continue
+        r = cap["results"]
+        cut = " (stopped at its time limit)" if r.get("interrupted") else ""
+        out += [f"Test suite on the {cap['env']['device']}, {what}, at "
+                f"`{cap['env']['git_commit'][:12]}`{cut} (capsule `benchmarks/capsules/{name}`): "
+                f"{r['passed']} passed, {r['failed']} failed, {r['skipped']} skipped.", ""]  # fmt: skip
+    return out
+
+
 def render() -> str:
-    out = _variants()
+    out = _headline() + _variants() + _sharded() + _zoo() + _suites()
     dec = _cap("moe_decode_qwen3_30b_a3b_h100.json")
     if dec:
         dev = dec["env"]["device"]
