@@ -65,6 +65,13 @@ def setup_arg_parser() -> argparse.ArgumentParser:
         choices=list(VARIANTS),
         help="what to measure against stock; the last is the headline",
     )
+    p.add_argument(
+        "--no-float32-reference",
+        dest="float32_reference",
+        action="store_false",
+        help="skip the teacher-forced pass with float32 activations (each variant's top-1 is "
+        "also compared with it: how close stock and zmlx each are to higher precision)",
+    )
     p.add_argument("--json", help="write the capsule here")
     return p
 
@@ -130,6 +137,34 @@ def top1s(model, seq: list[int]) -> list[int]:
     return mx.argmax(teacher_forced(model, seq), axis=-1).tolist()
 
 
+def float32_top1s(model, seq: list[int]) -> list[int] | None:
+    """:func:`top1s` with the model's floating parameters (scales, norms, embeddings) and so
+    its activations in float32: a higher-precision reference both stock and zmlx are compared
+    with. The parameters go back to their dtypes afterwards (bfloat16 -> float32 is exact).
+    None when this backend has no float32 kernel for one of the model's ops."""
+    from mlx.utils import tree_flatten, tree_unflatten
+
+    dtypes = dict((k, v.dtype) for k, v in tree_flatten(model.parameters()))
+    model.set_dtype(mx.float32)
+    try:
+        return top1s(model, seq)
+    except RuntimeError as e:  # e.g. a quantized matmul without a float32 kernel here
+        print(f"  no float32 reference: {e}", file=sys.stderr)
+        return None
+    finally:
+        back = [(k, v.astype(dtypes[k])) for k, v in tree_flatten(model.parameters())]
+        model.update(tree_unflatten(back))
+        mx.eval(model.parameters())
+
+
+def _agree(a: list[int] | None, b: list[int]) -> float | None:
+    return None if a is None else sum(x == y for x, y in zip(a, b)) / max(1, len(a))
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
 def run_family(family: str, args) -> dict:
     gc.collect()
     mx.clear_cache()
@@ -174,6 +209,7 @@ def run_family(family: str, args) -> dict:
     ref = top1s(model, seq)
     # The floor: stock against stock, the same teacher-forced pass run again.
     repeat = top1s(model, seq)
+    ref32 = float32_top1s(model, seq) if args.float32_reference else None
     table = {}
     for v in variants:
         m = setup_variant(model, v, args.patterns)
@@ -187,6 +223,7 @@ def run_family(family: str, args) -> dict:
             / statistics.median(runs["stock"]["prefill"]),
             "tokens_equal_stock": runs[v]["tokens_equal_stock"],
             "top1_agree": sum(a == b for a, b in zip(ref, tops)) / max(1, len(ref)),
+            "top1_vs_float32": _agree(ref32, tops),
             "step_profile": profile[v], "patch": VARIANTS[v][0], "compiled_attention": VARIANTS[v][1],
         }  # fmt: skip
     best = variants[-1]
@@ -220,7 +257,8 @@ def main(argv=None) -> int:
             print(
                 f"  {v:<9} decode {t['decode']['median']:7.1f} tok/s ({t['decode_speedup']:.2f}x) "
                 f"prefill {t['prefill']['median']:8.1f} ({t['prefill_speedup']:.2f}x) top-1 "
-                f"{100 * t['top1_agree']:.1f}% step build {t['step_profile']['build_us']:.0f} us "
+                f"{100 * t['top1_agree']:.1f}% (vs float32 {_pct(t['top1_vs_float32'])}) "
+                f"step build {t['step_profile']['build_us']:.0f} us "
                 f"eval-at-once {t['step_profile']['step_us']:.0f} us"
             )
         print(
