@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import mlx.core as mx
 import numpy as np
 import pytest
@@ -113,3 +118,50 @@ def test_host_prelude_defines_every_dialect_helper():
         (helpers(CUDA.prelude) | helpers(METAL.prelude)) - host - helpers(emulate._COMMON_MATH)
     )
     assert not missing, f"emulator prelude lacks {sorted(missing)}"
+
+
+def _strided_kernel(body):
+    return Kernel("emu_strides", ["x"], ["out"], body, ensure_row_contiguous=False)
+
+
+def test_strided_kernels_get_a_strided_layout():
+    # A kernel that reads its input through strides sees gaps between rows, as a KV-cache
+    # slice has on a GPU: honouring the strides gives the rows, ignoring them reads poison.
+    x = mx.arange(3 * 5, dtype=mx.float32).reshape(3, 5)
+    right = "  const int r = tid / 5, c = tid % 5;\n  out[tid] = x[r * x_strides[0] + c * x_strides[1]];\n"
+    wrong = "  (void)x_strides;\n  out[tid] = x[tid];\n"
+    got = []
+    for body in (right, wrong):
+        with emulate.emulate():
+            (out,) = _strided_kernel(body)(
+                x, output_shapes=[(15,)], output_dtypes=[mx.float32], grid=(15, 1, 1),
+                threadgroup=(15, 1, 1),
+            )  # fmt: skip
+        got.append(np.array(out))
+    np.testing.assert_array_equal(got[0], np.arange(15, dtype=np.float32))
+    assert np.isnan(got[1]).any()
+
+
+@pytest.mark.skipif(os.name != "posix", reason="guard pages need mprotect")
+def test_guard_mode_stops_a_read_past_the_end():
+    code = (
+        "import mlx.core as mx\n"
+        "from zmlx.core import Kernel, emulate\n"
+        "k = Kernel('reads_past_end', ['x'], ['out'], '  out[tid] = x[tid + 1];\\n')\n"
+        "with emulate.emulate():\n"
+        "    x = mx.arange(8, dtype=mx.float32)\n"
+        "    ok = k(x, output_shapes=[(7,)], output_dtypes=[mx.float32], grid=(7, 1, 1),\n"
+        "           threadgroup=(7, 1, 1))[0]\n"
+        "    assert ok.tolist() == [1, 2, 3, 4, 5, 6, 7]\n"
+        "    print('in bounds: ok', flush=True)\n"
+        "    k(x, output_shapes=[(8,)], output_dtypes=[mx.float32], grid=(8, 1, 1),\n"
+        "      threadgroup=(8, 1, 1))\n"
+    )
+    env = dict(os.environ, ZMLX_EMULATOR_GUARD="1")
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(emulate.__file__).parents[2]),
+                                         env.get("PYTHONPATH", "")])  # fmt: skip
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                          timeout=300)  # fmt: skip
+    assert "in bounds: ok" in proc.stdout, proc.stderr[-2000:]
+    assert proc.returncode != 0  # the read past the end faults instead of returning garbage
+    assert "guarded launch: reads_past_end" in proc.stderr

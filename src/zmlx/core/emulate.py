@@ -16,6 +16,12 @@ code. Divergent shuffles (not all lanes of a warp calling) and barrier deadlocks
 
 Limits: slow (a context switch per barrier and shuffle per thread), so use small shapes;
 needs a C++17 compiler (``CXX``, default ``c++``) with ``_Float16`` (GCC >= 12, Clang >= 15).
+
+``ZMLX_EMULATOR_GUARD=1`` (Linux and macOS) places every buffer so that it ends at an
+inaccessible page: a kernel that reads or writes past the end of an input or output stops the
+process with a segmentation fault instead of reading a neighbour's memory, and each launch
+names its kernel on stderr first, so the last name printed is the culprit (on a GPU the same
+bug is an "illegal memory access" that poisons every later launch).
 """
 
 from __future__ import annotations
@@ -24,9 +30,11 @@ import contextlib
 import contextvars
 import ctypes
 import hashlib
+import mmap
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -371,6 +379,52 @@ def _library(source: str) -> ctypes.CDLL:
     return lib
 
 
+_GUARD_KEEP: list = []  # guarded regions of the launch in flight
+
+
+def _guard_on() -> bool:
+    return os.environ.get("ZMLX_EMULATOR_GUARD") == "1" and os.name == "posix"
+
+
+def _guarded(arr: np.ndarray) -> np.ndarray:
+    """A copy of ``arr`` whose last byte sits just before an inaccessible page."""
+    if arr.nbytes == 0:
+        return arr
+    page = mmap.PAGESIZE
+    body = -(-arr.nbytes // page) * page
+    region = mmap.mmap(-1, body + page)
+    base = ctypes.addressof(ctypes.c_char.from_buffer(region))
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.mprotect(ctypes.c_void_p(base + body), ctypes.c_size_t(page), 0) != 0:
+        raise OSError(ctypes.get_errno(), "[emulate] mprotect failed for the guard page")
+    out = np.frombuffer(region, dtype=arr.dtype, count=arr.size, offset=body - arr.nbytes)
+    out = out.reshape(arr.shape)
+    out[...] = arr
+    _GUARD_KEEP.append(region)
+    return out
+
+
+def _padded(arr: np.ndarray) -> tuple[np.ndarray, list[int]]:
+    """``arr`` copied into a buffer whose outer axes have gaps (16 bytes after every row and
+    every outer slice; the last axis stays contiguous) filled with poison, and its strides.
+
+    Kernels launched with ``ensure_row_contiguous=False`` get the caller's layout on a GPU
+    (a KV cache slice, a transposed view); here they get this one, so a kernel that reads
+    its strides wrongly, or not at all, computes wrong values in the emulator too."""
+    pad = max(1, 16 // arr.itemsize)
+    strides = [1] * arr.ndim
+    for i in range(arr.ndim - 2, -1, -1):
+        strides[i] = strides[i + 1] * arr.shape[i + 1] + pad
+    size = sum((n - 1) * st for n, st in zip(arr.shape, strides)) + 1
+    buf = np.empty(size, arr.dtype)
+    buf[...] = np.nan if arr.dtype.kind == "f" else (0x7FC0 if arr.dtype == np.uint16 else 0)
+    view = np.lib.stride_tricks.as_strided(
+        buf, arr.shape, [st * arr.itemsize for st in strides], writeable=True
+    )
+    view[...] = arr
+    return buf, strides
+
+
 def _to_numpy(a: mx.array) -> np.ndarray:
     if a.dtype == mx.bfloat16:
         return np.ascontiguousarray(np.array(a.view(mx.uint16)))
@@ -382,17 +436,25 @@ def launch(kernel, inputs, output_shapes, output_dtypes, grid, threadgroup, temp
     source = host_source(kernel, inputs, output_dtypes, template)
     lib = _library(source)
     body = render_body(kernel.body, HOST)
+    guard = _guard_on()
+    if guard:
+        print(f"[emulate] guarded launch: {kernel.name}", file=sys.stderr, flush=True)
+    place = _guarded if guard else (lambda x: x)
     keep, ptrs = [], []
     for name, a in zip(kernel.inputs, inputs):
-        arr = _to_numpy(a)
+        wanted = shape_args(name, body) if a.ndim > 0 else []
+        if not kernel.ensure_row_contiguous and "strides" in wanted and a.ndim > 1 and a.size:
+            arr, strides = _padded(_to_numpy(a))  # a strided layout, as MLX may pass one
+        else:
+            arr, strides = _to_numpy(a), [int(np.prod(a.shape[i + 1 :])) for i in range(a.ndim)]
+        arr = place(arr)
         keep.append(arr)
         ptrs.append(arr.ctypes.data)
         if a.ndim > 0:
-            contiguous = [int(np.prod(a.shape[i + 1 :])) for i in range(a.ndim)]
             values = {"shape": np.array(a.shape, dtype=np.int32),
-                      "strides": np.array(contiguous, dtype=np.int64),
+                      "strides": np.array(strides, dtype=np.int64),
                       "ndim": np.array([a.ndim], dtype=np.int32)}  # fmt: skip
-            extra = [values[arg] for arg in shape_args(name, body)]
+            extra = [values[arg] for arg in wanted]
             for e in extra:
                 keep.append(e)
                 ptrs.append(e.ctypes.data)
@@ -410,7 +472,7 @@ def launch(kernel, inputs, output_shapes, output_dtypes, grid, threadgroup, temp
             o = np.full(shape, 0x7FC0 if dt == mx.bfloat16 else 0, dtype=npdt)
             if npdt in (np.float16, np.float32):
                 o[...] = np.nan
-        o = np.ascontiguousarray(o)
+        o = place(np.ascontiguousarray(o))
         outs.append(o)
         ptrs.append(o.ctypes.data)
     bufs = (ctypes.c_void_p * len(ptrs))(*ptrs)
@@ -427,9 +489,11 @@ def launch(kernel, inputs, output_shapes, output_dtypes, grid, threadgroup, temp
         raise RuntimeError(f"[emulate] {kernel.name}: {what}")
     result = []
     for o, dt in zip(outs, output_dtypes):
+        o = np.array(o) if guard else o  # off the guarded region before it is released
         if dt == mx.bfloat16:
             result.append(mx.array(o).view(mx.bfloat16))
         else:
             result.append(mx.array(o))
     del keep
+    _GUARD_KEEP.clear()
     return result
