@@ -47,8 +47,39 @@ def setup_arg_parser() -> argparse.ArgumentParser:
         help="write the capsule here ('-': stdout; default: benchmarks/capsules/)",
     )
 
+    rt = sub.add_parser(
+        "routes", help="stock routes from catalog capsules: where an op should call stock MLX"
+    )
+    rt.add_argument("capsules", nargs="+", metavar="CAPSULE", help="catalog_bench capsules")
+    rt.add_argument("--margin", type=float, default=None,
+                    help="route cases where zmlx runs below this fraction of stock's speed")  # fmt: skip
+    rt.add_argument("--write", nargs="?", const="", default=None, metavar="TABLE",
+                    help="write them into the table (default: the one ops read)")  # fmt: skip
+
     sub.add_parser("schema", help="print the capsule schema")
     return p
+
+
+def _routes(args) -> int:
+    from ..kernels import routes
+
+    found = []
+    for path in args.capsules:
+        cap = capsule.load(path)
+        if cap["kind"] != "catalog_bench":
+            raise ValueError(
+                f"[bench routes] {path} is a {cap['kind']!r} capsule, not catalog_bench"
+            )
+        margin = routes.MARGIN if args.margin is None else args.margin
+        found += routes.derive(cap, evidence=str(path), margin=margin)
+    rows = [[r["op"], r["backend"], r["dtype"], str(r["min_elements"]),
+             str(r["max_elements"] or "-"), f"{r['speedup']:.2f}x", r["case"]] for r in found]  # fmt: skip
+    print(format_text(Table(f"{len(found)} stock route(s)",
+                            ["op", "backend", "dtype", "from elements", "below", "zmlx vs stock",
+                             "case"], rows)))  # fmt: skip
+    if args.write is not None:
+        print(f"table: {routes.write(found, args.write or None)}")
+    return 0
 
 
 def _report(args) -> int:
@@ -153,7 +184,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "schema":
             print(describe())
             return 0
-        return {"report": _report, "list": _list, "catalog": _catalog}[args.command](args)
+        commands = {"report": _report, "list": _list, "catalog": _catalog, "routes": _routes}
+        return commands[args.command](args)
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

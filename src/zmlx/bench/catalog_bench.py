@@ -17,6 +17,7 @@ import numpy as np
 
 from ..core.backend import backend
 from ..core.kernel import launch_count
+from ..kernels import routes
 from .timing import compare
 
 DTYPES = {"float32": mx.float32, "float16": mx.float16, "bfloat16": mx.bfloat16}
@@ -107,6 +108,7 @@ def bench_case(
         "dtype": _dtype_name(dtype),
         "path": path,
         "bytes": moved,
+        "elements": first.size if (first := routes.first_array(args)) is not None else 0,
         "timings": timings,
         "speedup": timings["zmlx"]["speedup"],
     }
