@@ -477,7 +477,9 @@ def launch(kernel, inputs, output_shapes, output_dtypes, grid, threadgroup, temp
         ptrs.append(o.ctypes.data)
     bufs = (ctypes.c_void_p * len(ptrs))(*ptrs)
     g = (ctypes.c_int * 3)(*grid)
-    t = (ctypes.c_int * 3)(*threadgroup)
+    # MLX's CUDA launch makes each block min(threadgroup, grid) threads per axis: a grid
+    # smaller than the group gets a smaller group (and lsize says so), as here.
+    t = (ctypes.c_int * 3)(*(max(1, min(tg, gr)) for tg, gr in zip(threadgroup, grid)))
     err = lib.zx_launch(bufs, g, t)
     if err:
         what = {
