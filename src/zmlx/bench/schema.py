@@ -150,6 +150,11 @@ KINDS: dict[str, dict[str, Any]] = {
             "patch": "dict",
         },
     },
+    "fixture_layers": {
+        "doc": "per-module differences of GPU decoding from MLX's CPU (benchmarks/fixture_layers.py)",
+        "results": {"rows": "list"},
+        "items": {"rows[]": {"family": "str", "dtype": "str", "modules": "list"}},
+    },
     "zoo_build": {
         "doc": "build time and memory of zoo models (benchmarks/zoo_build.py)",
         "results": {"size": "str", "quant": "str?", "builds": "list"},

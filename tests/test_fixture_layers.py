@@ -1,0 +1,49 @@
+"""benchmarks/fixture_layers.py on the CPU: every module recorded, the model left as it was."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("mlx_lm")
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location(
+        "fixture_layers", ROOT / "benchmarks" / "fixture_layers.py"
+    )
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_records_every_layer_and_moe_block(tmp_path):
+    fl = _script()
+    out = tmp_path / "layers.json"
+    assert fl.main(["--families", "mixtral", "--json", str(out)]) == 0
+    (row,) = json.loads(out.read_text())["results"]["rows"]
+    names = [m["module"] for m in row["modules"]]
+    assert names == ["layer 0 block_sparse_moe", "layer 0", "layer 1 block_sparse_moe", "layer 1",
+                     "logits"]  # fmt: skip
+    # One backend here: the stock run is the CPU run, and zmlx's references equal it.
+    assert all(m["stock_vs_cpu"] == 0 and m["zmlx_vs_cpu"] == 0 for m in row["modules"])
+    assert row["patched"].get("moe_block", 0) > 0
+
+
+def test_wrap_and_unwrap_leave_the_model_as_it_was():
+    from zmlx.models import fixtures
+
+    fl = _script()
+    model, _ = fixtures.load_quantized("qwen3_moe")
+    before = [type(layer) for layer in model.model.layers]
+    mlps = [type(layer.mlp) for layer in model.model.layers]
+    fl.wrap(model, {})
+    assert all(isinstance(layer, fl.Recorder) for layer in model.model.layers)
+    fl.unwrap(model)
+    assert [type(layer) for layer in model.model.layers] == before
+    assert [type(layer.mlp) for layer in model.model.layers] == mlps
