@@ -2,18 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parent.parent
+from scripts import ROOT, load_benchmark
 
 
 def test_results_block_matches_the_capsules():
-    spec = importlib.util.spec_from_file_location(
-        "readme_tables", ROOT / "benchmarks" / "readme_tables.py"
-    )
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_benchmark("readme_tables")
     readme = (ROOT / "README.md").read_text()
     block = readme[readme.index(mod.START) + len(mod.START) : readme.index(mod.END)]
     assert block.strip() == mod.render().strip(), "run: python benchmarks/readme_tables.py --write"
