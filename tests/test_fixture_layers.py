@@ -2,24 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-pytest.importorskip("mlx_lm")
+from scripts import load_benchmark
 
-ROOT = Path(__file__).resolve().parent.parent
+pytest.importorskip("mlx_lm")
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location(
-        "fixture_layers", ROOT / "benchmarks" / "fixture_layers.py"
-    )
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("fixture_layers")
 
 
 def test_records_every_layer_and_moe_block(tmp_path):
