@@ -165,3 +165,13 @@ def test_guard_mode_stops_a_read_past_the_end():
     assert "in bounds: ok" in proc.stdout, proc.stderr[-2000:]
     assert proc.returncode != 0  # the read past the end faults instead of returning garbage
     assert "guarded launch: reads_past_end" in proc.stderr
+
+
+@pytest.mark.parametrize("order,last", [("reverse", 0), ("forward", 3)])
+def test_groups_run_in_the_chosen_order(order, last, monkeypatch):
+    # Every group writes its index to the same place: the last group to run wins. A GPU
+    # promises no order; the emulator runs groups last to first unless told otherwise.
+    monkeypatch.setenv("ZMLX_EMULATOR_ORDER", order)
+    body = "  if (lid == 0) { out[0] = (float)gid; }\n"
+    out = _run(body, [mx.zeros((1,))], (1,), (4 * 32, 1, 1), (32, 1, 1))
+    assert out.item() == last

@@ -7,12 +7,15 @@ numpy copies of the inputs. Every thread of a group is a fiber (``ucontext``); `
 parks a fiber until every thread of its group arrives (a thread that returned before a
 barrier the others wait at is reported: that is undefined on GPUs), and warp shuffles exchange
 values once all live lanes of the warp have called them. Shared memory (``ZX_SHARED``) is one static
-array per kernel, shared by the group being run. Groups run one after another.
+array per kernel, shared by the group being run. Groups run one after another, last to first
+(see below).
 
 What this proves: a kernel body computes the right values for every thread and group, with
 the group sizes, bounds checks, shared memory and shuffles the GPU would use. What it does not:
 speed, memory coalescing, races between groups (they never overlap here), or backend-specific
 code. Divergent shuffles (not all lanes of a warp calling) and barrier deadlocks raise.
+Groups run last to first (``ZMLX_EMULATOR_ORDER=forward`` for first to last): a GPU promises
+no order, so a kernel that needs first-to-last fails here too.
 
 Limits: slow (a context switch per barrier and shuffle per thread), so use small shapes;
 needs a C++17 compiler (``CXX``, default ``c++``) with ``_Float16`` (GCC >= 12, Clang >= 15).
@@ -335,10 +338,13 @@ def host_source(kernel, inputs, output_dtypes, template) -> str:
             "  zx_thread* threads = (zx_thread*)calloc(zx_g.n, sizeof(zx_thread));",
             "  char* stacks = (char*)malloc(stack * zx_g.n);",
             "  zx_g.threads = threads;",
+            "  const int rev = group[3];  // groups last to first: GPUs promise no order",
             "  for (uint z = 0; z < zx_g.nz && !zx_g.error; ++z)",
             "    for (uint y = 0; y < zx_g.ny && !zx_g.error; ++y)",
             "      for (uint x = 0; x < zx_g.nx && !zx_g.error; ++x) {",
-            "        zx_g.gx = x; zx_g.gy = y; zx_g.gz = z;",
+            "        zx_g.gx = rev ? zx_g.nx - 1 - x : x;",
+            "        zx_g.gy = rev ? zx_g.ny - 1 - y : y;",
+            "        zx_g.gz = rev ? zx_g.nz - 1 - z : z;",
             "        zx_run_group(zx_entry, stacks, stack);",
             "      }",
             "  free(stacks); free(threads);",
@@ -479,7 +485,10 @@ def launch(kernel, inputs, output_shapes, output_dtypes, grid, threadgroup, temp
     g = (ctypes.c_int * 3)(*grid)
     # MLX's CUDA launch makes each block min(threadgroup, grid) threads per axis: a grid
     # smaller than the group gets a smaller group (and lsize says so), as here.
-    t = (ctypes.c_int * 3)(*(max(1, min(tg, gr)) for tg, gr in zip(threadgroup, grid)))
+    group = [max(1, min(tg, gr)) for tg, gr in zip(threadgroup, grid)]
+    t = (ctypes.c_int * 4)(
+        *group, int(os.environ.get("ZMLX_EMULATOR_ORDER", "reverse") == "reverse")
+    )
     err = lib.zx_launch(bufs, g, t)
     if err:
         what = {
