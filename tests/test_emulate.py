@@ -175,3 +175,17 @@ def test_groups_run_in_the_chosen_order(order, last, monkeypatch):
     body = "  if (lid == 0) { out[0] = (float)gid; }\n"
     out = _run(body, [mx.zeros((1,))], (1,), (4 * 32, 1, 1), (32, 1, 1))
     assert out.item() == last
+
+
+def test_shared_memory_starts_as_garbage_in_every_group():
+    # One group writes the shared array; the other reads it without writing. On a GPU the
+    # second group sees garbage, not the first group's values: here it sees NaN.
+    body = """
+  ZX_SHARED float buf[32];
+  if (gid == 1) { buf[lid] = 1.0f; }
+  zx_barrier();
+  out[tid] = buf[lid];
+"""
+    out = np.array(_run(body, [mx.zeros((1,))], (64,), (64, 1, 1), (32, 1, 1)))
+    assert (out[32:] == 1.0).all()  # the group that wrote
+    assert np.isnan(out[:32]).all()  # the group that did not (it runs after, groups go 1, 0)

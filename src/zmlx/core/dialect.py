@@ -42,6 +42,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+# A ``ZX_SHARED`` array declaration: (type, name, dimensions). The kernel search counts their
+# bytes; the emulator poisons them at the start of every group.
+SHARED_DECL = re.compile(
+    r"\bZX_SHARED\s+([A-Za-z_][\w:<>]*)\s+([A-Za-z_]\w*)\s*((?:\[[^\]]*\]\s*)+)"
+)
+
 _COMMON_MATH = r"""
 ZX_INLINE float zx_sign(float x) { return x > 0.0f ? 1.0f : (x < 0.0f ? -1.0f : 0.0f); }
 ZX_INLINE float zx_max(float a, float b) { return (a > b || zx_isnan(a)) ? a : b; }

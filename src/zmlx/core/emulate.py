@@ -11,7 +11,10 @@ array per kernel, shared by the group being run. Groups run one after another, l
 (see below).
 
 What this proves: a kernel body computes the right values for every thread and group, with
-the group sizes, bounds checks, shared memory and shuffles the GPU would use. What it does not:
+the group sizes, bounds checks, shared memory and shuffles the GPU would use. As on a GPU,
+shared memory starts as garbage in every group (it is filled with NaN bytes), a grid smaller
+than the group shrinks the group, and kernels that read their strides get a non-contiguous
+layout. What it does not:
 speed, memory coalescing, races between groups (they never overlap here), or backend-specific
 code. Divergent shuffles (not all lanes of a warp calling) and barrier deadlocks raise.
 Groups run last to first (``ZMLX_EMULATOR_ORDER=forward`` for first to last): a GPU promises
@@ -46,7 +49,14 @@ import mlx.core as mx
 import numpy as np
 
 from .backend import force_backend
-from .dialect import _COMMON_MATH, Dialect, render_body, shape_args, template_lines
+from .dialect import (
+    _COMMON_MATH,
+    SHARED_DECL,
+    Dialect,
+    render_body,
+    shape_args,
+    template_lines,
+)
 
 _RUNTIME = r"""
 #include <cmath>
@@ -56,6 +66,24 @@ _RUNTIME = r"""
 #include <ucontext.h>
 typedef unsigned int uint;
 typedef unsigned short ushort;
+// Shared memory starts as garbage on a GPU: each group's ZX_SHARED arrays are filled with 0xFF
+// bytes (NaN floats, -1 ints) when its first thread reaches their declaration, so a read
+// before any write shows.
+static unsigned long zx_group_seq = 0;
+static struct { void* p; unsigned long seq; } zx_shared_reg[64];
+static int zx_shared_n = 0;
+static void zx_poison_shared(void* p, size_t n) {
+  int i = 0;
+  while (i < zx_shared_n && zx_shared_reg[i].p != p) ++i;
+  if (i == zx_shared_n) {
+    if (zx_shared_n == 64) return;
+    zx_shared_reg[zx_shared_n++].p = p;
+  } else if (zx_shared_reg[i].seq == zx_group_seq) {
+    return;
+  }
+  zx_shared_reg[i].seq = zx_group_seq;
+  std::memset(p, 0xFF, n);
+}
 struct zx_bf16 {
   uint16_t bits;
   zx_bf16() = default;
@@ -289,9 +317,19 @@ def _cache_dir() -> Path:
     return p
 
 
+def _poisoned(body: str) -> str:
+    """Each ``ZX_SHARED`` declaration followed by a call that poisons the array per group."""
+    return SHARED_DECL.sub(
+        lambda m: (
+            f"{m.group(0).rstrip()}; zx_poison_shared((void*){m.group(2)}, sizeof({m.group(2)}))"
+        ),
+        body,
+    )
+
+
 def host_source(kernel, inputs, output_dtypes, template) -> str:
     """The host C++ translation unit for one launch (exposed for debugging)."""
-    body = render_body(kernel.body, HOST)
+    body = _poisoned(render_body(kernel.body, HOST))
     params, unpack = [], []
     k = 0
     for name, a in zip(kernel.inputs, inputs):
@@ -345,6 +383,7 @@ def host_source(kernel, inputs, output_dtypes, template) -> str:
             "        zx_g.gx = rev ? zx_g.nx - 1 - x : x;",
             "        zx_g.gy = rev ? zx_g.ny - 1 - y : y;",
             "        zx_g.gz = rev ? zx_g.nz - 1 - z : z;",
+            "        ++zx_group_seq;",
             "        zx_run_group(zx_entry, stacks, stack);",
             "      }",
             "  free(stacks); free(threads);",

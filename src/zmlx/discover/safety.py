@@ -27,6 +27,8 @@ from collections.abc import Mapping, Sequence
 
 import mlx.core as mx
 
+from ..core.dialect import SHARED_DECL
+
 SHARED_LIMIT = 48 * 1024  # bytes per group without opting in to more (CUDA's default limit)
 MAX_GROUP = 1024
 MAX_BODY_CHARS = 24_000
@@ -71,7 +73,7 @@ _UNBOUNDED = (
     (re.compile(r"\bfor\s*\([^;()]*;\s*;"), "unbounded loop: for without a condition"),
     (re.compile(r"\bfor\s*\([^;()]*;\s*(?:true|1)\s*;"), "unbounded loop: for (...; true; ...)"),
 )
-_SHARED = re.compile(r"\bZX_SHARED\s+([A-Za-z_][\w:<>]*)\s+([A-Za-z_]\w*)\s*((?:\[[^\]]*\]\s*)+)")
+_SHARED = SHARED_DECL
 _C_CAST = re.compile(r"\(\s*((?:[A-Za-z_][\w:<>]*\s*)+)\*+\s*\)\s*&?\s*\(?\s*([A-Za-z_]\w*)")
 _CXX_CAST = re.compile(
     r"\b(?:reinterpret_cast|static_cast)\s*<\s*([^<>]*(?:<[^<>]*>)?[^<>]*?)\*+\s*>\s*\(\s*&?\s*([A-Za-z_]\w*)"
