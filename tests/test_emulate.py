@@ -189,3 +189,19 @@ def test_shared_memory_starts_as_garbage_in_every_group():
     out = np.array(_run(body, [mx.zeros((1,))], (64,), (64, 1, 1), (32, 1, 1)))
     assert (out[32:] == 1.0).all()  # the group that wrote
     assert np.isnan(out[:32]).all()  # the group that did not (it runs after, groups go 1, 0)
+
+
+def test_a_missing_barrier_shows():
+    # Each thread reads its neighbour's slot without a barrier: on a GPU the neighbour may not
+    # have written it yet. Threads run last to first in even groups and first to last in odd
+    # ones, so both directions of the dependency read unwritten (NaN) slots here.
+    body = """
+  ZX_SHARED float buf[32];
+  buf[lid] = (float)lid;
+  out[tid] = buf[(lid + 1) % 32];
+"""
+    out = np.array(_run(body, [mx.zeros((1,))], (64,), (64, 1, 1), (32, 1, 1)))
+    assert np.isnan(out[:32]).any() and np.isnan(out[32:]).any()
+    fixed = body.replace("  out[tid]", "  zx_barrier();\n  out[tid]")
+    out = np.array(_run(fixed, [mx.zeros((1,))], (64,), (64, 1, 1), (32, 1, 1)))
+    np.testing.assert_array_equal(out, np.tile((np.arange(32) + 1) % 32, 2).astype(np.float32))

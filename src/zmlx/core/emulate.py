@@ -13,8 +13,9 @@ array per kernel, shared by the group being run. Groups run one after another, l
 What this proves: a kernel body computes the right values for every thread and group, with
 the group sizes, bounds checks, shared memory and shuffles the GPU would use. As on a GPU,
 shared memory starts as garbage in every group (it is filled with NaN bytes), a grid smaller
-than the group shrinks the group, and kernels that read their strides get a non-contiguous
-layout. What it does not:
+than the group shrinks the group, kernels that read their strides get a non-contiguous
+layout, groups run last to first and threads between two barriers in alternating directions
+(so a missing barrier shows). What it does not:
 speed, memory coalescing, races between groups (they never overlap here), or backend-specific
 code. Divergent shuffles (not all lanes of a warp calling) and barrier deadlocks raise.
 Groups run last to first (``ZMLX_EMULATOR_ORDER=forward`` for first to last): a GPU promises
@@ -217,9 +218,14 @@ static void zx_run_group(void (*entry)(), char* stacks, size_t stack_size) {
     t->ctx.uc_link = &zx_g.sched;
     makecontext(&t->ctx, entry, 0);
   }
+  // Between two barriers or shuffles each thread runs alone, in this order: last to first in
+  // even groups, first to last in odd ones, so a thread that reads what a neighbour wrote
+  // without a barrier (GPU warps do not run in lockstep) sees it unwritten in one of them.
+  const int down = ((zx_g.gx + zx_g.gy + zx_g.gz) & 1u) == 0u;
   for (;;) {
     int progressed = 0, live = 0, at_barrier = 0;
-    for (int i = 0; i < n; ++i) {
+    for (int k = 0; k < n; ++k) {
+      const int i = down ? n - 1 - k : k;
       zx_thread* t = &zx_g.threads[i];
       if (t->state == ZX_RUN) {
         zx_g.cur = i;
