@@ -145,7 +145,7 @@ def _zoo() -> list[str]:
     if not cap:
         return []
     out = [f"`zmlx.models.build(name, \"full\", quant)` on the {cap['env']['device']} (capsule "
-           f"`benchmarks/capsules/{name}`; the first build includes CUDA start-up):", "",
+           f"`benchmarks/capsules/{name}`; the first build is the first in the process):", "",
            "| family | quant | build s | peak GB | parameters GB | finite logits |",
            "| --- | --- | ---: | ---: | ---: | --- |"]  # fmt: skip
     for b in cap["results"]["builds"]:
