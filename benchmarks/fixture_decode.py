@@ -69,33 +69,27 @@ def run_family(family: str, args) -> dict:
     }  # fmt: skip
 
 
-def _child(fam: str, argv: list[str], folder: str) -> dict:
-    """Run one family in a child process (the same options) and return its row."""
+def _child(fam: str, args, folder: str) -> dict:
+    """Run one family in a child process with the same options and return its row."""
     out = os.path.join(folder, f"{fam}.json")
-    keep, skip = [], False
-    for a in argv:  # drop the options the child gets anew
-        if a in ("--families", "--json", "--jobs"):
-            skip = True
-            continue
-        if a.startswith("--"):
-            skip = False
-        if not skip:
-            keep.append(a)
-    cmd = [sys.executable, __file__, *keep, "--families", fam, "--json", out]
+    cmd = [sys.executable, __file__, "--families", fam, "--json", out,
+           "--tokens", str(args.tokens), "--patterns", *args.patterns,
+           "--attention", args.attention, "--dtype", args.dtype,
+           "--prefill-step", str(args.prefill_step)]  # fmt: skip
     done = subprocess.run(cmd, capture_output=True, text=True)
     if not os.path.exists(out):
         raise RuntimeError(f"[fixture_decode] {fam} failed:\n{done.stdout}\n{done.stderr[-3000:]}")
     return json.load(open(out))["results"]["rows"][0]
 
 
-def _rows(args, argv: list[str]):
+def _rows(args):
     """Each family's row, in order: here, or with ``--jobs`` from child processes."""
     if args.jobs <= 1 or len(args.families) == 1:
         for fam in args.families:
             yield run_family(fam, args)
         return
     with tempfile.TemporaryDirectory() as folder, ThreadPoolExecutor(args.jobs) as pool:
-        futures = [pool.submit(_child, fam, argv, folder) for fam in args.families]
+        futures = [pool.submit(_child, fam, args, folder) for fam in args.families]
         for f in futures:
             yield f.result()
 
@@ -129,7 +123,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     print(f"device: {device_name()}")
     rows = []
-    for r in _rows(args, argv if argv is not None else sys.argv[1:]):
+    for r in _rows(args):
         fam = r["family"]
         rows.append(r)
         if args.json:  # after every family, so a cut-short run keeps what it measured
