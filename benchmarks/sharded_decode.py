@@ -98,11 +98,27 @@ def _agreement(ref: mx.array, got: mx.array) -> float:
     return mx.mean(mx.argmax(ref, -1) == mx.argmax(got, -1)).item()
 
 
+def _compiled(model, prompt, args, stock, ref, seq) -> dict:
+    """The patched model decoded through compiled steps (the collectives inside the trace);
+    an error is recorded rather than raised, so the eager results still make a capsule."""
+    from zmlx.bench.lm import teacher_forced
+    from zmlx.decode import compile_decode
+
+    try:
+        decoder = compile_decode(model)
+        _decode(decoder, prompt, 8)
+        toks, tps, runs = _decode(decoder, prompt, args.tokens, args.runs)
+        return {"error": None, "tok_s": tps, "runs": runs, "equals_sharded_stock": toks == stock,
+                "top1_agreement": _agreement(ref, teacher_forced(decoder, seq)),
+                "traces": decoder.traces, "steps": decoder.steps}  # fmt: skip
+    except Exception as e:  # noqa: BLE001 - recorded in the capsule
+        return {"error": f"{type(e).__name__}: {e}"}
+
+
 def main(argv=None) -> int:
     args = setup_arg_parser().parse_args(argv)
     from zmlx.bench import capsule
     from zmlx.bench.lm import teacher_forced
-    from zmlx.decode import compile_decode
     from zmlx.patch import patch
 
     group = mx.distributed.init()
@@ -122,16 +138,7 @@ def main(argv=None) -> int:
     _decode(model, prompt, 8)
     patched, patched_tps, patched_runs = _decode(model, prompt, args.tokens, args.runs)
     top1 = _agreement(ref, teacher_forced(model, seq))
-    zmlx = {"error": None}
-    try:  # patched and decoded through compiled steps (the collectives inside the trace)
-        decoder = compile_decode(model)
-        _decode(decoder, prompt, 8)
-        toks, tps, runs = _decode(decoder, prompt, args.tokens, args.runs)
-        zmlx.update(tok_s=tps, runs=runs, equals_sharded_stock=toks == stock,
-                    top1_agreement=_agreement(ref, teacher_forced(decoder, seq)),
-                    traces=decoder.traces, steps=decoder.steps)  # fmt: skip
-    except Exception as e:  # noqa: BLE001 - recorded in the capsule, the eager result stands
-        zmlx["error"] = f"{type(e).__name__}: {e}"
+    compiled = _compiled(model, prompt, args, stock, ref, seq)
     result = {
         "family": args.family, "size": args.size, "ranks": group.size(),
         "rank": group.rank(), "patch": report.to_dict(), "tokens": args.tokens,
@@ -140,13 +147,14 @@ def main(argv=None) -> int:
         "patched_speedup": patched_tps / stock_tps,
         "patched_equals_sharded_stock": patched == stock,
         "patched_equals_unsharded": None if reference is None else patched == reference,
-        "top1_agreement_vs_sharded_stock": top1, "compiled": zmlx,
+        "top1_agreement_vs_sharded_stock": top1, "compiled": compiled,
     }  # fmt: skip
-    if zmlx["error"] is None:
-        result["compiled"]["speedup"] = zmlx["tok_s"] / stock_tps
+    if compiled["error"] is None:
+        compiled["speedup"] = compiled["tok_s"] / stock_tps
     print(f"rank {group.rank()}/{group.size()}: replaced {report.count}, "
           f"sharded stock {stock_tps:.1f} tok/s, patched {patched_tps:.1f} tok/s, "
-          f"patched + compiled {zmlx.get('tok_s', float('nan')):.1f} tok/s {zmlx['error'] or ''}; "
+          f"patched + compiled {compiled.get('tok_s', float('nan')):.1f} tok/s "
+          f"{compiled['error'] or ''}; "
           f"teacher-forced top-1 {100 * top1:.1f}%, identical to sharded stock: "
           f"{patched == stock}, to unsharded: {result['patched_equals_unsharded']}")  # fmt: skip
     if group.rank() == 0 and args.json:
