@@ -317,9 +317,7 @@ class CompiledDecoder:
             return entry
         trace = _Trace()
         proxies: list[Any] = [
-            StaticKVCache(trace, window=c.window)
-            if kind == "kv"
-            else ArraysCache(c.cache.__len__())
+            StaticKVCache(trace, window=c.window) if kind == "kv" else ArraysCache(len(c.cache))
             for (kind, _), c in zip(layout, cache)
         ]
         state: list[Any] = [p.buf if isinstance(p, StaticKVCache) else p.cache for p in proxies]

@@ -49,6 +49,8 @@ SHARED_DECL = re.compile(
 )
 
 _COMMON_MATH = r"""
+// v rounded to the dtype S and back: where a stock op would store S, a kernel rounds the same.
+template <typename S> ZX_INLINE float zx_rnd(float v) { return static_cast<float>(static_cast<S>(v)); }
 ZX_INLINE float zx_sign(float x) { return x > 0.0f ? 1.0f : (x < 0.0f ? -1.0f : 0.0f); }
 ZX_INLINE float zx_max(float a, float b) { return (a > b || zx_isnan(a)) ? a : b; }
 ZX_INLINE float zx_min(float a, float b) { return (a < b || zx_isnan(a)) ? a : b; }

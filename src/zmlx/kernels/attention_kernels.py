@@ -35,7 +35,6 @@ MAX_CHUNKS = 1024
 SHARED_BYTES = 30 * 1024  # under Metal's 32 KiB of threadgroup memory
 
 HEADER = r"""
-template <typename S> ZX_INLINE float zx_rnd(float v) { return static_cast<float>(static_cast<S>(v)); }
 // Reduce GP per-lane partials P[0..GP) over the warp in one butterfly: at each step a lane
 // keeps half of its values and adds its partner's copy of that half. Afterwards P[0] in lane l
 // holds the total of head l / (32 / GP).

@@ -27,10 +27,6 @@ from .rope import _freq_input, _offsets
 
 OP = "qk_norm_rope"
 
-_HEADER = """
-template <typename S> ZX_INLINE float qnr_round(float v) { return static_cast<float>(static_cast<S>(v)); }
-"""
-
 _BODY = """
   const uint B = zx_dims[0], L = zx_dims[1], HQ = zx_dims[2], HK = zx_dims[3];
   const uint D = zx_dims[4], half = zx_dims[5];
@@ -66,8 +62,8 @@ _BODY = """
     float c = is_q ? static_cast<float>(q[src + j2]) : static_cast<float>(k[src + j2]);
     const float w1 = is_q ? static_cast<float>(wq[j1]) : static_cast<float>(wk[j1]);
     const float w2 = is_q ? static_cast<float>(wq[j2]) : static_cast<float>(wk[j2]);
-    a = qnr_round<T>(qnr_round<T>(a * inv) * w1);
-    c = qnr_round<T>(qnr_round<T>(c * inv) * w2);
+    a = zx_rnd<T>(zx_rnd<T>(a * inv) * w1);
+    c = zx_rnd<T>(zx_rnd<T>(c * inv) * w2);
     const float theta = pos * (INV ? fr[i] : 1.0f / fr[i]);
     const float cs = zx_cos(theta), sn = zx_sin(theta);
     const float o1 = a * cs - c * sn, o2 = a * sn + c * cs;
@@ -77,13 +73,12 @@ _BODY = """
   for (uint j = 2u * half + lane; j < D; j += 32u) {
     const float a = is_q ? static_cast<float>(q[src + j]) : static_cast<float>(k[src + j]);
     const float w = is_q ? static_cast<float>(wq[j]) : static_cast<float>(wk[j]);
-    const float o = qnr_round<T>(qnr_round<T>(a * inv) * w);
+    const float o = zx_rnd<T>(zx_rnd<T>(a * inv) * w);
     if (is_q) { qo[dst + j] = static_cast<T>(o); } else { ko[dst + j] = static_cast<T>(o); }
   }
 """
 
-KERNEL = Kernel(OP, ["q", "k", "wq", "wk", "off", "fr", "prm", "zx_dims"], ["qo", "ko"], _BODY,
-                header=_HEADER)  # fmt: skip
+KERNEL = Kernel(OP, ["q", "k", "wq", "wk", "off", "fr", "prm", "zx_dims"], ["qo", "ko"], _BODY)
 _GROUP = 128
 
 

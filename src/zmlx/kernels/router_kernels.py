@@ -32,10 +32,6 @@ FUSED_MAX_DIM = 7168  # x row in shared memory: 28 KiB + logits, under Metal's 3
 FUSED_THREADS = 512
 _ROUTE_WARPS = 4  # tokens per group in the logits -> routing kernel
 
-HEADER = r"""
-template <typename S> ZX_INLINE float zx_rnd(float v) { return static_cast<float>(static_cast<S>(v)); }
-"""
-
 # The routing core. Before it: `tok` (token), `lane`, and LOGIT(e) reading expert e's logit.
 _CORE = r"""
   const float r_eps = prm[0];
@@ -253,9 +249,7 @@ _FUSED_TAIL = (
     + "#undef LOGIT\n"
 )
 
-ROUTE = Kernel(
-    "moe_route", ("logits", "sbias", "prm", "dims"), ("inds", "weights"), ROUTE_BODY, header=HEADER
-)
+ROUTE = Kernel("moe_route", ("logits", "sbias", "prm", "dims"), ("inds", "weights"), ROUTE_BODY)
 _FUSED_INPUTS = ("x", "rw", "scales", "qbias", "lbias", "sbias", "prm", "dims")
 # Float weights and affine-quantized weights differ only in the dot product.
 FUSED = {
@@ -264,7 +258,6 @@ FUSED = {
         _FUSED_INPUTS,
         ("inds", "weights"),
         _FUSED_HEAD + (_DOT_AFFINE if quant else _DOT_FLOAT) + _FUSED_TAIL,
-        header=HEADER,
     )
     for quant in (False, True)
 }
