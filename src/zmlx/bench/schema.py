@@ -150,6 +150,11 @@ KINDS: dict[str, dict[str, Any]] = {
             "patch": "dict",
         },
     },
+    "stock_probes": {
+        "doc": "checks of stock MLX on a GPU against its CPU backend (benchmarks/stock_probes.py)",
+        "results": {},
+        "optional": {"qmv_tiny": "list", "quantize_transposed": "list"},
+    },
     "fixture_layers": {
         "doc": "per-module differences of GPU decoding from MLX's CPU (benchmarks/fixture_layers.py)",
         "results": {"rows": "list"},

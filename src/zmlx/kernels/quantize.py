@@ -65,8 +65,9 @@ def quantize_ref(w, group_size=None, bits=None, mode="affine"):
         w: ``(..., D)`` with at least 2 axes -> w_q ``(..., D * bits / 32)`` uint32, scales
         (and biases) ``(..., D / group_size)``.
     """
-    # A contiguous copy: MLX 0.32.4's CUDA quantize reads a transposed input as if it were
-    # row-contiguous (measured on an H200), which the kernel path does not.
+    # A contiguous copy: MLX 0.32.4's CUDA quantize gave other words and scales for a transposed
+    # input than for the same values made contiguous, on an H200 (benchmarks/stock_probes.py
+    # records the check); the kernel path reads strides itself.
     return tuple(mx.quantize(mx.contiguous(w), group_size, bits, mode=mode))
 
 

@@ -1,0 +1,93 @@
+"""Checks of stock MLX itself on a GPU, against MLX's CPU backend, recorded as capsules.
+
+    python benchmarks/stock_probes.py [--probes qmv_tiny quantize_transposed] [--json OUT]
+
+* ``qmv_tiny``: ``mx.quantized_matmul`` (affine 4-bit, group 64) on the default device
+  against the CPU backend and a float32 matmul of the dequantized weights, at the trained
+  fixtures' sizes and larger, in float32 and bfloat16 (an error is recorded, not raised).
+* ``quantize_transposed``: ``mx.quantize`` and zmlx's ``quantize`` of a transposed
+  (non-contiguous) input against the same values made contiguous.
+
+zmlx works around what these find (``quantize_ref`` quantizes a contiguous copy); the
+capsule is the evidence.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import mlx.core as mx
+import numpy as np
+
+from zmlx.bench import capsule
+from zmlx.core.backend import device_name
+
+QMV_SHAPES = [(1, 64, 64), (1, 64, 256), (1, 128, 128), (1, 256, 256), (1, 512, 512),
+              (1, 2048, 768)]  # fmt: skip
+
+
+def _max_diff(a: mx.array, b: mx.array) -> float:
+    return mx.abs(a.astype(mx.float32) - b.astype(mx.float32)).max().item()
+
+
+def qmv_tiny() -> list[dict]:
+    rows = []
+    mx.random.seed(0)
+    for m, k, n in QMV_SHAPES:
+        for dt in (mx.float32, mx.bfloat16):
+            x = mx.random.normal((m, k)).astype(dt)
+            wq, s, b = mx.quantize(mx.random.normal((n, k)) * 0.05, group_size=64, bits=4)
+            s, b = s.astype(dt), b.astype(dt)
+            r = {"m": m, "k": k, "n": n, "dtype": str(dt).split(".")[-1]}
+            try:
+                kw = {"transpose": True, "group_size": 64, "bits": 4}
+                g = mx.quantized_matmul(x, wq, s, b, **kw)
+                c = mx.quantized_matmul(x, wq, s, b, **kw, stream=mx.cpu)
+                d = mx.dequantize(wq, s, b, group_size=64, bits=4, stream=mx.cpu)
+                f = x.astype(mx.float32) @ d.astype(mx.float32).T
+                r.update(gpu_vs_cpu=_max_diff(g, c), gpu_vs_f32=_max_diff(g, f),
+                         cpu_vs_f32=_max_diff(c, f), scale=mx.abs(f).max().item())  # fmt: skip
+            except RuntimeError as e:
+                r["error"] = str(e)[:300]
+            rows.append(r)
+    return rows
+
+
+def quantize_transposed() -> list[dict]:
+    from zmlx.kernels.quantize import quantize
+
+    rows = []
+    rng = np.random.default_rng(0)
+    for dt in (mx.float32, mx.bfloat16):
+        w = mx.array(rng.normal(size=(256, 6)).astype(np.float32)).astype(dt).T
+        for name, fn in (("mx.quantize", mx.quantize), ("zmlx.quantize", quantize)):
+            a, b = fn(w, 128, 8), fn(mx.contiguous(w), 128, 8)
+            rows.append({"fn": name, "dtype": str(dt).split(".")[-1],
+                         "words_equal": mx.array_equal(a[0], b[0]).item(),
+                         "scales_equal": mx.array_equal(a[1], b[1]).item()})  # fmt: skip
+    return rows
+
+
+PROBES = {"qmv_tiny": qmv_tiny, "quantize_transposed": quantize_transposed}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--probes", nargs="+", default=list(PROBES), choices=list(PROBES))
+    p.add_argument("--json", help="write the capsule here")
+    args = p.parse_args(argv)
+    print(f"device: {device_name()}")
+    res = {name: PROBES[name]() for name in args.probes}
+    for name, rows in res.items():
+        print(name)
+        for r in rows:
+            print(f"  {r}")
+    if args.json:
+        capsule.write(capsule.make("stock_probes", res), args.json)
+        print(f"capsule: {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
