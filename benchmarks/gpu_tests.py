@@ -48,14 +48,37 @@ def summarize(xml_path: str) -> dict:
             "skipped": counts["skipped"], "failures": failures}  # fmt: skip
 
 
+POISON = ("illegal memory access", "unspecified launch failure", "misaligned address")
+
+
+def poisoned_workers(log_dir: str, before: int = 4) -> list[dict]:
+    """Per worker whose log shows a context-spoiling CUDA error: the tests that ran just before
+    its first failure (the culprit is among them; the worker's later failures are fallout)."""
+    out = []
+    for worker in sorted(os.listdir(log_dir)):
+        with open(os.path.join(log_dir, worker)) as f:
+            lines = f.read().splitlines()
+        first = next(
+            (i for i, ln in enumerate(lines) if ln.split(" ", 1)[0].endswith("failed")), None
+        )
+        if first is not None:
+            out.append({"worker": worker, "first_failure": lines[first],
+                        "ran_before": lines[max(0, first - before):first],
+                        "failures_after": sum(ln.split(" ", 1)[0].endswith("failed")
+                                              for ln in lines[first + 1:])})  # fmt: skip
+    return out
+
+
 def main(argv=None) -> int:
     args = setup_arg_parser().parse_args(argv)
     extra = [a for a in args.pytest_args if a != "--"]
     with tempfile.TemporaryDirectory() as tmp:
         xml = os.path.join(tmp, "junit.xml")
+        log_dir = os.path.join(tmp, "workers")
+        os.makedirs(log_dir)
         cmd = [sys.executable, "-m", "pytest", f"--junitxml={xml}", *extra]
         t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd)
+        proc = subprocess.Popen(cmd, env={**os.environ, "ZMLX_TEST_LOG": log_dir})
         interrupted = False
         try:
             rc = proc.wait(timeout=args.timeout or None)
@@ -74,6 +97,8 @@ def main(argv=None) -> int:
             print("[gpu_tests] pytest wrote no report", file=sys.stderr)
             return rc or 1
         res = summarize(xml)
+        if any(p in f["message"] for f in res["failures"] for p in POISON):
+            res["poisoned_workers"] = poisoned_workers(log_dir)
     res.update({"duration_s": duration, "args": extra, "returncode": rc,
                 "interrupted": interrupted})  # fmt: skip
     capsule.write(capsule.make("gpu_tests", res), args.json)

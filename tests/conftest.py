@@ -41,6 +41,19 @@ def pytest_runtest_call(item):
         raise
 
 
+TEST_LOG = os.environ.get("ZMLX_TEST_LOG")
+
+
+def pytest_runtest_logreport(report):
+    # With ZMLX_TEST_LOG=DIR each worker appends "<outcome> <test id>" per test to DIR/<worker>:
+    # on a GPU, an illegal memory access spoils its process's context, so the tests that ran
+    # just before a worker's first such failure are where to look (benchmarks/gpu_tests.py).
+    if TEST_LOG and (report.when == "call" or report.outcome != "passed"):
+        worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+        with open(os.path.join(TEST_LOG, worker), "a") as f:
+            f.write(f"{report.when}:{report.outcome} {report.nodeid}\n")
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if EMULATE and item.get_closest_marker("no_emulate"):
