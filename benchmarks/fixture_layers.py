@@ -8,19 +8,26 @@ ways in one process: stock on MLX's CPU backend (the reference), stock on the de
 is wrapped to record its output; the table gives, per module, the largest absolute difference
 of each GPU run from the CPU run at the decode step. The first module whose difference jumps
 is where a backend's kernel (stock or zmlx) computes something else.
+
+On a GPU machine the CPU run happens in a child process whose default device is the CPU from
+the start: evaluating the lazily loaded fixture on MLX 0.32.4's CPU stream inside a CUDA
+process did not finish within a minute on an H200.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
 import sys
+import tempfile
 import warnings
 
 import mlx.core as mx
 import mlx.nn as nn
 
 from zmlx.bench import capsule
-from zmlx.core.backend import device_name
+from zmlx.core.backend import device_name, gpu_backend
 from zmlx.models import fixtures
 from zmlx.patch import patch, unpatch
 
@@ -92,12 +99,33 @@ def _diff(a: mx.array, b: mx.array) -> float:
     return mx.abs(a - b).max().item() if a.shape == b.shape else float("nan")
 
 
-def run_family(family: str, args) -> dict:
+def _load(family: str, dtype: str):
     model, _ = fixtures.load_quantized(family)
-    if args.dtype != "float32":
-        model.set_dtype(getattr(mx, args.dtype))
-    prompt = mx.array(fixtures.record(family)["prompt_tokens"])
-    cpu = decode_step(model, prompt, mx.cpu)
+    if dtype != "float32":
+        model.set_dtype(getattr(mx, dtype))
+    return model, mx.array(fixtures.record(family)["prompt_tokens"])
+
+
+def cpu_reference(family: str, dtype: str, child: bool | None = None) -> dict:
+    """The recorded outputs on MLX's CPU backend; in a child process where ``child`` (by
+    default: whenever the default device is a GPU)."""
+    if child is None:
+        child = gpu_backend() != "cpu"
+    if not child:
+        with mx.stream(mx.cpu):
+            model, prompt = _load(family, dtype)
+            return decode_step(model, prompt, mx.cpu)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "cpu.safetensors")
+        cmd = [sys.executable, __file__, "--cpu-reference", out, "--families", family,
+               "--dtype", dtype]  # fmt: skip
+        subprocess.run(cmd, check=True)
+        return mx.load(out)
+
+
+def run_family(family: str, args) -> dict:
+    cpu = cpu_reference(family, args.dtype)
+    model, prompt = _load(family, args.dtype)
     stock = decode_step(model, prompt)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -116,7 +144,12 @@ def main(argv=None) -> int:
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--patterns", nargs="+", default=["moe_block", "switch_glu", "swiglu_mlp"])
     p.add_argument("--json", help="write the capsule here")
+    p.add_argument("--cpu-reference", metavar="OUT", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.cpu_reference:  # the child process of cpu_reference()
+        mx.set_default_device(mx.cpu)
+        mx.save_safetensors(args.cpu_reference, cpu_reference(args.families[0], args.dtype, False))
+        return 0
     print(f"device: {device_name()}")
     rows = []
     for fam in args.families:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import mlx.core as mx
 import pytest
 
 from scripts import load_benchmark
@@ -40,3 +41,11 @@ def test_wrap_and_unwrap_leave_the_model_as_it_was():
     fl.unwrap(model)
     assert [type(layer) for layer in model.model.layers] == before
     assert [type(layer.mlp) for layer in model.model.layers] == mlps
+
+
+def test_cpu_reference_in_a_child_process_matches_in_process():
+    fl = _script()
+    child = fl.cpu_reference("qwen3_moe", "float32", child=True)
+    here = fl.cpu_reference("qwen3_moe", "float32", child=False)
+    assert child.keys() == here.keys() and "logits" in child
+    assert all(mx.array_equal(child[k], here[k]).item() for k in here)
