@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import mlx.core as mx
+import mlx.nn as nn
 import pytest
 
 from capsule_samples import timing
@@ -98,6 +99,31 @@ def test_a_routed_op_calls_stock_inside_its_range_only(table, rng):
         assert launch_count() > before  # another dtype: the kernel
     routes.uninstall_all()
     assert norms.rms_norm is spec.op
+
+
+def test_patched_modules_and_bypass_always_run_the_kernel(table, rng):
+    from zmlx.patch.patterns.norms import FusedRMSNorm
+
+    spec = next(s for s in catalog.specs("norms") if s.name == "rms_norm")
+    routes.write([{"op": "rms_norm", "backend": "cuda", "dtype": "float32", "min_elements": 0,
+                   "max_elements": None}], table)  # fmt: skip
+    assert routes.install(spec)
+    x = mx.array(rng.normal(size=(3, 64)).astype("float32"))
+    norm = nn.RMSNorm(64)
+    fused = FusedRMSNorm.from_module(norm)
+    with emulator():
+        for call, kernel in [(lambda: norms.rms_norm(x, norm.weight, norm.eps), False),
+                             (lambda: fused(x), True), (lambda: norm(x), False)]:  # fmt: skip
+            before = launch_count()
+            got = call()
+            mx.eval(got)
+            assert (launch_count() > before) is kernel
+            assert_close(got, mx.fast.rms_norm(x, norm.weight, norm.eps), atol=1e-5, rtol=1e-5)
+        with routes.bypass():
+            before = launch_count()
+            mx.eval(norms.rms_norm(x, norm.weight, norm.eps))
+            assert launch_count() > before
+        assert routes.routed("rms_norm", "cuda", [x]) is not None  # bypass ended with its block
 
 
 def test_off_and_an_empty_table_route_nothing(table, monkeypatch):

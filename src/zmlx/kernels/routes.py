@@ -16,16 +16,22 @@ stock MLX inside a routed range; outside every range the kernel runs.
 * Only ops with a route are wrapped (:func:`install`, when the catalog registers the op), so
   an empty table costs nothing. ``KernelSpec.op`` stays the kernel itself, which the catalog's
   tests check against the reference.
+* The benchmark times eager calls, whose Python overhead a compiled decode step does not pay
+  again. So routes apply to calls a user makes; inside :func:`bypass` (every module
+  ``zmlx.patch`` swaps in, and the compiled decoder's attention) the kernel always runs: those
+  paths stand on their own end-to-end measurements (``benchmarks/moe_decode.py``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import json
 import math
 import os
 import sys
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +43,17 @@ MARGIN = 0.97  # a case routes to stock when zmlx runs below this fraction of st
 
 _TABLE: dict[str, list[dict[str, Any]]] | None = None
 _INSTALLED: dict[str, tuple[Any, str, Callable]] = {}  # op -> (module, name, original)
+_BYPASS: contextvars.ContextVar[bool] = contextvars.ContextVar("zmlx_routes_bypass", default=False)
+
+
+@contextlib.contextmanager
+def bypass() -> Iterator[None]:
+    """Within this block every op runs its kernel, whatever the table routes."""
+    token = _BYPASS.set(True)
+    try:
+        yield
+    finally:
+        _BYPASS.reset(token)
 
 
 def table_path() -> Path | None:
@@ -91,7 +108,7 @@ def first_array(args: Iterable[Any]) -> mx.array | None:
 def routed(op: str, backend: str, args: Iterable[Any]) -> dict[str, Any] | None:
     """The route a call of ``op`` with ``args`` on ``backend`` takes, or None (the kernel)."""
     entries = _table().get(op)
-    if not entries:
+    if not entries or _BYPASS.get():
         return None
     x = first_array(args)
     if x is None:

@@ -9,11 +9,14 @@ behave as before, and nothing outside the patched instance changes (no class is 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import functools
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import mlx.nn as nn
+
+from ..kernels import routes
 
 _SUBCLASSES: dict[tuple[type, type], type] = {}
 
@@ -47,12 +50,28 @@ class Fused:
         return orig
 
 
+def _kernels_always(mixin: type) -> Callable:
+    """``mixin.__call__`` (looked up on each call) with stock routes off: a patched module runs
+    its kernels (its speed is measured end to end, not per eager op; see
+    :mod:`zmlx.kernels.routes`)."""
+
+    @functools.wraps(mixin.__call__)
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        with routes.bypass():
+            return mixin.__call__(self, *args, **kwargs)
+
+    return __call__
+
+
 def fused_class(mixin: type, base: type) -> type:
     """The subclass of ``base`` that mixes in ``mixin`` (one per pair, built once)."""
     key = (mixin, base)
     sub = _SUBCLASSES.get(key)
     if sub is None:
-        sub = type(f"Zmlx{base.__name__}", (mixin, base), {"__module__": mixin.__module__})
+        ns: dict[str, Any] = {"__module__": mixin.__module__}
+        if any("__call__" in vars(c) for c in mixin.__mro__[:-1]):  # defined above object
+            ns["__call__"] = _kernels_always(mixin)
+        sub = type(f"Zmlx{base.__name__}", (mixin, base), ns)
         _SUBCLASSES[key] = sub
     return sub
 
