@@ -4,10 +4,11 @@
 
 For each trained fixture (quantized as it ships): the prompt, then one decode step, run three
 ways in one process: stock on MLX's CPU backend (the reference), stock on the default device
-(the GPU) and patched with zmlx on the default device. Every decoder layer and every MoE block
-is wrapped to record its output; the table gives, per module, the largest absolute difference
-of each GPU run from the CPU run at the decode step. The first module whose difference jumps
-is where a backend's kernel (stock or zmlx) computes something else.
+(the GPU) and patched with zmlx on the default device. Every decoder layer, its attention and
+its MoE block is wrapped to record its output; the table gives, per module, the largest
+absolute difference of each GPU run from the CPU run at the decode step (and at the prompt
+pass's last position, "prefill ..."). The first module whose difference jumps is where a
+backend's kernel (stock or zmlx) computes something else.
 
 On a GPU machine the CPU run happens in a child process whose default device is the CPU from
 the start: evaluating the lazily loaded fixture on MLX 0.32.4's CPU stream inside a CUDA
@@ -31,7 +32,7 @@ from zmlx.core.backend import device_name, gpu_backend
 from zmlx.models import fixtures
 from zmlx.patch import patch, unpatch
 
-MOE_ATTRS = ("mlp", "block_sparse_moe", "feed_forward", "moe")
+SUB_ATTRS = ("self_attn", "mlp", "block_sparse_moe", "feed_forward", "moe")
 
 
 class Recorder(nn.Module):
@@ -57,7 +58,7 @@ def _layers(model) -> list:
 def wrap(model, store: dict) -> None:
     layers = _layers(model)
     for i, layer in enumerate(layers):
-        for attr in MOE_ATTRS:
+        for attr in SUB_ATTRS:
             sub = getattr(layer, attr, None) if attr in layer else None
             if isinstance(sub, nn.Module):
                 layer[attr] = Recorder(sub, f"layer {i} {attr}", store)
@@ -68,7 +69,7 @@ def unwrap(model) -> None:
     layers = _layers(model)
     for i, rec in enumerate(layers):
         layer = rec.inner if isinstance(rec, Recorder) else rec
-        for attr in MOE_ATTRS:
+        for attr in SUB_ATTRS:
             sub = getattr(layer, attr, None) if attr in layer else None
             if isinstance(sub, Recorder):
                 layer[attr] = sub.inner
@@ -84,12 +85,14 @@ def decode_step(model, prompt: mx.array, stream=None) -> dict:
     try:
         cache = make_prompt_cache(model)
         with mx.stream(stream or mx.default_stream(mx.default_device())):
-            logits = model(prompt[None, :-1], cache=cache)
-            mx.eval(logits)
+            store["logits"] = model(prompt[None, :-1], cache=cache)
+            # The prompt pass too, at its last position (a kernel for many tokens may differ).
+            prefill = {f"prefill {k}": v[:, -1] for k, v in store.items()}
+            mx.eval(prefill)
             store.clear()
-            logits = model(prompt[None, -1:], cache=cache)
-            store["logits"] = logits
+            store["logits"] = model(prompt[None, -1:], cache=cache)
             mx.eval(list(store.values()))
+            store.update(prefill)
     finally:
         unwrap(model)
     return {k: v.astype(mx.float32) for k, v in store.items()}

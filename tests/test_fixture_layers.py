@@ -22,8 +22,9 @@ def test_records_every_layer_and_moe_block(tmp_path):
     assert fl.main(["--families", "mixtral", "--json", str(out)]) == 0
     (row,) = json.loads(out.read_text())["results"]["rows"]
     names = [m["module"] for m in row["modules"]]
-    assert names == ["layer 0 block_sparse_moe", "layer 0", "layer 1 block_sparse_moe", "layer 1",
-                     "logits"]  # fmt: skip
+    decode = [f"layer {i} {m}" for i in (0, 1) for m in ("self_attn", "block_sparse_moe", "")]
+    decode = [n.strip() for n in decode] + ["logits"]
+    assert names == decode + [f"prefill {n}" for n in decode]
     # One backend here: the stock run is the CPU run, and zmlx's references equal it.
     assert all(m["stock_vs_cpu"] == 0 and m["zmlx_vs_cpu"] == 0 for m in row["modules"])
     assert row["patched"].get("moe_block", 0) > 0
