@@ -7,6 +7,12 @@
   fixtures' sizes and larger, in float32 and bfloat16 (an error is recorded, not raised).
 * ``quantize_transposed``: ``mx.quantize`` and zmlx's ``quantize`` of a transposed
   (non-contiguous) input against the same values made contiguous.
+* ``sdpa_tiny``: ``mx.fast.scaled_dot_product_attention`` at the trained fixtures' attention
+  shape (4 query and 2 key/value heads of 16) in float32, without a mask, causal and with a
+  boolean mask, over contiguous keys and values and over the leading slice of a larger
+  buffer (as mlx-lm's ``KVCache`` passes them), against the CPU backend.
+* ``fixture_repeat``: a trained fixture's prompt pass (stock MLX) twice on the default device
+  and once on the CPU: the GPU runs should equal each other and stay near the CPU.
 
 zmlx works around what these find (``quantize_ref`` quantizes a contiguous copy); the
 capsule is the evidence.
@@ -15,7 +21,9 @@ capsule is the evidence.
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
+import tempfile
 
 import mlx.core as mx
 import numpy as np
@@ -69,7 +77,61 @@ def quantize_transposed() -> list[dict]:
     return rows
 
 
-PROBES = {"qmv_tiny": qmv_tiny, "quantize_transposed": quantize_transposed}
+def sdpa_tiny() -> list[dict]:
+    rows = []
+    rng = np.random.default_rng(0)
+    for q_len, kv_len in ((1, 12), (12, 12), (1, 40)):
+        q = mx.array(rng.normal(size=(1, 4, q_len, 16)).astype(np.float32))
+        buf_k = mx.array(rng.normal(size=(1, 2, 256, 16)).astype(np.float32))
+        buf_v = mx.array(rng.normal(size=(1, 2, 256, 16)).astype(np.float32))
+        sliced = (buf_k[..., :kv_len, :], buf_v[..., :kv_len, :])
+        dense = (mx.contiguous(sliced[0]), mx.contiguous(sliced[1]))
+        offset = kv_len - q_len
+        rows_q = mx.arange(offset, kv_len)[:, None]
+        masks = {"none": None, "causal": "causal",
+                 "bool": rows_q >= mx.arange(kv_len)[None, :]}  # fmt: skip
+        for mask_name, mask in masks.items():
+            for layout, (k, v) in (("contiguous", dense), ("sliced", sliced)):
+                r = {"q_len": q_len, "kv_len": kv_len, "mask": mask_name, "kv": layout}
+                try:
+                    sdpa = mx.fast.scaled_dot_product_attention
+                    g = sdpa(q, k, v, scale=0.25, mask=mask)
+                    c = sdpa(q, k, v, scale=0.25, mask=mask, stream=mx.cpu)
+                    r.update(gpu_vs_cpu=_max_diff(g, c), scale=mx.abs(c).max().item())
+                except (RuntimeError, ValueError) as e:
+                    r["error"] = str(e)[:300]
+                rows.append(r)
+    return rows
+
+
+def fixture_repeat() -> list[dict]:
+    from zmlx.models import fixtures
+
+    rows = []
+    for family in ("qwen3_moe", "mixtral", "gpt_oss"):
+        model, _ = fixtures.load_quantized(family)
+        prompt = mx.array(fixtures.record(family)["prompt_tokens"])[None]
+        a = model(prompt)
+        mx.eval(a)
+        b = model(prompt)
+        mx.eval(b)
+        # The CPU run in a child process whose default device is the CPU throughout.
+        code = ("import sys, mlx.core as mx; mx.set_default_device(mx.cpu); "
+                "from zmlx.models import fixtures; "
+                f"m, _ = fixtures.load_quantized({family!r}); "
+                f"p = mx.array(fixtures.record({family!r})['prompt_tokens'])[None]; "
+                "mx.save(sys.argv[1], m(p))")  # fmt: skip
+        with tempfile.TemporaryDirectory() as tmp:
+            out = f"{tmp}/cpu.npy"
+            subprocess.run([sys.executable, "-c", code, out], check=True)
+            c = mx.load(out)
+        rows.append({"family": family, "gpu_vs_gpu": _max_diff(a, b), "gpu_vs_cpu": _max_diff(a, c),
+                     "scale": mx.abs(c).max().item()})  # fmt: skip
+    return rows
+
+
+PROBES = {"qmv_tiny": qmv_tiny, "quantize_transposed": quantize_transposed,
+          "sdpa_tiny": sdpa_tiny, "fixture_repeat": fixture_repeat}  # fmt: skip
 
 
 def main(argv=None) -> int:
