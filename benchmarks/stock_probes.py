@@ -11,6 +11,9 @@
   shape (4 query and 2 key/value heads of 16) in float32, without a mask, causal and with a
   boolean mask, over contiguous keys and values and over the leading slice of a larger
   buffer (as mlx-lm's ``KVCache`` passes them), against the CPU backend.
+* ``matmul_gqa``: the matmuls of MLX's unfused attention (the path of head sizes its fused
+  kernels lack, such as the fixtures' 16) for a grouped query: ``(1, 2, 2, L, 16) @ (1, 2, 1,
+  16, S)`` with keys contiguous or sliced from a longer buffer, against the CPU backend.
 * ``fixture_repeat``: a trained fixture's prompt pass (stock MLX) twice on the default device
   and once on the CPU: the GPU runs should equal each other and stay near the CPU.
 
@@ -104,6 +107,26 @@ def sdpa_tiny() -> list[dict]:
     return rows
 
 
+def matmul_gqa() -> list[dict]:
+    rows = []
+    rng = np.random.default_rng(1)
+    for q_len, kv_len in ((1, 12), (12, 12), (1, 40)):
+        q = mx.array(rng.normal(size=(1, 2, 2, q_len, 16)).astype(np.float32))
+        buf = mx.array(rng.normal(size=(1, 2, 1, 256, 16)).astype(np.float32))
+        sliced = buf[..., :kv_len, :]
+        for layout, k in (("contiguous", mx.contiguous(sliced)), ("sliced", sliced)):
+            for dt in (mx.float32, mx.bfloat16):
+                a, b = q.astype(dt), k.astype(dt).swapaxes(-1, -2)
+                r = {"q_len": q_len, "kv_len": kv_len, "kv": layout, "dtype": str(dt)[9:]}
+                try:
+                    g, c = a @ b, mx.matmul(a, b, stream=mx.cpu)
+                    r.update(gpu_vs_cpu=_max_diff(g, c), scale=mx.abs(c).max().item())
+                except (RuntimeError, ValueError) as e:
+                    r["error"] = str(e)[:300]
+                rows.append(r)
+    return rows
+
+
 def fixture_repeat() -> list[dict]:
     from zmlx.models import fixtures
 
@@ -131,7 +154,8 @@ def fixture_repeat() -> list[dict]:
 
 
 PROBES = {"qmv_tiny": qmv_tiny, "quantize_transposed": quantize_transposed,
-          "sdpa_tiny": sdpa_tiny, "fixture_repeat": fixture_repeat}  # fmt: skip
+          "sdpa_tiny": sdpa_tiny, "matmul_gqa": matmul_gqa,
+          "fixture_repeat": fixture_repeat}  # fmt: skip
 
 
 def main(argv=None) -> int:
