@@ -14,6 +14,10 @@
 * ``matmul_gqa``: the matmuls of MLX's unfused attention (the path of head sizes its fused
   kernels lack, such as the fixtures' 16) for a grouped query: ``(1, 2, 2, L, 16) @ (1, 2, 1,
   16, S)`` with keys contiguous or sliced from a longer buffer, against the CPU backend.
+* ``qmm_tiny``: ``mx.quantized_matmul`` and ``mx.gather_qmm`` (affine 4-bit, group 64) with
+  the fixtures' 64-wide weights for 1, 12 and 40 tokens (``gather_qmm`` with top-2 of 8
+  experts, sorted and unsorted as mlx-lm's ``SwitchGLU`` calls it), float32 and bfloat16,
+  each run twice on the default device and once on the CPU.
 * ``fixture_repeat``: a trained fixture's prompt pass (stock MLX) twice on the default device
   and once on the CPU: the GPU runs should equal each other and stay near the CPU.
 
@@ -127,6 +131,46 @@ def matmul_gqa() -> list[dict]:
     return rows
 
 
+QMM_KW = {"transpose": True, "group_size": 64, "bits": 4}
+
+
+def _qmm(op: str, x, w, idx, stream):
+    """One of ``qmm_tiny``'s calls; ``w`` is (codes, scales, biases) of 8 experts."""
+    if op == "quantized_matmul":
+        return mx.quantized_matmul(x, *(a[0] for a in w), **QMM_KW, stream=stream)
+    if op == "gather_qmm":
+        return mx.gather_qmm(x[:, None, None, :], *w, rhs_indices=idx, **QMM_KW, stream=stream)
+    order = mx.argsort(idx.flatten())  # SwitchGLU's sorted form: rows grouped by expert
+    return mx.gather_qmm(x[order // idx.shape[1]][:, None, :], *w,
+                         rhs_indices=idx.flatten()[order], sorted_indices=True, **QMM_KW,
+                         stream=stream)  # fmt: skip
+
+
+def qmm_tiny() -> list[dict]:
+    rows = []
+    rng = np.random.default_rng(2)
+    w = mx.array(rng.normal(size=(8, 128, 64)).astype(np.float32) * 0.1)
+    wq, sc, bi = mx.quantize(w, group_size=64, bits=4, stream=mx.cpu)
+    gpu = mx.default_stream(mx.default_device())
+    for tokens in (1, 12, 40):
+        x = mx.array(rng.normal(size=(tokens, 64)).astype(np.float32))
+        idx = mx.array(rng.integers(0, 8, size=(tokens, 2)).astype(np.uint32))
+        for dt in (mx.float32, mx.bfloat16):
+            args = (x.astype(dt), (wq, sc.astype(dt), bi.astype(dt)), idx)
+            for op in ("quantized_matmul", "gather_qmm", "gather_qmm_sorted"):
+                r = {"op": op, "tokens": tokens, "dtype": str(dt)[9:]}
+                try:
+                    g1 = _qmm(op, *args, gpu)
+                    mx.eval(g1)
+                    g2, c = _qmm(op, *args, gpu), _qmm(op, *args, mx.cpu)
+                    r.update(gpu_vs_gpu=_max_diff(g1, g2), gpu_vs_cpu=_max_diff(g1, c),
+                             scale=mx.abs(c).max().item())  # fmt: skip
+                except (RuntimeError, ValueError) as e:
+                    r["error"] = str(e)[:200]
+                rows.append(r)
+    return rows
+
+
 def fixture_repeat() -> list[dict]:
     from zmlx.models import fixtures
 
@@ -154,7 +198,7 @@ def fixture_repeat() -> list[dict]:
 
 
 PROBES = {"qmv_tiny": qmv_tiny, "quantize_transposed": quantize_transposed,
-          "sdpa_tiny": sdpa_tiny, "matmul_gqa": matmul_gqa,
+          "sdpa_tiny": sdpa_tiny, "matmul_gqa": matmul_gqa, "qmm_tiny": qmm_tiny,
           "fixture_repeat": fixture_repeat}  # fmt: skip
 
 
