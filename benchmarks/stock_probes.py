@@ -18,8 +18,9 @@
   the fixtures' 64-wide weights for 1, 12 and 40 tokens (``gather_qmm`` with top-2 of 8
   experts, sorted and unsorted as mlx-lm's ``SwitchGLU`` calls it), float32 and bfloat16,
   each run twice on the default device and once on the CPU.
-* ``fixture_repeat``: a trained fixture's prompt pass (stock MLX) twice on the default device
-  and once on the CPU: the GPU runs should equal each other and stay near the CPU.
+* ``fixture_repeat``: a trained fixture's prompt pass (stock MLX; float as trained, and
+  quantized as it ships) twice on the default device and once on the CPU: the GPU runs should
+  equal each other and stay near the CPU.
 
 zmlx works around what these find (``quantize_ref`` quantizes a contiguous copy); the
 capsule is the evidence.
@@ -150,7 +151,7 @@ def qmm_tiny() -> list[dict]:
     rows = []
     rng = np.random.default_rng(2)
     w = mx.array(rng.normal(size=(8, 128, 64)).astype(np.float32) * 0.1)
-    wq, sc, bi = mx.quantize(w, group_size=64, bits=4, stream=mx.cpu)
+    wq, sc, bi = mx.quantize(w, group_size=64, bits=4)  # contiguous: right on every backend
     gpu = mx.default_stream(mx.default_device())
     for tokens in (1, 12, 40):
         x = mx.array(rng.normal(size=(tokens, 64)).astype(np.float32))
@@ -176,24 +177,27 @@ def fixture_repeat() -> list[dict]:
 
     rows = []
     for family in ("qwen3_moe", "mixtral", "gpt_oss"):
-        model, _ = fixtures.load_quantized(family)
-        prompt = mx.array(fixtures.record(family)["prompt_tokens"])[None]
-        a = model(prompt)
-        mx.eval(a)
-        b = model(prompt)
-        mx.eval(b)
-        # The CPU run in a child process whose default device is the CPU throughout.
-        code = ("import sys, mlx.core as mx; mx.set_default_device(mx.cpu); "
-                "from zmlx.models import fixtures; "
-                f"m, _ = fixtures.load_quantized({family!r}); "
-                f"p = mx.array(fixtures.record({family!r})['prompt_tokens'])[None]; "
-                "mx.save(sys.argv[1], m(p))")  # fmt: skip
-        with tempfile.TemporaryDirectory() as tmp:
-            out = f"{tmp}/cpu.npy"
-            subprocess.run([sys.executable, "-c", code, out], check=True)
-            c = mx.load(out)
-        rows.append({"family": family, "gpu_vs_gpu": _max_diff(a, b), "gpu_vs_cpu": _max_diff(a, c),
-                     "scale": mx.abs(c).max().item()})  # fmt: skip
+        for quantized in (False, True):
+            load = "fixtures.load_quantized" if quantized else "fixtures.load"
+            model, _ = getattr(fixtures, load.split(".")[1])(family)
+            prompt = mx.array(fixtures.record(family)["prompt_tokens"])[None]
+            a = model(prompt)
+            mx.eval(a)
+            b = model(prompt)
+            mx.eval(b)
+            # The CPU run in a child process whose default device is the CPU throughout.
+            code = ("import sys, mlx.core as mx; mx.set_default_device(mx.cpu); "
+                    "from zmlx.models import fixtures; "
+                    f"m, _ = {load}({family!r}); "
+                    f"p = mx.array(fixtures.record({family!r})['prompt_tokens'])[None]; "
+                    "mx.save(sys.argv[1], m(p))")  # fmt: skip
+            with tempfile.TemporaryDirectory() as tmp:
+                out = f"{tmp}/cpu.npy"
+                subprocess.run([sys.executable, "-c", code, out], check=True)
+                c = mx.load(out)
+            rows.append({"family": family, "quantized": quantized,
+                         "gpu_vs_gpu": _max_diff(a, b), "gpu_vs_cpu": _max_diff(a, c),
+                         "scale": mx.abs(c).max().item()})  # fmt: skip
     return rows
 
 
@@ -208,13 +212,15 @@ def main(argv=None) -> int:
     p.add_argument("--json", help="write the capsule here")
     args = p.parse_args(argv)
     print(f"device: {device_name()}")
-    res = {name: PROBES[name]() for name in args.probes}
-    for name, rows in res.items():
+    res = {}
+    for name in args.probes:  # the capsule is rewritten after each probe (one may hang)
+        res[name] = PROBES[name]()
         print(name)
-        for r in rows:
+        for r in res[name]:
             print(f"  {r}")
+        if args.json:
+            capsule.write(capsule.make("stock_probes", res), args.json)
     if args.json:
-        capsule.write(capsule.make("stock_probes", res), args.json)
         print(f"capsule: {args.json}")
     return 0
 

@@ -26,5 +26,7 @@ def test_sdpa_and_fixture_probes_agree_on_one_backend(tmp_path):
     }
     # The CPU is the default device here: every comparison is of a backend with itself.
     assert all(r["gpu_vs_cpu"] == 0 for r in res["sdpa_tiny"])
-    assert [r["family"] for r in res["fixture_repeat"]] == ["qwen3_moe", "mixtral", "gpt_oss"]
+    assert [(r["family"], r["quantized"]) for r in res["fixture_repeat"]] == [
+        (f, q) for f in ("qwen3_moe", "mixtral", "gpt_oss") for q in (False, True)
+    ]
     assert all(r["gpu_vs_gpu"] == 0 == r["gpu_vs_cpu"] for r in res["fixture_repeat"])
