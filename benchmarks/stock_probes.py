@@ -18,6 +18,9 @@
   the fixtures' 64-wide weights for 1, 12 and 40 tokens (``gather_qmm`` with top-2 of 8
   experts, sorted and unsorted as mlx-lm's ``SwitchGLU`` calls it), float32 and bfloat16,
   each run twice on the default device and once on the CPU.
+* ``qmm_widths``: ``mx.quantized_matmul`` for 12 and 40 tokens over input widths 64 to 256
+  with 4- and 8-bit codes in groups of 32 and 64 (float32), twice on the default device and
+  once on the CPU: which layouts MLX's multi-token kernel gets right.
 * ``fixture_repeat``: a trained fixture's prompt pass (stock MLX; float as trained, and
   quantized as it ships) twice on the default device and once on the CPU: the GPU runs should
   equal each other and stay near the CPU.
@@ -172,6 +175,31 @@ def qmm_tiny() -> list[dict]:
     return rows
 
 
+def qmm_widths() -> list[dict]:
+    rows = []
+    rng = np.random.default_rng(3)
+    gpu = mx.default_stream(mx.default_device())
+    for k in (64, 128, 256):
+        w = mx.array(rng.normal(size=(128, k)).astype(np.float32) * 0.1)
+        for bits, gs in ((4, 64), (4, 32), (8, 64), (8, 32)):
+            q = mx.quantize(w, group_size=gs, bits=bits)
+            for tokens in (12, 40):
+                x = mx.array(rng.normal(size=(tokens, k)).astype(np.float32))
+                kw = {"transpose": True, "group_size": gs, "bits": bits}
+                r = {"k": k, "bits": bits, "group_size": gs, "tokens": tokens}
+                try:
+                    g1 = mx.quantized_matmul(x, *q, **kw, stream=gpu)
+                    mx.eval(g1)
+                    g2 = mx.quantized_matmul(x, *q, **kw, stream=gpu)
+                    c = mx.quantized_matmul(x, *q, **kw, stream=mx.cpu)
+                    r.update(gpu_vs_gpu=_max_diff(g1, g2), gpu_vs_cpu=_max_diff(g1, c),
+                             scale=mx.abs(c).max().item())  # fmt: skip
+                except (RuntimeError, ValueError) as e:
+                    r["error"] = str(e)[:200]
+                rows.append(r)
+    return rows
+
+
 def fixture_repeat() -> list[dict]:
     from zmlx.models import fixtures
 
@@ -203,6 +231,7 @@ def fixture_repeat() -> list[dict]:
 
 PROBES = {"qmv_tiny": qmv_tiny, "quantize_transposed": quantize_transposed,
           "sdpa_tiny": sdpa_tiny, "matmul_gqa": matmul_gqa, "qmm_tiny": qmm_tiny,
+          "qmm_widths": qmm_widths,
           "fixture_repeat": fixture_repeat}  # fmt: skip
 
 
