@@ -336,3 +336,24 @@ def _module_at(model, path: str):
     for part in path.split("."):
         m = m[int(part)] if re.fullmatch(r"\d+", part) else m[part]
     return m
+
+
+def test_fixture_quantized_with_another_group_size():
+    from zmlx.models import fixtures
+
+    model, _ = fixtures.load_quantized("qwen3_moe", group_size=32)
+    sizes = {m.group_size for _, m in model.named_modules() if hasattr(m, "group_size")}
+    assert sizes == {32}  # the router's own 8-bit parameters too
+    assert config_of(model)["quantization"]["group_size"] == 32
+    assert mx.all(mx.isfinite(model(_tokens()))).item()
+    with pytest.raises(ValueError, match="group_size"):
+        fixtures.load_quantized("qwen3_moe", group_size=48)
+
+
+def test_fixture_group_size_follows_the_backend():
+    from zmlx.models import fixtures
+
+    assert fixtures.backend_group_size("cuda") == 32
+    assert (
+        fixtures.backend_group_size("cpu") is None and fixtures.backend_group_size("metal") is None
+    )

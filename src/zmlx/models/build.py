@@ -68,13 +68,19 @@ def _cast(model: nn.Module, dtype: mx.Dtype) -> None:
     model.update(tree_map_with_path(cast, model.parameters()))
 
 
-def quantize(model: nn.Module, quant: str, config: dict[str, Any] | None = None) -> nn.Module:
+def quantize(
+    model: nn.Module,
+    quant: str,
+    config: dict[str, Any] | None = None,
+    group_size: int | None = None,
+) -> nn.Module:
     """Quantize ``model`` in place the way ``mlx_lm.convert -q`` would for its family.
 
     Args:
         model: an mlx-lm model (float parameters).
         quant: ``"4bit"`` (affine, group 64), ``"8bit"`` (affine, group 64) or ``"mxfp4"``.
         config: its config; defaults to the one :func:`build` attached.
+        group_size: another group size for the affine modes (mxfp4's is fixed at 32).
 
     Returns:
         The same model; its attached config gains mlx-lm's ``quantization`` entry.
@@ -84,10 +90,29 @@ def quantize(model: nn.Module, quant: str, config: dict[str, Any] | None = None)
     if quant not in QUANT:
         raise ValueError(f"[models.quantize] expected quant in {list(QUANT)}, got {quant!r}")
     config = config_of(model) if config is None else config
+    kw = dict(QUANT[quant])
+    if group_size is not None:
+        if kw["mode"] == "affine":
+            kw["group_size"] = group_size
+        kw["quant_predicate"] = _with_group_size(getattr(model, "quant_predicate", None),
+                                                 group_size)  # fmt: skip
     with contextlib.redirect_stdout(io.StringIO()):  # quantize_model prints the bits per weight
-        model, config = quantize_model(model, config, **QUANT[quant])
+        model, config = quantize_model(model, config, **kw)
     _set_config(model, config)
     return model
+
+
+def _with_group_size(predicate, group_size: int):
+    """``predicate`` (a family's ``quant_predicate``) with its affine layers' own parameters
+    (routers at 8 bits, say) taking ``group_size`` too."""
+
+    def wrapped(path: str, module: nn.Module):
+        got = True if predicate is None else predicate(path, module)
+        if isinstance(got, dict) and got.get("mode", "affine") == "affine":
+            got = {**got, "group_size": group_size}
+        return got
+
+    return wrapped
 
 
 def _is_quantized(m: nn.Module) -> bool:

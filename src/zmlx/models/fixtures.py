@@ -63,13 +63,27 @@ def greedy(model, prompt: list[int], n: int = 64) -> tuple[list[int], list[float
     return tokens, margins
 
 
-def load_quantized(family: str = DEFAULT, quant: str | None = None):
+def backend_group_size(backend: str | None = None) -> int | None:
+    """The affine group size at which stock MLX computes the fixtures right on ``backend``
+    (default: the current one): 32 on CUDA (see :func:`load_quantized`), else the default."""
+    from ..core.backend import gpu_backend
+
+    return 32 if (backend or gpu_backend()) == "cuda" else None
+
+
+def load_quantized(family: str = DEFAULT, quant: str | None = None,
+                   group_size: int | None = None):  # fmt: skip
     """``family``'s fixture quantized as ``mlx_lm.convert -q`` would (its quant predicate).
 
     Args:
         family: a fixture family.
         quant: ``"4bit"``, ``"8bit"`` or ``"mxfp4"``; default ``"mxfp4"`` for gpt_oss (how
             it ships) and ``"4bit"`` otherwise.
+        group_size: the affine group size; default :func:`backend_group_size`: mlx-lm's 64,
+            but 32 on CUDA. The fixtures' layers are 64 wide, one group of 64 per row, and
+            MLX 0.32.4's CUDA ``quantized_matmul`` for more than one token computes that
+            layout wrongly (nondeterministically at 8 bits); at 32 it is right
+            (``benchmarks/capsules/stock_probes_qmm_widths_h200.json``).
 
     Returns:
         ``(model, tokenizer)``.
@@ -79,4 +93,9 @@ def load_quantized(family: str = DEFAULT, quant: str | None = None):
     model, tokenizer = load(family)
     quant = quant or ("mxfp4" if family == "gpt_oss" else "4bit")
     config = json.loads((path(family) / "config.json").read_text())
+    group_size = group_size or backend_group_size()
+    if group_size is not None:
+        if group_size not in (32, 64, 128):
+            raise ValueError(f"[fixtures] expected group_size 32, 64 or 128, got {group_size}")
+        return quantize(model, quant, config, group_size=group_size), tokenizer
     return quantize(model, quant, config), tokenizer
