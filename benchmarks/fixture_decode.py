@@ -30,6 +30,7 @@ from zmlx.core.backend import device_name
 from zmlx.core.kernel import launch_count
 from zmlx.decode import compile_decode
 from zmlx.models import fixtures
+from zmlx.models.build import backend_group_size
 from zmlx.patch import patch, unpatch
 
 PATTERNS = ["moe_block", "switch_glu", "swiglu_mlp", "qk_norm_rope"]
@@ -66,7 +67,7 @@ def run_family(family: str, args) -> dict:
         "stock_equals_cpu": None if cpu is None else stock == cpu,
         "zmlx_equals_cpu": None if cpu is None else fused == cpu, "stock_head": stock[:8],
         "zmlx_head": fused[:8], "cpu_head": None if cpu is None else cpu[:8],
-        "group_size": fixtures.backend_group_size() or 64, "patched": report.patterns(),
+        "group_size": backend_group_size() or 64, "patched": report.patterns(),
         "kernel_launches": launches, "compiled_steps": decoder.steps,
         "max_logit_diff": mx.abs(ref - got).max().item(),
         "top1_agree": mx.mean(mx.argmax(ref, -1) == mx.argmax(got, -1)).item(),

@@ -351,9 +351,10 @@ def test_fixture_quantized_with_another_group_size():
 
 
 def test_fixture_group_size_follows_the_backend():
-    from zmlx.models import fixtures
+    from zmlx.models import build as build_mod
 
-    assert fixtures.backend_group_size("cuda") == 32
+    assert build_mod.backend_group_size("cuda") == 32
     assert (
-        fixtures.backend_group_size("cpu") is None and fixtures.backend_group_size("metal") is None
+        build_mod.backend_group_size("cpu") is None
+        and build_mod.backend_group_size("metal") is None
     )

@@ -102,6 +102,20 @@ def quantize(
     return model
 
 
+def backend_group_size(backend: str | None = None) -> int | None:
+    """The affine group size for the 64-wide tiny models and trained fixtures on ``backend``
+    (default: the current one): 32 on CUDA, else None (mlx-lm's 64).
+
+    With 64-wide layers a group of 64 is a whole row, and MLX 0.32.4's CUDA
+    ``quantized_matmul`` computes that layout wrongly for more than one token
+    (nondeterministically at 8 bits); at 32 it is right
+    (``benchmarks/capsules/stock_probes_qmm_widths_h200.json``).
+    """
+    from ..core.backend import gpu_backend
+
+    return 32 if (backend or gpu_backend()) == "cuda" else None
+
+
 def _with_group_size(predicate, group_size: int):
     """``predicate`` (a family's ``quant_predicate``) with its affine layers' own parameters
     (routers at 8 bits, say) taking ``group_size`` too."""
@@ -247,7 +261,8 @@ def _construct(name, size, quant, seed, dtype, num_layers, random_packed) -> nn.
     _set_config(model, config)
     _cast(model, dtype)
     if quant is not None:
-        model = quantize(model, quant, config)
+        gs = backend_group_size() if size == "tiny" else None
+        model = quantize(model, quant, config, group_size=gs)
         if size == "full" if random_packed is None else random_packed:
             for _, m in model.named_modules():
                 if _is_quantized(m):

@@ -63,14 +63,6 @@ def greedy(model, prompt: list[int], n: int = 64) -> tuple[list[int], list[float
     return tokens, margins
 
 
-def backend_group_size(backend: str | None = None) -> int | None:
-    """The affine group size at which stock MLX computes the fixtures right on ``backend``
-    (default: the current one): 32 on CUDA (see :func:`load_quantized`), else the default."""
-    from ..core.backend import gpu_backend
-
-    return 32 if (backend or gpu_backend()) == "cuda" else None
-
-
 def load_quantized(family: str = DEFAULT, quant: str | None = None,
                    group_size: int | None = None):  # fmt: skip
     """``family``'s fixture quantized as ``mlx_lm.convert -q`` would (its quant predicate).
@@ -79,16 +71,14 @@ def load_quantized(family: str = DEFAULT, quant: str | None = None,
         family: a fixture family.
         quant: ``"4bit"``, ``"8bit"`` or ``"mxfp4"``; default ``"mxfp4"`` for gpt_oss (how
             it ships) and ``"4bit"`` otherwise.
-        group_size: the affine group size; default :func:`backend_group_size`: mlx-lm's 64,
-            but 32 on CUDA. The fixtures' layers are 64 wide, one group of 64 per row, and
-            MLX 0.32.4's CUDA ``quantized_matmul`` for more than one token computes that
-            layout wrongly (nondeterministically at 8 bits); at 32 it is right
-            (``benchmarks/capsules/stock_probes_qmm_widths_h200.json``).
+        group_size: the affine group size; default
+            :func:`zmlx.models.build.backend_group_size`: mlx-lm's 64, but 32 on CUDA
+            (where MLX 0.32.4 computes the 64-wide fixtures' one-group rows wrongly).
 
     Returns:
         ``(model, tokenizer)``.
     """
-    from .build import quantize
+    from .build import backend_group_size, quantize
 
     model, tokenizer = load(family)
     quant = quant or ("mxfp4" if family == "gpt_oss" else "4bit")
