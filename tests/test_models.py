@@ -351,10 +351,7 @@ def test_fixture_quantized_with_another_group_size():
 
 
 def test_fixture_group_size_follows_the_backend():
-    from zmlx.models import build as build_mod
+    from zmlx.models.build import backend_group_size
 
-    assert build_mod.backend_group_size("cuda") == 32
-    assert (
-        build_mod.backend_group_size("cpu") is None
-        and build_mod.backend_group_size("metal") is None
-    )
+    assert backend_group_size("cuda") == 32
+    assert backend_group_size("cpu") is None and backend_group_size("metal") is None
