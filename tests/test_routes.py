@@ -156,3 +156,13 @@ def test_cli_writes_routes_from_a_capsule(tmp_path, capsys):
     capsule.write(capsule.make("gpu_tests", {"passed": 1, "failed": 0, "skipped": 0,
                                              "duration_s": 1.0}), other)  # fmt: skip
     assert bench_main(["routes", str(other)]) == 2  # not a catalog_bench capsule
+
+
+def test_cli_takes_an_op_measured_twice_from_the_later_capsule(tmp_path):
+    first, later = tmp_path / "a.json", tmp_path / "b.json"
+    capsule.write(_capsule([_row("rms_norm", "decode", 4096, 0.5),
+                            _row("softmax", "decode", 4096, 0.5)]), first)  # fmt: skip
+    capsule.write(_capsule([_row("rms_norm", "decode", 4096, 1.5)]), later)
+    out = tmp_path / "table.json"
+    assert bench_main(["routes", str(first), str(later), "--write", str(out)]) == 0
+    assert [(r["op"], r["evidence"]) for r in routes.read(out)] == [("softmax", str(first))]

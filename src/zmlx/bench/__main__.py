@@ -50,7 +50,8 @@ def setup_arg_parser() -> argparse.ArgumentParser:
     rt = sub.add_parser(
         "routes", help="stock routes from catalog capsules: where an op should call stock MLX"
     )
-    rt.add_argument("capsules", nargs="+", metavar="CAPSULE", help="catalog_bench capsules")
+    rt.add_argument("capsules", nargs="+", metavar="CAPSULE",
+                    help="catalog_bench capsules (an op in several: the last one's rows)")  # fmt: skip
     rt.add_argument("--margin", type=float, default=None,
                     help="route cases where zmlx runs below this fraction of stock's speed")  # fmt: skip
     rt.add_argument("--write", nargs="?", const="", default=None, metavar="TABLE",
@@ -71,6 +72,9 @@ def _routes(args) -> int:
                 f"[bench routes] {path} is a {cap['kind']!r} capsule, not catalog_bench"
             )
         margin = routes.MARGIN if args.margin is None else args.margin
+        # An op measured again in a later capsule takes its routes from there only.
+        again = {(r["op"], r["dtype"], cap["results"]["backend"]) for r in cap["results"]["rows"]}
+        found = [r for r in found if (r["op"], r["dtype"], r["backend"]) not in again]
         found += routes.derive(cap, evidence=str(path), margin=margin)
     rows = [[r["op"], r["backend"], r["dtype"], str(r["min_elements"]),
              str(r["max_elements"] or "-"), f"{r['speedup']:.2f}x", r["case"]] for r in found]  # fmt: skip
