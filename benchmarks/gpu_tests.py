@@ -53,14 +53,13 @@ POISON = ("illegal memory access", "unspecified launch failure", "misaligned add
 
 def poisoned_workers(log_dir: str, before: int = 4) -> list[dict]:
     """Per worker whose log shows a context-spoiling CUDA error: the tests that ran just before
-    its first failure (the culprit is among them; the worker's later failures are fallout)."""
+    its first such failure (the culprit is among them; the worker's later failures are
+    fallout)."""
     out = []
     for worker in sorted(os.listdir(log_dir)):
         with open(os.path.join(log_dir, worker)) as f:
             lines = f.read().splitlines()
-        first = next(
-            (i for i, ln in enumerate(lines) if ln.split(" ", 1)[0].endswith("failed")), None
-        )
+        first = next((i for i, ln in enumerate(lines) if any(p in ln for p in POISON)), None)
         if first is not None:
             out.append({"worker": worker, "first_failure": lines[first],
                         "ran_before": lines[max(0, first - before):first],

@@ -45,13 +45,19 @@ TEST_LOG = os.environ.get("ZMLX_TEST_LOG")
 
 
 def pytest_runtest_logreport(report):
-    # With ZMLX_TEST_LOG=DIR each worker appends "<outcome> <test id>" per test to DIR/<worker>:
-    # on a GPU, an illegal memory access spoils its process's context, so the tests that ran
-    # just before a worker's first such failure are where to look (benchmarks/gpu_tests.py).
+    # With ZMLX_TEST_LOG=DIR each worker appends "<when>:<outcome> <test id>" per test to
+    # DIR/<worker>, a failure with " | " and its message's first line: on a GPU, an illegal
+    # memory access spoils its process's context, so the tests that ran just before a worker's
+    # first such failure are where to look (benchmarks/gpu_tests.py).
     if TEST_LOG and (report.when == "call" or report.outcome != "passed"):
         worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+        line = f"{report.when}:{report.outcome} {report.nodeid}"
+        if report.failed:
+            crash = getattr(report.longrepr, "reprcrash", None)
+            msg = crash.message if crash is not None else str(report.longrepr)
+            line += " | " + (msg.strip().splitlines() or [""])[0][:200]
         with open(os.path.join(TEST_LOG, worker), "a") as f:
-            f.write(f"{report.when}:{report.outcome} {report.nodeid}\n")
+            f.write(line + "\n")
 
 
 def pytest_collection_modifyitems(config, items):

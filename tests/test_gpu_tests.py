@@ -11,15 +11,17 @@ gpu_tests = load_benchmark("gpu_tests")
 
 
 def test_poisoned_workers_name_the_tests_before_the_first_failure(tmp_path):
-    (tmp_path / "gw0").write_text("call:passed a\ncall:passed b\ncall:passed c\ncall:failed d\n"
-                                  "call:failed e\ncall:passed f\ncall:failed g\n")  # fmt: skip
-    (tmp_path / "gw1").write_text("call:passed x\nsetup:skipped y\n")
-    (tmp_path / "gw2").write_text("setup:failed z\n")
+    bad = "an illegal memory access was encountered"
+    (tmp_path / "gw0").write_text("call:passed a\ncall:failed b | AssertionError\ncall:passed c\n"
+                                  f"call:failed d | RuntimeError: {bad}\n"
+                                  f"call:failed e | {bad}\ncall:passed f\n")  # fmt: skip
+    (tmp_path / "gw1").write_text("call:passed x\ncall:failed y | AssertionError: 1 != 2\n")
+    (tmp_path / "gw2").write_text(f"setup:failed z | {bad}\n")
     got = gpu_tests.poisoned_workers(str(tmp_path), before=2)
     assert got == [
-        {"worker": "gw0", "first_failure": "call:failed d",
-         "ran_before": ["call:passed b", "call:passed c"], "failures_after": 2},
-        {"worker": "gw2", "first_failure": "setup:failed z", "ran_before": [],
+        {"worker": "gw0", "first_failure": f"call:failed d | RuntimeError: {bad}",
+         "ran_before": ["call:failed b | AssertionError", "call:passed c"], "failures_after": 1},
+        {"worker": "gw2", "first_failure": f"setup:failed z | {bad}", "ran_before": [],
          "failures_after": 0},
     ]  # fmt: skip
 
