@@ -178,6 +178,27 @@ def test_safety_table_decides_by_default():
     unpatch(model)
 
 
+def test_cuda_entries_apply_by_default_with_their_evidence():
+    from pathlib import Path
+
+    from zmlx.core.backend import force_backend
+    from zmlx.patch.safety import TABLE
+
+    root = Path(__file__).resolve().parent.parent
+    cuda = {k: r for k, r in TABLE.items() if k[2] == "cuda"}
+    assert cuda and all(r.allowed and r.max_tokens for r in cuda.values())
+    for rule in cuda.values():  # every entry names capsules that are in the repository
+        assert all((root / e.strip()).exists() for e in rule.evidence.split(";")), rule
+    model = quantized_model("qwen3_moe")
+    with force_backend("cuda"):
+        report = patch(model)
+    assert set(report.patterns()) == {"moe_block", "qk_norm_rope"}
+    unpatch(model)
+    mixtral = quantized_model("mixtral")  # no CUDA speed capsule: no entry, nothing applied
+    with force_backend("cuda"):
+        assert patch(mixtral).count == 0
+
+
 def test_gelu_mlp_is_never_turned_into_silu():
     from zmlx.patch.base import Context
 
