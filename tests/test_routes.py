@@ -34,12 +34,15 @@ def _capsule(rows, backend="cuda"):
 def table(tmp_path, monkeypatch):
     """A table file the ops read for one test; every wrapped function is put back after."""
     path = tmp_path / "routes.json"
+    routes.uninstall_all()  # the shipped table's wrappers
     monkeypatch.setenv("ZMLX_STOCK_ROUTES", str(path))
     routes.reload()
     yield path
     routes.uninstall_all()
     monkeypatch.delenv("ZMLX_STOCK_ROUTES")
     routes.reload()
+    for spec in catalog.specs():  # the shipped table's wrappers again
+        routes.install(spec)
 
 
 def test_derive_routes_the_slower_cases_with_their_ranges():
@@ -166,3 +169,22 @@ def test_cli_takes_an_op_measured_twice_from_the_later_capsule(tmp_path):
     out = tmp_path / "table.json"
     assert bench_main(["routes", str(first), str(later), "--write", str(out)]) == 0
     assert [(r["op"], r["evidence"]) for r in routes.read(out)] == [("softmax", str(first))]
+
+
+def test_a_call_shaped_unlike_the_routed_specs_stock_runs_the_kernel(table, rng):
+    from zmlx.kernels import gated
+
+    spec = next(s for s in catalog.specs("gated") if s.name == "swiglu")
+    routes.write([{"op": "swiglu", "backend": "cuda", "dtype": "float32", "min_elements": 0,
+                   "max_elements": None}], table)  # fmt: skip
+    assert routes.install(spec)
+    g, u, bg, bu = (mx.array(rng.normal(size=shape).astype("float32"))
+                    for shape in ((2, 64), (2, 64), (64,), (64,)))  # fmt: skip
+    with emulator():
+        before = launch_count()
+        mx.eval(gated.swiglu(g, u))
+        assert launch_count() == before  # the measured call's shape: stock
+        got = gated.swiglu(g, u, bg, bu)  # swiglu_bias's shape: stock's signature lacks it
+        mx.eval(got)
+        assert launch_count() > before
+        assert_close(got, gated.swiglu_ref(g, u, bg, bu), atol=1e-5, rtol=1e-5)

@@ -16,6 +16,8 @@ stock MLX inside a routed range; outside every range the kernel runs.
 * Only ops with a route are wrapped (:func:`install`, when the catalog registers the op), so
   an empty table costs nothing. ``KernelSpec.op`` stays the kernel itself, which the catalog's
   tests check against the reference.
+* The shipped table holds timings of real GPUs: under the CPU kernel emulator (whose backend
+  reads "cuda") only a table named by ``ZMLX_STOCK_ROUTES`` routes.
 * The benchmark times eager calls, whose Python overhead a compiled decode step does not pay
   again. So routes apply to calls a user makes; inside :func:`bypass` (every module
   ``zmlx.patch`` swaps in, and the compiled decoder's attention) the kernel always runs: those
@@ -27,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import functools
+import inspect
 import json
 import math
 import os
@@ -110,6 +113,11 @@ def routed(op: str, backend: str, args: Iterable[Any]) -> dict[str, Any] | None:
     entries = _table().get(op)
     if not entries or _BYPASS.get():
         return None
+    if os.environ.get("ZMLX_STOCK_ROUTES") is None:
+        from ..core import emulate
+
+        if emulate.active():  # the shipped table times real GPUs; the emulator tests kernels
+            return None
     x = first_array(args)
     if x is None:
         return None
@@ -126,7 +134,8 @@ def install(spec: Any) -> bool:
     """Wrap ``spec``'s public function (in its module) when the table routes that op.
 
     Returns whether it was wrapped. The wrapper asks :func:`routed` on each call and runs
-    ``spec.stock`` (or ``spec.ref``) inside a route, the kernel everywhere else.
+    ``spec.stock`` (or ``spec.ref``) inside a route when stock's signature takes the call, the
+    kernel everywhere else.
     """
     if spec.name in _INSTALLED or not _table().get(spec.name):
         return False
@@ -136,17 +145,38 @@ def install(spec: Any) -> bool:
     if module is None or getattr(module, name, None) is not fn:
         return False
     stock = spec.stock or spec.ref
+    try:
+        accepts = inspect.signature(stock).bind
+    except (TypeError, ValueError):  # a compiled function (mx.fast.*): its binding says
+        accepts = None
 
     @functools.wraps(fn)
     def routed_op(*args, **kwargs):
         from ..core.backend import backend
 
         if routed(spec.name, backend(), args) is not None:
-            return stock(*args, **kwargs)
+            if accepts is None:
+                try:
+                    return stock(*args, **kwargs)
+                except TypeError:  # not a call stock takes
+                    return fn(*args, **kwargs)
+            if _binds(accepts, args, kwargs):
+                return stock(*args, **kwargs)
         return fn(*args, **kwargs)
 
     setattr(module, name, routed_op)
     _INSTALLED[spec.name] = (module, name, fn)
+    return True
+
+
+def _binds(accepts: Callable, args: tuple, kwargs: dict) -> bool:
+    """Whether stock takes this call. Several specs can share one public function (``swiglu``
+    with and without biases, ``geglu`` with an ``approximate`` option): a call shaped unlike
+    the routed spec's stock runs the kernel."""
+    try:
+        accepts(*args, **kwargs)
+    except TypeError:
+        return False
     return True
 
 
