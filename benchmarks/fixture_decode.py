@@ -49,6 +49,8 @@ def run_family(family: str, args) -> dict:
     if args.cpu:
         with mx.stream(mx.cpu):
             cpu = [int(t) for t, _ in generate_step(prompt, model, stream=mx.cpu, **step)]
+    more = [mx.array(p) for p in fixtures.PROMPTS[: max(0, args.prompts - 1)]]
+    stock_more = [[int(t) for t, _ in generate_step(p, model, **step)] for p in more]
     seq = [int(t) for t in prompt.tolist()][-8:] + stock
     ref = teacher_forced(model, seq)
     with warnings.catch_warnings():
@@ -58,11 +60,15 @@ def run_family(family: str, args) -> dict:
     n0 = launch_count()
     fused = [int(t) for t, _ in generate_step(prompt, decoder, **step)]
     launches = launch_count() - n0
+    extra = [[int(t) for t, _ in generate_step(p, decoder, **step)] == want
+             for p, want in zip(more, stock_more)]  # fmt: skip
     got = teacher_forced(decoder, seq)
     unpatch(model)
     first_diff = next((i for i, (a, b) in enumerate(zip(stock, fused)) if a != b), None)
     return {
-        "family": family, "tokens": args.tokens, "dtype": args.dtype, "identical": stock == fused,
+        "family": family, "tokens": args.tokens, "dtype": args.dtype,
+        "identical": stock == fused and all(extra), "prompts": 1 + len(extra),
+        "prompt_identical": [stock == fused, *extra],
         "first_difference": first_diff,
         "stock_equals_cpu": None if cpu is None else stock == cpu,
         "zmlx_equals_cpu": None if cpu is None else fused == cpu, "stock_head": stock[:8],
@@ -77,10 +83,27 @@ def run_family(family: str, args) -> dict:
 def _child(fam: str, args, folder: str) -> dict:
     """Run one family in a child process with the same options and return its row."""
     out = os.path.join(folder, f"{fam}.json")
-    cmd = [sys.executable, __file__, "--families", fam, "--json", out,
-           "--tokens", str(args.tokens), "--patterns", *args.patterns,
-           "--attention", args.attention, "--dtype", args.dtype,
-           "--prefill-step", str(args.prefill_step)] + ([] if args.cpu else ["--no-cpu"])  # fmt: skip
+    cmd = [
+        sys.executable,
+        __file__,
+        "--families",
+        fam,
+        "--json",
+        out,
+        "--tokens",
+        str(args.tokens),
+        "--patterns",
+        *args.patterns,
+        "--attention",
+        args.attention,
+        "--dtype",
+        args.dtype,
+        "--prefill-step",
+        str(args.prefill_step),
+        "--prompts",
+        str(args.prompts),
+    ]
+    cmd += [] if args.cpu else ["--no-cpu"]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if not os.path.exists(out):
         raise RuntimeError(f"[fixture_decode] {fam} failed:\n{done.stdout}\n{done.stderr[-3000:]}")
@@ -103,6 +126,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--families", nargs="+", default=fixtures.available())
     p.add_argument("--tokens", type=int, default=64)
+    p.add_argument("--prompts", type=int, default=1,
+                   help="the fixture's own prompt, then up to 5 short ones (fixtures.PROMPTS)")  # fmt: skip
     p.add_argument("--patterns", nargs="+", default=PATTERNS)
     p.add_argument("--attention", default="auto", choices=["auto", "zmlx", "stock"])
     p.add_argument(

@@ -20,7 +20,7 @@ from zmlx.patch.base import Fused, walk  # noqa: E402
 
 MOE_FIXTURES = ["qwen3_moe", "lfm2_moe", "glm4_moe_lite", "gpt_oss", "mixtral", "deepseek_v3"]
 DENSE = ["qwen3", "llama"]
-PROMPTS = [[1, 5, 9, 13], [200, 31, 7], [42], [3, 3, 3, 3, 3, 3], [17, 101, 250, 9, 64]]
+PROMPTS = [list(p) for p in fixtures.PROMPTS]
 KERNEL_PATTERNS = ["moe_block", "switch_glu", "swiglu_mlp"]
 
 

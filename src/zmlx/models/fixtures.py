@@ -63,6 +63,11 @@ def greedy(model, prompt: list[int], n: int = 64) -> tuple[list[int], list[float
     return tokens, margins
 
 
+# Short prompts (token ids every fixture's vocabulary has) for fidelity checks beyond each
+# fixture's own prompt: repeated tokens, a single token, ids across the vocabulary.
+PROMPTS = ([1, 5, 9, 13], [200, 31, 7], [42], [3, 3, 3, 3, 3, 3], [17, 101, 250, 9, 64])
+
+
 def load_quantized(family: str = DEFAULT, quant: str | None = None,
                    group_size: int | None = None):  # fmt: skip
     """``family``'s fixture quantized as ``mlx_lm.convert -q`` would (its quant predicate).
