@@ -154,3 +154,22 @@ def test_bad_attention_choice():
     model = build("qwen3_moe", "tiny", quant="4bit", num_layers=1)
     with pytest.raises(ValueError, match=r"\[compile_decode\] expected attention"):
         decode.compile_decode(model, attention="flash")
+
+
+def test_compiling_a_model_sharded_over_cuda_ranks_warns(monkeypatch):
+    import zmlx.decode as D
+    from zmlx.core.backend import force_backend
+
+    model, _ = fixtures.load_quantized("qwen3_moe")
+
+    class Group:
+        def size(self):
+            return 2
+
+    monkeypatch.setattr(mx.distributed, "init", lambda *a, **k: Group())
+    monkeypatch.setattr(mx.distributed, "is_available", lambda: True)
+    with force_backend("cuda"), pytest.warns(UserWarning, match="slower than eager"):
+        D.compile_decode(model)
+    with warnings.catch_warnings():  # one rank, or the CPU: no warning
+        warnings.simplefilter("error")
+        D.compile_decode(model)

@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import math
 import sys
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -398,7 +399,22 @@ def compile_decode(model, attention: str = "auto") -> CompiledDecoder:
     ok, why = supported(model)
     if not ok:
         raise ValueError(f"[compile_decode] expected a model with supported caches: {why}")
+    if _sharded_on_cuda():
+        warnings.warn(
+            "[compile_decode] on a model sharded over several CUDA ranks the compiled step has "
+            "measured slower than eager decoding (0.24x on 2 H200s with NCCL, "
+            "benchmarks/capsules/sharded_decode_qwen3_full_2xh200.json); time both",
+            stacklevel=2,
+        )
     return CompiledDecoder(model, attention)
+
+
+def _sharded_on_cuda() -> bool:
+    from .core.backend import backend
+
+    if backend() != "cuda" or not mx.distributed.is_available():
+        return False
+    return mx.distributed.init().size() > 1
 
 
 def generate(model, prompt, max_tokens: int = 128, *, compiled: bool = True) -> list[int]:
