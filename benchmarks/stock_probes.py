@@ -50,6 +50,22 @@ def _max_diff(a: mx.array, b: mx.array) -> float:
     return mx.abs(a.astype(mx.float32) - b.astype(mx.float32)).max().item()
 
 
+def _compare(row: dict, fn) -> dict:
+    """``row`` with ``fn(stream)`` run twice on the default device and once on the CPU:
+    ``gpu_vs_gpu`` (0 unless the kernel is nondeterministic), ``gpu_vs_cpu`` and the CPU
+    result's ``scale``; or the error stock MLX raised."""
+    gpu = mx.default_stream(mx.default_device())
+    try:
+        g1 = fn(gpu)
+        mx.eval(g1)
+        g2, c = fn(gpu), fn(mx.cpu)
+        row.update(gpu_vs_gpu=_max_diff(g1, g2), gpu_vs_cpu=_max_diff(g1, c),
+                   scale=mx.abs(c).max().item())  # fmt: skip
+    except (RuntimeError, ValueError) as e:
+        row["error"] = str(e)[:300]
+    return row
+
+
 def qmv_tiny() -> list[dict]:
     rows = []
     mx.random.seed(0)
@@ -89,6 +105,7 @@ def quantize_transposed() -> list[dict]:
 
 
 def sdpa_tiny() -> list[dict]:
+    sdpa = mx.fast.scaled_dot_product_attention
     rows = []
     rng = np.random.default_rng(0)
     for q_len, kv_len in ((1, 12), (12, 12), (1, 40)):
@@ -104,14 +121,8 @@ def sdpa_tiny() -> list[dict]:
         for mask_name, mask in masks.items():
             for layout, (k, v) in (("contiguous", dense), ("sliced", sliced)):
                 r = {"q_len": q_len, "kv_len": kv_len, "mask": mask_name, "kv": layout}
-                try:
-                    sdpa = mx.fast.scaled_dot_product_attention
-                    g = sdpa(q, k, v, scale=0.25, mask=mask)
-                    c = sdpa(q, k, v, scale=0.25, mask=mask, stream=mx.cpu)
-                    r.update(gpu_vs_cpu=_max_diff(g, c), scale=mx.abs(c).max().item())
-                except (RuntimeError, ValueError) as e:
-                    r["error"] = str(e)[:300]
-                rows.append(r)
+                rows.append(_compare(r, lambda st, q=q, k=k, v=v, mask=mask: sdpa(
+                    q, k, v, scale=0.25, mask=mask, stream=st)))  # fmt: skip
     return rows
 
 
@@ -126,12 +137,7 @@ def matmul_gqa() -> list[dict]:
             for dt in (mx.float32, mx.bfloat16):
                 a, b = q.astype(dt), k.astype(dt).swapaxes(-1, -2)
                 r = {"q_len": q_len, "kv_len": kv_len, "kv": layout, "dtype": str(dt)[9:]}
-                try:
-                    g, c = a @ b, mx.matmul(a, b, stream=mx.cpu)
-                    r.update(gpu_vs_cpu=_max_diff(g, c), scale=mx.abs(c).max().item())
-                except (RuntimeError, ValueError) as e:
-                    r["error"] = str(e)[:300]
-                rows.append(r)
+                rows.append(_compare(r, lambda st, a=a, b=b: mx.matmul(a, b, stream=st)))
     return rows
 
 
@@ -155,7 +161,6 @@ def qmm_tiny() -> list[dict]:
     rng = np.random.default_rng(2)
     w = mx.array(rng.normal(size=(8, 128, 64)).astype(np.float32) * 0.1)
     wq, sc, bi = mx.quantize(w, group_size=64, bits=4)  # contiguous: right on every backend
-    gpu = mx.default_stream(mx.default_device())
     for tokens in (1, 12, 40):
         x = mx.array(rng.normal(size=(tokens, 64)).astype(np.float32))
         idx = mx.array(rng.integers(0, 8, size=(tokens, 2)).astype(np.uint32))
@@ -163,22 +168,13 @@ def qmm_tiny() -> list[dict]:
             args = (x.astype(dt), (wq, sc.astype(dt), bi.astype(dt)), idx)
             for op in ("quantized_matmul", "gather_qmm", "gather_qmm_sorted"):
                 r = {"op": op, "tokens": tokens, "dtype": str(dt)[9:]}
-                try:
-                    g1 = _qmm(op, *args, gpu)
-                    mx.eval(g1)
-                    g2, c = _qmm(op, *args, gpu), _qmm(op, *args, mx.cpu)
-                    r.update(gpu_vs_gpu=_max_diff(g1, g2), gpu_vs_cpu=_max_diff(g1, c),
-                             scale=mx.abs(c).max().item())  # fmt: skip
-                except (RuntimeError, ValueError) as e:
-                    r["error"] = str(e)[:200]
-                rows.append(r)
+                rows.append(_compare(r, lambda st, op=op, args=args: _qmm(op, *args, st)))
     return rows
 
 
 def qmm_widths() -> list[dict]:
     rows = []
     rng = np.random.default_rng(3)
-    gpu = mx.default_stream(mx.default_device())
     for k in (64, 128, 256):
         w = mx.array(rng.normal(size=(128, k)).astype(np.float32) * 0.1)
         for bits, gs in ((4, 64), (4, 32), (8, 64), (8, 32)):
@@ -187,16 +183,8 @@ def qmm_widths() -> list[dict]:
                 x = mx.array(rng.normal(size=(tokens, k)).astype(np.float32))
                 kw = {"transpose": True, "group_size": gs, "bits": bits}
                 r = {"k": k, "bits": bits, "group_size": gs, "tokens": tokens}
-                try:
-                    g1 = mx.quantized_matmul(x, *q, **kw, stream=gpu)
-                    mx.eval(g1)
-                    g2 = mx.quantized_matmul(x, *q, **kw, stream=gpu)
-                    c = mx.quantized_matmul(x, *q, **kw, stream=mx.cpu)
-                    r.update(gpu_vs_gpu=_max_diff(g1, g2), gpu_vs_cpu=_max_diff(g1, c),
-                             scale=mx.abs(c).max().item())  # fmt: skip
-                except (RuntimeError, ValueError) as e:
-                    r["error"] = str(e)[:200]
-                rows.append(r)
+                rows.append(_compare(r, lambda st, x=x, q=q, kw=kw: mx.quantized_matmul(
+                    x, *q, **kw, stream=st)))  # fmt: skip
     return rows
 
 
