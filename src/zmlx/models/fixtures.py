@@ -89,8 +89,6 @@ def load_quantized(family: str = DEFAULT, quant: str | None = None,
     quant = quant or ("mxfp4" if family == "gpt_oss" else "4bit")
     config = json.loads((path(family) / "config.json").read_text())
     group_size = group_size or backend_group_size()
-    if group_size is not None:
-        if group_size not in (32, 64, 128):
-            raise ValueError(f"[fixtures] expected group_size 32, 64 or 128, got {group_size}")
-        return quantize(model, quant, config, group_size=group_size), tokenizer
-    return quantize(model, quant, config), tokenizer
+    if group_size not in (None, 32, 64, 128):
+        raise ValueError(f"[fixtures] expected group_size 32, 64 or 128, got {group_size}")
+    return quantize(model, quant, config, group_size=group_size), tokenizer
