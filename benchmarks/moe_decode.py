@@ -38,13 +38,16 @@ from zmlx.patch import patch, unpatch
 QUANTS = {"gpt_oss": "mxfp4"}
 PATTERNS = ["moe_block", "switch_glu", "swiglu_mlp", "qk_norm_rope"]
 VARIANTS = {
-    # name: (zmlx.patch the model, compile_decode's attention or None for eager decode steps)
-    "stock": (False, None),
-    "compiled": (False, "stock"),
-    "patched": (True, None),
-    "zmlx_stock_attention": (True, "stock"),
-    "zmlx": (True, "zmlx"),
+    # name: (zmlx.patch the model, compile_decode's attention or None for eager decode steps,
+    #        patterns added to --patterns)
+    "stock": (False, None, ()),
+    "compiled": (False, "stock", ()),
+    "patched": (True, None, ()),
+    "zmlx_stock_attention": (True, "stock", ()),
+    "zmlx_qkv": (True, "zmlx", ("qkv_norm_rope",)),  # measured on request (--variants)
+    "zmlx": (True, "zmlx", ()),
 }
+DEFAULT_VARIANTS = [v for v in VARIANTS if v != "zmlx_qkv"]
 
 
 def setup_arg_parser() -> argparse.ArgumentParser:
@@ -61,7 +64,7 @@ def setup_arg_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--variants",
         nargs="+",
-        default=list(VARIANTS),
+        default=DEFAULT_VARIANTS,
         choices=list(VARIANTS),
         help="what to measure against stock; the last is the headline",
     )
@@ -78,11 +81,11 @@ def setup_arg_parser() -> argparse.ArgumentParser:
 
 def setup_variant(model, name: str, patterns):
     """The callable to decode with for variant ``name`` (patching ``model`` if it says so)."""
-    do_patch, attention = VARIANTS[name]
+    do_patch, attention, extra = VARIANTS[name]
     if do_patch:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            patch(model, patterns=patterns)
+            patch(model, patterns=[*patterns, *extra])
     return model if attention is None else compile_decode(model, attention)
 
 

@@ -42,6 +42,7 @@ CATALOG_CAPSULES = ["catalog_bench_h200.json", "catalog_bench_quant_h200.json",
                     "catalog_bench_routers_h200.json", "catalog_bench_rope_h200.json",
                     "catalog_bench_scans_h200.json", "catalog_bench_random_h200.json"]  # fmt: skip
 VARIANT_TEXT = {
+    "zmlx_qkv": "`patch` (with `qkv_norm_rope`) + `compile_decode`",
     "stock": "mlx-lm as is",
     "compiled": "`compile_decode` only",
     "patched": "`patch` only",

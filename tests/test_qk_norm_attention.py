@@ -73,3 +73,33 @@ def test_not_applied_by_default_on_cpu():
     report = patch(model)
     assert "qk_norm_rope" not in report.patterns()
     assert any(p == "qk_norm_rope" and "safety table" in why for _, p, why in report.skipped)
+
+
+def test_qkv_variant_is_token_identical_and_takes_the_qkv_kernel():
+    model, _ = fixtures.load_quantized("qwen3_moe")
+    prompt = mx.array(fixtures.record("qwen3_moe")["prompt_tokens"][:10])
+    ref = _tokens(model, prompt, 8)
+    report = _patched(model, ["qk_norm_rope", "qkv_norm_rope"])  # the variant wins
+    try:
+        assert report.patterns() == {"qkv_norm_rope": len(model.layers)}
+        assert _tokens(model, prompt, 8) == ref  # the CPU: reference ops
+        n0 = launch_count()
+        with emulate():
+            got = _tokens(model, prompt, 8)
+        assert launch_count() - n0 >= 2 * 7 * len(model.layers)  # qkv_proj + qk_norm_rope
+    finally:
+        unpatch(model)
+    assert got == ref
+
+
+def test_qkv_variant_needs_one_quantized_format():
+    model = build("qwen3_moe", "tiny", num_layers=1)  # float projections
+    report = _patched(model, ["qkv_norm_rope"])
+    assert report.count == 0
+    assert any("quantized linears" in why for _, _, why in report.skipped)
+    model = build("qwen3_moe", "tiny", quant="4bit", num_layers=1)
+    report = _patched(model, ["qkv_norm_rope", "qk_norm_rope"])
+    assert report.patterns() == {"qkv_norm_rope": 1}
+    unpatch(model)
+    report = patch(model)  # no safety entry anywhere yet: not applied by default
+    assert "qkv_norm_rope" not in report.patterns()

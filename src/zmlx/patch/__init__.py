@@ -104,7 +104,8 @@ def patch(
         msg = f"patterns {list(patterns)} given: the safety table is not applied"
         warnings.warn(f"[patch] {msg}", stacklevel=2)
         report.notes.append(msg)
-    chosen = [p for p in (patterns or PATTERNS) if p not in exclude]
+    # In the patterns' own order (a block before its parts, a variant before its base).
+    chosen = [p for p in PATTERNS if (patterns is None or p in patterns) and p not in exclude]
     if mode == "training":
         dropped = [p for p in chosen if p not in _TRAINABLE]
         chosen = [p for p in chosen if p in _TRAINABLE]

@@ -3,14 +3,14 @@ patterns of its parts, so a fused block's children are left to it."""
 
 from .moe_block import MoEBlockPattern
 from .norms import LayerNormPattern, RMSNormPattern
-from .qk_norm_attention import QKNormAttentionPattern
+from .qk_norm_attention import QKNormAttentionPattern, QKVNormAttentionPattern
 from .swiglu_mlp import SwiGLUMLPPattern
 from .switch_glu import SwitchGLUPattern
 
 PATTERNS = {
     p.name: p
-    for p in (MoEBlockPattern(), SwitchGLUPattern(), SwiGLUMLPPattern(), QKNormAttentionPattern(),
-              RMSNormPattern(), LayerNormPattern())
+    for p in (MoEBlockPattern(), SwitchGLUPattern(), SwiGLUMLPPattern(), QKVNormAttentionPattern(),
+              QKNormAttentionPattern(), RMSNormPattern(), LayerNormPattern())
 }  # fmt: skip
 
 __all__ = ["PATTERNS"]

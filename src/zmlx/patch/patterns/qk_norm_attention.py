@@ -7,6 +7,12 @@ norms each head and then rotates (mlx-lm's ``qwen3`` and ``qwen3_moe``). For up 
 norms, transposes, two ropes) become one :func:`~zmlx.kernels.qk_norm_rope.qk_norm_rope`
 launch; the attention itself is the model module's own ``scaled_dot_product_attention``
 (looked up at call time, so :mod:`zmlx.decode` can route it).
+
+``qkv_norm_rope`` is the same with the q, k and v projections in one
+:func:`~zmlx.kernels.quant.qkv_proj` launch as well (quantized projections of one format, no
+biases): two launches fewer per layer at decode. It comes before ``qk_norm_rope`` in the
+pattern order, so it wins where both are chosen, and it has no CUDA safety entry until a
+capsule measures it.
 """
 
 from __future__ import annotations
@@ -16,9 +22,19 @@ import sys
 import mlx.core as mx
 import mlx.nn as nn
 
+from ...kernels import quant as Q
 from ...kernels.qk_norm_rope import qk_norm_rope
 from ..base import Context
-from .common import NO, DecodeFused, Pattern, Verdict, call_source, match, skip
+from .common import (
+    NO,
+    DecodeFused,
+    Pattern,
+    Verdict,
+    call_source,
+    match,
+    quantized_params,
+    skip,
+)
 
 FAMILIES = ("qwen3", "qwen3_moe")
 _PARTS = ("q_proj", "k_proj", "v_proj", "o_proj", "q_norm", "k_norm", "rope")
@@ -29,17 +45,21 @@ class FusedQKNormAttention(DecodeFused):
 
     zmlx_pattern = "qk_norm_rope"
 
+    def zmlx_projections(self, x: mx.array) -> tuple[mx.array, mx.array, mx.array]:
+        """The q, k and v projections of ``x``."""
+        return self.q_proj(x), self.k_proj(x), self.v_proj(x)
+
     def __call__(self, x: mx.array, mask=None, cache=None) -> mx.array:
         if not self.zmlx_fused(x):
             return super().__call__(x, mask=mask, cache=cache)
         b, length, _ = x.shape
         rope, qn, kn = self.rope, self.q_norm, self.k_norm
+        q_lin, k_lin, v_lin = self.zmlx_projections(x)
         q, k = qk_norm_rope(
-            self.q_proj(x), self.k_proj(x), qn.weight, kn.weight, qn.eps, rope.dims,
-            rope.traditional, rope.base, rope.scale, 0 if cache is None else cache.offset,
-            eps_k=kn.eps,
+            q_lin, k_lin, qn.weight, kn.weight, qn.eps, rope.dims, rope.traditional, rope.base,
+            rope.scale, 0 if cache is None else cache.offset, eps_k=kn.eps,
         )  # fmt: skip
-        v = self.v_proj(x).reshape(b, length, self.n_kv_heads, -1).transpose(0, 2, 1, 3)
+        v = v_lin.reshape(b, length, self.n_kv_heads, -1).transpose(0, 2, 1, 3)
         if cache is not None:
             k, v = cache.update_and_fetch(k, v)
         sdpa = sys.modules[self._zx["source_module"]].scaled_dot_product_attention
@@ -68,3 +88,41 @@ class QKNormAttentionPattern(Pattern):
         if module["k_norm"].weight.shape[0] != d or module.rope.dims > d:
             return skip("q and k heads differ in size")
         return match(source_module=type(module).__module__, max_tokens=16)
+
+
+_QKV = ("q_proj", "k_proj", "v_proj")
+
+
+class FusedQKVNormAttention(FusedQKNormAttention):
+    """:class:`FusedQKNormAttention` with the three projections in one kernel."""
+
+    zmlx_pattern = "qkv_norm_rope"
+
+    def zmlx_projections(self, x: mx.array) -> tuple[mx.array, mx.array, mx.array]:
+        cfg = self._zx
+        arrays = []
+        for n in _QKV:
+            p = quantized_params(self[n])
+            arrays += [p["w"], p["scales"], p["biases"]]
+        return Q.qkv_proj(x, *arrays, group_size=cfg["group_size"], bits=cfg["bits"],
+                          mode=cfg["mode"])  # fmt: skip
+
+
+class QKVNormAttentionPattern(QKNormAttentionPattern):
+    name = "qkv_norm_rope"
+    replacement = FusedQKVNormAttention
+
+    def check(self, module: nn.Module, ctx: Context) -> Verdict:
+        verdict = super().check(module, ctx)
+        if verdict.kind != "match":
+            return verdict
+        if any(type(module[n]) is not nn.QuantizedLinear for n in _QKV):
+            return skip("q/k/v projections are not all plain quantized linears")
+        projs = [quantized_params(module[n]) for n in _QKV]
+        if any(p["bias"] is not None for p in projs):
+            return skip("q/k/v projections have biases")
+        fmt = {(p["bits"], p["group_size"], p["mode"]) for p in projs}
+        if len(fmt) != 1:
+            return skip(f"q/k/v projections mix quantization formats {sorted(fmt)}")
+        bits, group_size, mode = fmt.pop()
+        return match(**verdict.config, bits=bits, group_size=group_size, mode=mode)
