@@ -68,6 +68,7 @@ def test_other_families_are_skipped_with_a_reason():
     assert any("nn.RoPE" in why for _, _, why in report.skipped)
 
 
+@pytest.mark.no_emulate  # under the emulator the backend reads "cuda", whose entries apply
 def test_not_applied_by_default_on_cpu():
     model = build("qwen3_moe", "tiny", num_layers=1)
     report = patch(model)
