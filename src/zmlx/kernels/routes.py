@@ -40,6 +40,9 @@ from typing import Any
 
 import mlx.core as mx
 
+from ..core import emulate
+from ..core.backend import backend as current_backend
+
 SCHEMA = "zmlx.stock_routes"
 DEFAULT_TABLE = Path(__file__).resolve().parent / "overrides" / "stock_routes.json"
 MARGIN = 0.97  # a case routes to stock when zmlx runs below this fraction of stock's speed
@@ -113,11 +116,8 @@ def routed(op: str, backend: str, args: Iterable[Any]) -> dict[str, Any] | None:
     entries = _table().get(op)
     if not entries or _BYPASS.get():
         return None
-    if os.environ.get("ZMLX_STOCK_ROUTES") is None:
-        from ..core import emulate
-
-        if emulate.active():  # the shipped table times real GPUs; the emulator tests kernels
-            return None
+    if os.environ.get("ZMLX_STOCK_ROUTES") is None and emulate.active():
+        return None  # the shipped table times real GPUs; the emulator tests kernels
     x = first_array(args)
     if x is None:
         return None
@@ -152,9 +152,7 @@ def install(spec: Any) -> bool:
 
     @functools.wraps(fn)
     def routed_op(*args, **kwargs):
-        from ..core.backend import backend
-
-        if routed(spec.name, backend(), args) is not None:
+        if routed(spec.name, current_backend(), args) is not None:
             if accepts is None:
                 try:
                     return stock(*args, **kwargs)

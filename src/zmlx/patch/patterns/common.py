@@ -96,3 +96,18 @@ def call_source(module: nn.Module) -> str:
 def tokens(x) -> int:
     """Tokens in a ``(..., D)`` activation."""
     return x.size // x.shape[-1] if x.ndim else 1
+
+
+def one_format(module: nn.Module, names: tuple[str, ...], what: str) -> Verdict | dict[str, Any]:
+    """``dict(bits, group_size, mode)`` when ``module``'s layers ``names`` are quantized alike
+    without biases, else a skip verdict naming ``what`` (e.g. ``"projections"``)."""
+    projs = [quantized_params(module[n]) for n in names]
+    if any(p is None for p in projs):
+        return skip(f"{what} are not quantized (MLX's own matmuls are used as is)")
+    if any(p["bias"] is not None for p in projs):
+        return skip(f"{what} have biases")
+    fmt = {(p["bits"], p["group_size"], p["mode"]) for p in projs}
+    if len(fmt) != 1:
+        return skip(f"{what} mix quantization formats {sorted(fmt)}")
+    bits, group_size, mode = fmt.pop()
+    return dict(bits=bits, group_size=group_size, mode=mode)

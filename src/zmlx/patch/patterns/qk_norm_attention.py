@@ -32,6 +32,7 @@ from .common import (
     Verdict,
     call_source,
     match,
+    one_format,
     quantized_params,
     skip,
 )
@@ -118,11 +119,7 @@ class QKVNormAttentionPattern(QKNormAttentionPattern):
             return verdict
         if any(type(module[n]) is not nn.QuantizedLinear for n in _QKV):
             return skip("q/k/v projections are not all plain quantized linears")
-        projs = [quantized_params(module[n]) for n in _QKV]
-        if any(p["bias"] is not None for p in projs):
-            return skip("q/k/v projections have biases")
-        fmt = {(p["bits"], p["group_size"], p["mode"]) for p in projs}
-        if len(fmt) != 1:
-            return skip(f"q/k/v projections mix quantization formats {sorted(fmt)}")
-        bits, group_size, mode = fmt.pop()
-        return match(**verdict.config, bits=bits, group_size=group_size, mode=mode)
+        fmt = one_format(module, _QKV, "q/k/v projections")
+        if isinstance(fmt, Verdict):
+            return fmt
+        return match(**verdict.config, **fmt)

@@ -23,6 +23,7 @@ from .common import (
     Verdict,
     call_source,
     match,
+    one_format,
     quantized_params,
     skip,
 )
@@ -85,14 +86,7 @@ class SwiGLUMLPPattern(Pattern):
         if not sharded and any(issubclass(k, (dist.AllToShardedLinear, dist.ShardedToAllLinear,
                                               dist.QuantizedAllToShardedLinear)) for k in kinds):  # fmt: skip
             return skip("unsupported sharding of the projections")
-        projs = [quantized_params(module[n]) for n in names]
-        if any(p is None for p in projs):
-            return skip("projections are not quantized (MLX's own matmuls are used as is)")
-        if any(p["bias"] is not None for p in projs):
-            return skip("projections have biases")
-        fmt = {(p["bits"], p["group_size"], p["mode"]) for p in projs}
-        if len(fmt) != 1:
-            return skip(f"projections mix quantization formats {sorted(fmt)}")
-        bits, group_size, mode = fmt.pop()
-        return match(bits=bits, group_size=group_size, mode=mode, sharded=sharded,
-                     max_tokens=ctx.extra.get("max_tokens", 16))  # fmt: skip
+        fmt = one_format(module, names, "projections")
+        if isinstance(fmt, Verdict):
+            return fmt
+        return match(**fmt, sharded=sharded, max_tokens=ctx.extra.get("max_tokens", 16))
