@@ -1,0 +1,267 @@
+"""Where decode time goes on a GPU: the host cost of one kernel launch, and one decode step.
+
+    python benchmarks/launch_cost.py [--ops 200] [--family qwen3_moe] [--env NAME=V ...]
+                                     [--json OUT]
+
+Part 1, launches: a chain of ``--ops`` dependent launches on a small array (nothing to
+fuse, nothing to wait for on the device), built in Python and evaluated once, and the same
+chain under ``mx.compile``. Per launch: host time to build the graph, to encode it
+(``mx.async_eval`` returns when MLX has encoded every launch) and the total until the device
+is done. Launches compared: a stock primitive (``mx.fast.rms_norm``), a raw
+``mx.fast.cuda_kernel`` with a one-line source, the same with 6 KB of comments in its
+header (MLX hashes and rebuilds a custom kernel's whole source on every launch) and a zmlx
+``Kernel`` (the dialect prelude in its header).
+
+Part 2, decode (``--family``): a full-size random-weight model, one decode step split the
+same way (build, encode, device) for stock mlx-lm and for ``patch`` + ``compile_decode``,
+the decode rate over ``--tokens`` tokens, and the kernels one step launches, by name, read
+from the CUDA graphs MLX saves when ``MLX_SAVE_CUDA_GRAPHS_DOT_FILE`` is set.
+
+Each ``--env`` setting (``default`` or ``NAME=VALUE[,NAME=VALUE]``, e.g.
+``MLX_MAX_OPS_PER_BUFFER=1000``) runs both parts in a child process of its own, as MLX reads
+these variables once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import glob
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+
+import mlx.core as mx
+
+from zmlx.bench import capsule
+from zmlx.core.backend import device_name
+from zmlx.core.kernel import Kernel
+
+COPY = "  const uint i = thread_position_in_grid.x;\n  if (i < n) { out[i] = x[i] + (T)1; }\n"
+
+
+def _raw_kernel(pad: int):
+    header = "".join(f"// padding line {i:05d} of a large header, never compiled into code\n"
+                     for i in range(pad // 64))  # fmt: skip
+    cuda = COPY.replace("thread_position_in_grid.x", "blockIdx.x * blockDim.x + threadIdx.x")
+    return mx.fast.cuda_kernel(name=f"launch_cost_raw_{pad}", input_names=["x"],
+                               output_names=["out"], source=cuda, header=header)  # fmt: skip
+
+
+def launch_fns(n_elems: int):
+    """name -> one launch ``f(x) -> y`` (same shape and dtype as x)."""
+    w = mx.ones((n_elems,), mx.bfloat16)
+    raw_small, raw_big = _raw_kernel(0), _raw_kernel(6144)
+    zk = Kernel("launch_cost_copy", ["x", "rt"], ["out"],
+                "  const uint i = tid;\n  if (i < rt[0]) { out[i] = x[i] + (T)1; }\n")  # fmt: skip
+    rt = mx.array([n_elems], dtype=mx.uint32)
+
+    def raw(k):
+        def f(x):
+            return k(inputs=[x], output_shapes=[x.shape], output_dtypes=[x.dtype],
+                     grid=(n_elems, 1, 1), threadgroup=(256, 1, 1),
+                     template=[("T", x.dtype), ("n", n_elems)])[0]  # fmt: skip
+
+        return f
+
+    def zmlx_copy(x):
+        return zk(x, rt, output_shapes=[x.shape], output_dtypes=[x.dtype], grid=(n_elems, 1, 1),
+                  threadgroup=(256, 1, 1), template=[("T", x.dtype)])[0]  # fmt: skip
+
+    return {
+        "stock_rms_norm": lambda x: mx.fast.rms_norm(x, w, 1e-6),
+        "raw_kernel_small": raw(raw_small),
+        "raw_kernel_6kb_header": raw(raw_big),
+        "zmlx_kernel": zmlx_copy,
+    }
+
+
+def _split(build, repeats: int = 7) -> dict:
+    """Median build / encode / total of ``build()`` (a graph) over ``repeats``, in us."""
+    rows = []
+    for i in range(repeats + 2):
+        mx.synchronize()
+        t0 = time.perf_counter()
+        out = build()
+        t1 = time.perf_counter()
+        mx.async_eval(out)
+        t2 = time.perf_counter()
+        mx.eval(out)
+        mx.synchronize()
+        t3 = time.perf_counter()
+        if i >= 2:
+            rows.append((t1 - t0, t2 - t1, t3 - t0))
+    med = [1e6 * statistics.median(c) for c in zip(*rows)]
+    return {"build_us": med[0], "encode_us": med[1], "total_us": med[2]}
+
+
+def launches_part(n_ops: int, n_elems: int = 4096) -> dict:
+    x = mx.random.normal((n_elems,)).astype(mx.bfloat16)
+    mx.eval(x)
+    out = {}
+    for name, f in launch_fns(n_elems).items():
+
+        def chain(x, f=f):
+            for _ in range(n_ops):
+                x = f(x)
+            return x
+
+        compiled = mx.compile(chain)
+        eager = _split(lambda chain=chain: chain(x))
+        comp = _split(lambda compiled=compiled: compiled(x))
+        out[name] = {
+            "eager": {k: v / n_ops for k, v in eager.items()},
+            "compiled": {k: v / n_ops for k, v in comp.items()},
+        }
+        print(f"  {name:<24} per launch: eager build {out[name]['eager']['build_us']:5.1f} "
+              f"encode {out[name]['eager']['encode_us']:5.1f} total "
+              f"{out[name]['eager']['total_us']:5.1f} us | compiled encode "
+              f"{out[name]['compiled']['encode_us']:5.1f} total "
+              f"{out[name]['compiled']['total_us']:5.1f} us", flush=True)  # fmt: skip
+    return {"ops": n_ops, "elements": n_elems, "per_launch": out}
+
+
+def _kernel_names(files: list[str]) -> tuple[collections.Counter, str]:
+    """Kernel names in saved CUDA graphs (each name counted once per graph node line), and
+    the start of the first file (to check the parse)."""
+    names: collections.Counter = collections.Counter()
+    sample = ""
+    for path in files:
+        text = open(path, errors="replace").read()
+        sample = sample or text[:3000]
+        for line in text.splitlines():
+            if "label" not in line:
+                continue
+            found = re.findall(r"(custom_kernel_\w+|_Z\w+)", line)
+            if found:
+                names[found[0][:120]] += 1
+    return names, sample
+
+
+def decode_part(family: str, tokens: int, num_layers: int | None) -> dict:
+    from mlx_lm.generate import generate_step
+    from mlx_lm.models.cache import make_prompt_cache
+
+    from zmlx.decode import compile_decode
+    from zmlx.models import build
+    from zmlx.patch import patch, unpatch
+
+    quant = "mxfp4" if family == "gpt_oss" else "4bit"
+    model = build(family, "full", quant=quant, num_layers=num_layers)
+    prompt = mx.random.randint(1, model.args.vocab_size, (64,), key=mx.random.key(7))
+    dot = os.environ.get("MLX_SAVE_CUDA_GRAPHS_DOT_FILE")
+    out = {"model": family, "quant": quant, "layers": len(model.layers), "variants": {}}
+    for variant in ("stock", "zmlx"):
+        if variant == "zmlx":
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                patch(model)
+            m = compile_decode(model)
+        else:
+            m = model
+        for _ in generate_step(prompt, m, max_tokens=8):
+            pass
+        toks, t_first = 0, None
+        for _tok, _ in generate_step(prompt, m, max_tokens=tokens):
+            toks += 1
+            if t_first is None:
+                t_first = time.perf_counter()
+        rate = (toks - 1) / (time.perf_counter() - t_first)
+        cache = m.make_cache() if hasattr(m, "make_cache") else make_prompt_cache(m)
+        mx.eval(m(prompt[None], cache=cache))
+        tok = mx.array([[int(prompt[-1])]], dtype=mx.int32)
+        split = _split(lambda m=m, cache=cache, tok=tok: m(tok, cache=cache), repeats=15)
+        row = {"decode_tok_s": rate, "step": split}
+        if dot:
+            mx.synchronize()
+            before = set(glob.glob(dot + "_*.dot"))
+            mx.eval(m(tok, cache=cache))
+            mx.synchronize()
+            files = sorted(set(glob.glob(dot + "_*.dot")) - before)
+            names, sample = _kernel_names(files)
+            row["graphs"] = len(files)
+            row["dot_sample"] = sample
+            row["kernels"] = sum(names.values())
+            row["kernels_by_name"] = dict(names.most_common(40))
+        out["variants"][variant] = row
+        print(f"  {family} {variant:<6} {rate:6.1f} tok/s  step: build {split['build_us']:7.0f} "
+              f"encode {split['encode_us']:7.0f} total {split['total_us']:7.0f} us"
+              + (f"  kernels {row.get('kernels')} in {row.get('graphs')} graphs" if dot else ""),
+              flush=True)  # fmt: skip
+        if variant == "zmlx":
+            unpatch(model)
+    return out
+
+
+def child(args) -> dict:
+    res = {"device": device_name(), "env": args.child_env}
+    res["launches"] = launches_part(args.ops)
+    if args.family:
+        res["decode"] = decode_part(args.family, args.tokens, args.num_layers)
+    return res
+
+
+def setup_arg_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--ops", type=int, default=200)
+    p.add_argument("--family", default=None, help="also profile decode of this full-size family")
+    p.add_argument("--num-layers", type=int, default=None)
+    p.add_argument("--tokens", type=int, default=64)
+    p.add_argument("--env", nargs="+", default=["default"])
+    p.add_argument(
+        "--count-kernels",
+        action="store_true",
+        help="save the CUDA graphs of one step and count its kernels by name",
+    )
+    p.add_argument("--timeout", type=int, default=280, help="seconds per child")
+    p.add_argument("--json")
+    p.add_argument("--child-env", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--child-out", default=None, help=argparse.SUPPRESS)
+    return p
+
+
+def main(argv=None) -> int:
+    args = setup_arg_parser().parse_args(argv)
+    if args.child_out:
+        with open(args.child_out, "w") as f:
+            json.dump(child(args), f)
+        return 0
+    rows = []
+    for setting in args.env:
+        env = dict(os.environ)
+        if setting != "default":
+            env.update(kv.split("=", 1) for kv in setting.split(","))
+        tmp = tempfile.mkdtemp(prefix="launch_cost_")
+        if args.count_kernels:
+            env["MLX_SAVE_CUDA_GRAPHS_DOT_FILE"] = os.path.join(tmp, "g")
+        out = os.path.join(tmp, "child.json")
+        cmd = [sys.executable, __file__, "--ops", str(args.ops), "--tokens", str(args.tokens),
+               "--child-env", setting, "--child-out", out]  # fmt: skip
+        if args.family:
+            cmd += ["--family", args.family]
+        if args.num_layers:
+            cmd += ["--num-layers", str(args.num_layers)]
+        print(f"[{setting}]", flush=True)
+        try:
+            rc = subprocess.run(cmd, env=env, timeout=args.timeout).returncode
+        except subprocess.TimeoutExpired:
+            rc = "timeout"
+        if rc == 0:
+            rows.append(json.load(open(out)))
+        else:
+            rows.append({"env": setting, "error": f"child exited with {rc}"})
+            print(f"  child exited with {rc}", flush=True)
+    if args.json:
+        capsule.write(capsule.make("launch_cost", {"rows": rows}), args.json)
+        print(f"capsule: {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
