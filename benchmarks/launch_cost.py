@@ -43,7 +43,7 @@ from zmlx.bench import capsule
 from zmlx.core.backend import device_name
 from zmlx.core.kernel import Kernel
 
-COPY = "  const uint i = thread_position_in_grid.x;\n  if (i < n) { out[i] = x[i] + (T)1; }\n"
+COPY = "  const unsigned int i = thread_position_in_grid.x;\n  if (i < n) { out[i] = static_cast<T>(static_cast<float>(x[i]) + 1.0f); }\n"
 
 
 def _raw_kernel(pad: int):
@@ -59,7 +59,7 @@ def launch_fns(n_elems: int):
     w = mx.ones((n_elems,), mx.bfloat16)
     raw_small, raw_big = _raw_kernel(0), _raw_kernel(6144)
     zk = Kernel("launch_cost_copy", ["x", "rt"], ["out"],
-                "  const uint i = tid;\n  if (i < rt[0]) { out[i] = x[i] + (T)1; }\n")  # fmt: skip
+                "  const uint i = tid;\n  if (i < rt[0]) { out[i] = static_cast<T>(static_cast<float>(x[i]) + 1.0f); }\n")  # fmt: skip
     rt = mx.array([n_elems], dtype=mx.uint32)
 
     def raw(k):

@@ -160,6 +160,11 @@ KINDS: dict[str, dict[str, Any]] = {
         "results": {"rows": "list"},
         "items": {"rows[]": {"family": "str", "dtype": "str", "modules": "list"}},
     },
+    "launch_cost": {
+        "doc": "host cost of one launch and a decode step's split (benchmarks/launch_cost.py)",
+        "results": {"rows": "list"},
+        "items": {"rows[]": {"env": "str"}},
+    },
     "zoo_build": {
         "doc": "build time and memory of zoo models (benchmarks/zoo_build.py)",
         "results": {"size": "str", "quant": "str?", "builds": "list"},
