@@ -135,12 +135,10 @@ def _kernel_names(files: list[str]) -> tuple[collections.Counter, str]:
     for path in files:
         text = open(path, errors="replace").read()
         sample = sample or text[:3000]
-        for line in text.splitlines():
-            if "label" not in line:
-                continue
-            found = re.findall(r"(custom_kernel_\w+|_Z\w+)", line)
-            if found:
-                names[found[0][:120]] += 1
+        # cudaGraphDebugDotPrint: a kernel node's label is its index, then the (mangled)
+        # function name on the next line.
+        for m in re.finditer(r'label="\d+\n(\S+)', text):
+            names[m.group(1)[:120]] += 1
     return names, sample
 
 
