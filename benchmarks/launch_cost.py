@@ -13,7 +13,9 @@ header (MLX hashes and rebuilds a custom kernel's whole source on every launch) 
 ``Kernel`` (the dialect prelude in its header).
 
 Part 2, decode (``--family``): a full-size random-weight model, one decode step split the
-same way (build, encode, device) for stock mlx-lm and for ``patch`` + ``compile_decode``,
+same way (build, encode, device) for each of ``--variants`` (stock mlx-lm, ``compiled``,
+``patched``, ``zmlx`` = ``patch`` + ``compile_decode``, ``zmlx_qkv`` = the same with the
+q/k/v projections in one launch),
 the decode rate over ``--tokens`` tokens, and the kernels one step launches, by name, read
 from the CUDA graphs MLX saves when ``MLX_SAVE_CUDA_GRAPHS_DOT_FILE`` is set.
 
@@ -142,7 +144,14 @@ def _kernel_names(files: list[str]) -> tuple[collections.Counter, str]:
     return names, sample
 
 
-def decode_part(family: str, tokens: int, num_layers: int | None) -> dict:
+# Variants of part 2: patch patterns (None: zmlx's defaults for the backend); the names with
+# "compiled", "zmlx" run the decode steps through compile_decode.
+VARIANTS = ("stock", "compiled", "patched", "zmlx", "zmlx_qkv")
+PATTERNS = {"patched": None, "zmlx": None,
+            "zmlx_qkv": ["moe_block", "swiglu_mlp", "qkv_norm_rope"]}  # fmt: skip
+
+
+def decode_part(family: str, tokens: int, num_layers: int | None, variants) -> dict:
     from mlx_lm.generate import generate_step
     from mlx_lm.models.cache import make_prompt_cache
 
@@ -155,14 +164,12 @@ def decode_part(family: str, tokens: int, num_layers: int | None) -> dict:
     prompt = mx.random.randint(1, model.args.vocab_size, (64,), key=mx.random.key(7))
     dot = os.environ.get("MLX_SAVE_CUDA_GRAPHS_DOT_FILE")
     out = {"model": family, "quant": quant, "layers": len(model.layers), "variants": {}}
-    for variant in ("stock", "zmlx"):
-        if variant == "zmlx":
+    for variant in variants:
+        if variant in ("patched", "zmlx", "zmlx_qkv"):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                patch(model)
-            m = compile_decode(model)
-        else:
-            m = model
+                patch(model, patterns=PATTERNS[variant])
+        m = compile_decode(model) if variant in ("compiled", "zmlx", "zmlx_qkv") else model
         for _ in generate_step(prompt, m, max_tokens=8):
             pass
         toks, t_first = 0, None
@@ -192,26 +199,27 @@ def decode_part(family: str, tokens: int, num_layers: int | None) -> dict:
               f"encode {split['encode_us']:7.0f} total {split['total_us']:7.0f} us"
               + (f"  kernels {row.get('kernels')} in {row.get('graphs')} graphs" if dot else ""),
               flush=True)  # fmt: skip
-        if variant == "zmlx":
-            unpatch(model)
+        unpatch(model)
     return out
 
 
 def child(args) -> dict:
     res = {"device": device_name(), "env": args.child_env}
-    res["launches"] = launches_part(args.ops)
+    if args.ops:
+        res["launches"] = launches_part(args.ops)
     if args.family:
-        res["decode"] = decode_part(args.family, args.tokens, args.num_layers)
+        res["decode"] = decode_part(args.family, args.tokens, args.num_layers, args.variants)
     return res
 
 
 def setup_arg_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--ops", type=int, default=200)
+    p.add_argument("--ops", type=int, default=200, help="launches per chain (0: skip part 1)")
     p.add_argument("--family", default=None, help="also profile decode of this full-size family")
     p.add_argument("--num-layers", type=int, default=None)
     p.add_argument("--tokens", type=int, default=64)
     p.add_argument("--env", nargs="+", default=["default"])
+    p.add_argument("--variants", nargs="+", default=["stock", "zmlx"], choices=VARIANTS)
     p.add_argument(
         "--count-kernels",
         action="store_true",
@@ -245,6 +253,7 @@ def main(argv=None) -> int:
             cmd += ["--family", args.family]
         if args.num_layers:
             cmd += ["--num-layers", str(args.num_layers)]
+        cmd += ["--variants", *args.variants]
         print(f"[{setting}]", flush=True)
         try:
             rc = subprocess.run(cmd, env=env, timeout=args.timeout).returncode
