@@ -162,14 +162,22 @@ def test_compiling_a_model_sharded_over_cuda_ranks_warns(monkeypatch):
 
     model, _ = fixtures.load_quantized("qwen3_moe")
 
+    ranks = [2]
+
     class Group:
         def size(self):
-            return 2
+            return ranks[0]
 
     monkeypatch.setattr(mx.distributed, "init", lambda *a, **k: Group())
     monkeypatch.setattr(mx.distributed, "is_available", lambda: True)
     with force_backend("cuda"), pytest.warns(UserWarning, match="slower than eager"):
         D.compile_decode(model)
-    with warnings.catch_warnings():  # one rank, or the CPU: no warning
+    with warnings.catch_warnings():  # two ranks on the CPU: no warning
         warnings.simplefilter("error")
-        D.compile_decode(model)
+        with force_backend("cpu"):
+            D.compile_decode(model)
+    ranks[0] = 1
+    with warnings.catch_warnings():  # one CUDA rank: no warning
+        warnings.simplefilter("error")
+        with force_backend("cuda"):
+            D.compile_decode(model)
