@@ -1,14 +1,14 @@
 """End-to-end decode and prefill: stock mlx-lm against the same model patched by zmlx.
 
-    python benchmarks/moe_decode.py [--families qwen3_moe ...] [--tokens 256] [--runs 3]
+    python benchmarks/moe_decode.py [--families qwen3_moe ...] [--tokens 256] [--runs 5]
                                     [--size full] [--json OUT]
 
 For each family a full-size model with random 4-bit weights is built from the zoo (no
-download). In one process, interleaved run by run (stock, patched, stock, ...): greedy decode
-of ``--tokens`` tokens after a 64-token prompt (tok/s of the decode phase, median of
-``--runs``), and a forward over a 1024-token prompt (prefill tok/s). Fidelity: teacher-forced
-top-1 agreement of the patched model with stock over the stock greedy sequence, position by
-position through the decode path.
+download). In one process, interleaved run by run (stock, patched, stock, ...; each run starts
+with the next variant): greedy decode of ``--tokens`` tokens after a 64-token prompt (tok/s of
+the decode phase, median of ``--runs``), and a forward over a 1024-token prompt (prefill
+tok/s). Fidelity: teacher-forced top-1 agreement of the patched model with stock over the
+stock greedy sequence, position by position through the decode path.
 
 Variants (``--variants``, the last is the headline): ``stock``; ``compiled`` (stock modules,
 decode steps through :func:`zmlx.decode.compile_decode`); ``patched`` (``zmlx.patch``);
@@ -58,7 +58,7 @@ def setup_arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokens", type=int, default=256)
     p.add_argument("--prompt", type=int, default=64)
     p.add_argument("--prefill", type=int, default=1024)
-    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--runs", type=int, default=5)
     p.add_argument("--agreement-positions", type=int, default=256)
     p.add_argument("--patterns", nargs="+", default=PATTERNS)
     p.add_argument(
@@ -194,8 +194,10 @@ def run_family(family: str, args) -> dict:
         prefill_run(m, long_prompt[:64])
         profile[v] = step_profile(m, prompt)
         unpatch(model)
-    for _ in range(args.runs):
-        for v in variants:
+    for i in range(args.runs):
+        # Each run starts with a different variant, so whatever drifts along a run (the host's
+        # load, clocks, the allocator's cache) does not favour one variant.
+        for v in variants[i % len(variants) :] + variants[: i % len(variants)]:
             m = setup_variant(model, v, args.patterns)
             tps, toks = decode_run(m, prompt, args.tokens)
             runs[v]["decode"].append(tps)
