@@ -146,9 +146,10 @@ def _kernel_names(files: list[str]) -> tuple[collections.Counter, str]:
 
 # Variants of part 2: patch patterns (None: zmlx's defaults for the backend); the names with
 # "compiled", "zmlx" run the decode steps through compile_decode.
-VARIANTS = ("stock", "compiled", "patched", "zmlx", "zmlx_qkv")
+VARIANTS = ("stock", "compiled", "patched", "zmlx", "zmlx_qkv", "zmlx_residual")
 PATTERNS = {"patched": None, "zmlx": None,
-            "zmlx_qkv": ["moe_block", "swiglu_mlp", "qkv_norm_rope"]}  # fmt: skip
+            "zmlx_qkv": ["moe_block", "swiglu_mlp", "qkv_norm_rope"],
+            "zmlx_residual": ["moe_residual", "moe_block", "swiglu_mlp", "qk_norm_rope"]}  # fmt: skip
 
 
 def decode_part(family: str, tokens: int, num_layers: int | None, variants) -> dict:
@@ -165,11 +166,11 @@ def decode_part(family: str, tokens: int, num_layers: int | None, variants) -> d
     dot = os.environ.get("MLX_SAVE_CUDA_GRAPHS_DOT_FILE")
     out = {"model": family, "quant": quant, "layers": len(model.layers), "variants": {}}
     for variant in variants:
-        if variant in ("patched", "zmlx", "zmlx_qkv"):
+        if variant in PATTERNS:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 patch(model, patterns=PATTERNS[variant])
-        m = compile_decode(model) if variant in ("compiled", "zmlx", "zmlx_qkv") else model
+        m = compile_decode(model) if variant.startswith(("compiled", "zmlx")) else model
         for _ in generate_step(prompt, m, max_tokens=8):
             pass
         toks, t_first = 0, None

@@ -46,6 +46,7 @@ CATALOG_CAPSULES = ["catalog_bench_h200.json", "catalog_bench_quant_h200.json",
                     "catalog_bench_f16_h100.json", "catalog_bench_f32_h100.json"]  # fmt: skip
 VARIANT_TEXT = {
     "zmlx_qkv": "`patch` (with `qkv_norm_rope`) + `compile_decode`",
+    "zmlx_residual": "`patch` (with `moe_residual`) + `compile_decode`",
     "stock": "mlx-lm as is",
     "compiled": "`compile_decode` only",
     "patched": "`patch` only",

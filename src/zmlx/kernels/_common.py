@@ -54,3 +54,43 @@ def check_array(op: str, name: str, a, min_ndim: int = 1) -> None:
         raise ValueError(
             f"[{op}] expected '{name}' with at least {min_ndim} axes, got shape {tuple(a.shape)}"
         )
+
+
+# ---------------------------------------------------------------------------------------
+# A decoder layer's pre-norm folded into the op that consumes it (``prenorm=``)
+
+
+def check_prenorm(op: str, x: mx.array, prenorm) -> tuple[mx.array, mx.array, float] | None:
+    """Check ``prenorm = (residual, weight, eps)``: the op reads ``rms_norm(x + residual,
+    weight, eps)`` instead of ``x`` (``x`` being a decoder layer's residual stream)."""
+    if prenorm is None:
+        return None
+    try:
+        a, w, eps = prenorm
+    except (TypeError, ValueError):
+        raise TypeError(
+            f"[{op}] expected prenorm = (residual, weight, eps), got {prenorm!r}"
+        ) from None
+    if not isinstance(a, mx.array) or a.shape != x.shape or a.dtype != x.dtype:
+        got = (tuple(a.shape), a.dtype) if isinstance(a, mx.array) else type(a).__name__
+        raise ValueError(
+            f"[{op}] expected a prenorm residual like x {(tuple(x.shape), x.dtype)}, got {got}"
+        )
+    if not isinstance(w, mx.array) or w.shape != (x.shape[-1],):
+        got = tuple(w.shape) if isinstance(w, mx.array) else type(w).__name__
+        raise ValueError(f"[{op}] expected a prenorm weight of shape ({x.shape[-1]},), got {got}")
+    return a, w, float(eps)
+
+
+def prenorm_ref(x: mx.array, prenorm) -> mx.array:
+    """What a folded pre-norm computes, in MLX ops (mlx-lm's ``norm(x + residual)``)."""
+    if prenorm is None:
+        return x
+    a, w, eps = prenorm
+    return mx.fast.rms_norm(x + a, w, eps)
+
+
+def prenorm_foldable(x: mx.array, prenorm) -> bool:
+    """Whether a kernel can fold ``prenorm`` (its weight in x's dtype, so the product rounds
+    as MLX's rms_norm rounds it)."""
+    return prenorm is not None and prenorm[1].dtype == x.dtype

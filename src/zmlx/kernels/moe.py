@@ -18,7 +18,7 @@ from ..core.dtypes import promote
 from ..core.kernel import scalar
 from . import moe_kernels as mk
 from . import quant_kernels as qk
-from ._common import vector
+from ._common import check_prenorm, prenorm_foldable, prenorm_ref, vector
 from .moe_combine import (
     check_like,
     moe_combine,
@@ -146,7 +146,8 @@ def _x_layout(op, x, indices) -> tuple[bool, tuple]:
 # Ops
 
 
-def _gather_launch(op, kind, x, mats, indices, group_size, bits, mode, lins, fp, verbose):
+def _gather_launch(op, kind, x, mats, indices, group_size, bits, mode, lins, fp, verbose,
+                   prenorm=None):  # fmt: skip
     per_slot, lead = _x_layout(op, x, indices)
     k = indices.shape[-1]
     slots = math.prod(lead) * k
@@ -154,12 +155,15 @@ def _gather_launch(op, kind, x, mats, indices, group_size, bits, mode, lins, fp,
     if slots == 0 or not use_kernel(op, x, mats[0][1], group_size, bits, mode,
                                     math.prod(lead), verbose):  # fmt: skip
         return None
+    regs = d <= qk.X_REG_MAX
+    if prenorm is not None and (per_slot or not regs or not prenorm_foldable(x, prenorm)):
+        return None  # the caller applies the pre-norm in MLX ops first
     n = mats[0][0].shape[1]
     joint = 1 if kind == "plain" else 2
     r = qk.rows_per_warp(slots, n, joint, d)
     nb = math.ceil(n / r)
-    kern = qk.matvec_kernel(kind, mode, True, per_slot, lins is not None, False,
-                            d <= qk.X_REG_MAX)  # fmt: skip
+    kern = qk.matvec_kernel(kind, mode, True, per_slot, lins is not None, False, regs,
+                            prenorm is not None)  # fmt: skip
     ins = [x]
     for w, s, b in mats:
         ins += [w, s] + ([b] if mode == "affine" else [])
@@ -168,6 +172,8 @@ def _gather_launch(op, kind, x, mats, indices, group_size, bits, mode, lins, fp,
         ins += lins
     if fp is not None:
         ins.append(fp)
+    if prenorm is not None:
+        ins += [prenorm[0], prenorm[1], scalar(prenorm[2], mx.float32)]
     grid, tg = qk.launch_shape(slots * nb)
     tmpl = fmt_template(x, d, bits, group_size)
     tmpl += [("N", n), ("R", r), ("NB", nb), ("K", k)]
@@ -210,7 +216,7 @@ def gather_qmv(x, w, scales, biases, indices, group_size=64, bits=4, mode="affin
 
 def gather_qmv_swiglu(x, wg, sg, bg, wu, su, bu, indices, group_size=64, bits=4, mode="affine",
                       bias_gate=None, bias_up=None, activation="swiglu", alpha=1.702, limit=7.0,
-                      *, verbose=False):  # fmt: skip
+                      *, prenorm=None, verbose=False):  # fmt: skip
     """Selected experts' gate and up projections and SwiGLU in ONE kernel.
 
     Args:
@@ -221,6 +227,8 @@ def gather_qmv_swiglu(x, wg, sg, bg, wu, su, bu, indices, group_size=64, bits=4,
         activation: ``"swiglu"`` (``silu(g) * u``), ``"swiglu_oai"`` (GPT-OSS:
             ``(clip(u, -limit, limit) + 1) * min(g, limit) * sigmoid(alpha * min(g, limit))``),
             ``"geglu"`` (``gelu(g) * u``, erf) or ``"geglu_tanh"`` (``gelu_approx(g) * u``).
+        prenorm: ``(residual, weight, eps)``: project ``rms_norm(x + residual, weight, eps)``
+            (a decoder layer's post-attention norm, folded into the x load) instead of x.
 
     Shapes:
         x: ``(..., D)``; indices: ``(..., K)`` -> ``(..., K, I)``.
@@ -238,12 +246,17 @@ def gather_qmv_swiglu(x, wg, sg, bg, wu, su, bu, indices, group_size=64, bits=4,
         raise ValueError(f"[{op}] expected both bias_gate and bias_up, or neither")
     check_like(op, "bias_gate", bias_gate, wg.shape[:2], x.dtype)
     check_like(op, "bias_up", bias_up, wg.shape[:2], x.dtype)
+    prenorm = check_prenorm(op, x, prenorm)
     lins = None if bias_gate is None else [bias_gate, bias_up]
     fp = vector((alpha, limit), mx.float32) if activation == "swiglu_oai" else None
     out = _gather_launch(op, activation, x, [(wg, sg, bg), (wu, su, bu)], indices, group_size,
-                         bits, mode, lins, fp, verbose)  # fmt: skip
+                         bits, mode, lins, fp, verbose, prenorm)  # fmt: skip
     if out is not None:
         return out
+    if prenorm is not None:
+        return gather_qmv_swiglu(prenorm_ref(x, prenorm), wg, sg, bg, wu, su, bu, indices,
+                                 group_size, bits, mode, bias_gate, bias_up, activation, alpha,
+                                 limit, verbose=verbose)  # fmt: skip
     return gather_qmv_swiglu_ref(x, wg, sg, bg, wu, su, bu, indices, group_size, bits, mode,
                                  bias_gate, bias_up, activation, alpha, limit)  # fmt: skip
 
@@ -270,7 +283,7 @@ def gather_qmv_geglu(x, wg, sg, bg, wu, su, bu, indices, group_size=64, bits=4, 
 
 def gather_qmv_combine(h, w, scales, biases, indices, weights, group_size=64, bits=4,
                        mode="affine", bias=None, shared=None, shared_gate=None, *,
-                       verbose=False):  # fmt: skip
+                       residual=None, verbose=False):  # fmt: skip
     """Down projection of the selected experts times their router weights, summed over the
     ``K`` experts, in ONE kernel, rounded as mlx-lm rounds (each expert's output to the
     activation dtype, each weighted product and the running sum to the promoted dtype).
@@ -282,6 +295,8 @@ def gather_qmv_combine(h, w, scales, biases, indices, weights, group_size=64, bi
         bias: optional per-expert bias ``(E, D)``.
         shared: optional shared-expert output ``(..., D)`` added at the end;
             shared_gate ``(..., 1)`` scales it by ``sigmoid(shared_gate)`` first.
+        residual: ``(x, a)``, each ``(..., D)``: a decoder layer's residual stream
+            ``x + a``, added last (as ``(x + a) + block(...)`` rounds).
 
     Shapes:
         h: ``(..., K, I)``; indices, weights: ``(..., K)`` -> ``(..., D)``.
@@ -300,14 +315,21 @@ def gather_qmv_combine(h, w, scales, biases, indices, weights, group_size=64, bi
         if shared is None:
             raise ValueError(f"[{op}] expected 'shared' with 'shared_gate'")
         check_like(op, "shared_gate", shared_gate, lead + (1,), h.dtype)
+    if residual is not None:
+        if not isinstance(residual, (tuple, list)) or len(residual) != 2:
+            raise TypeError(f"[{op}] expected residual = (x, a), got {type(residual).__name__}")
+        for name, a in zip(("residual x", "residual a"), residual):
+            check_like(op, name, a, lead + (dout,), h.dtype)
     tokens = math.prod(lead)
     if tokens and use_kernel(op, h, scales, group_size, bits, mode, tokens, verbose):
         r = qk.rows_per_warp(tokens, dout, 1, i_dim)
         nb = math.ceil(dout / r)
         kern = mk.gather_combine_kernel(mode, bias is not None, shared is not None,
-                                 shared_gate is not None, i_dim <= qk.X_REG_MAX)  # fmt: skip
+                                        shared_gate is not None, i_dim <= qk.X_REG_MAX,
+                                        has_res=residual is not None)  # fmt: skip
         ins = [h, w, scales] + ([biases] if mode == "affine" else []) + [indices, weights]
         ins += [a for a in (bias, shared, shared_gate) if a is not None]
+        ins += list(residual or ())
         grid, tg = qk.launch_shape(tokens * nb)
         tmpl = [("T", h.dtype), ("P", promote((h.dtype, weights.dtype))), ("I", i_dim),
                 ("D", dout), ("BITS", bits)]  # fmt: skip
@@ -315,8 +337,9 @@ def gather_qmv_combine(h, w, scales, biases, indices, weights, group_size=64, bi
         return kern(*ins, scalar(tokens, mx.int32), output_shapes=[lead + (dout,)],
                     output_dtypes=[h.dtype], grid=grid, threadgroup=tg,
                     template=tmpl)[0]  # fmt: skip
-    return gather_qmv_combine_ref(h, w, scales, biases, indices, weights, group_size, bits, mode,
-                                  bias, shared, shared_gate)  # fmt: skip
+    out = gather_qmv_combine_ref(h, w, scales, biases, indices, weights, group_size, bits, mode,
+                                 bias, shared, shared_gate)  # fmt: skip
+    return out if residual is None else (residual[0] + residual[1]) + out
 
 
 def moe_experts(x, wg, sg, bg, wu, su, bu, wd, sd, bd, indices, weights, group_size=64, bits=4,

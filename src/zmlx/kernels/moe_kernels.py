@@ -28,7 +28,7 @@ from .quant_kernels import (
 
 @cache
 def gather_combine_kernel(mode: str, has_bias: bool, has_shared: bool, has_gate: bool, regs: bool,
-                          exact: bool = True):  # fmt: skip
+                          exact: bool = True, has_res: bool = False):  # fmt: skip
     """``out[t, row] = sum_j weights[t, j] * (h[t, j] . W[idx[t, j], row])``, float32 sums.
 
     One warp owns ``R`` output rows of one token across all ``K`` experts, so no atomics
@@ -39,6 +39,9 @@ def gather_combine_kernel(mode: str, has_bias: bool, has_shared: bool, has_gate:
     ``exact`` rounds as mlx-lm does: each expert's projection (plus its bias) to ``T``, each
     product with its weight to ``P``, the running sum over ``k`` (in order) to ``P`` (one warp
     reduction per expert); otherwise one float32 sum and one reduction at the end.
+
+    ``has_res`` adds a decoder layer's residual stream last, ``T(rx + ra)`` (inputs ``rx``,
+    ``ra``), rounded as ``h + block(...)`` with ``h = x + attention`` rounds.
     """
     inputs = ["h", *_qinputs("0", mode), "idx", "wts"]
     if has_bias:
@@ -47,6 +50,8 @@ def gather_combine_kernel(mode: str, has_bias: bool, has_shared: bool, has_gate:
         inputs.append("shared")
     if has_gate:
         inputs.append("sgate")
+    if has_res:
+        inputs += ["rx", "ra"]
     inputs.append("rt")
     body = """
   const int wid = (int)(gid * (lsize / 32u) + warp);
@@ -107,9 +112,16 @@ def gather_combine_kernel(mode: str, has_bias: bool, has_shared: bool, has_gate:
             g = _to_t("zx_sigmoid(static_cast<float>(sgate[t]))")
             sh = _to_t(f"{g} * {sh}")
         epi.append(f"        v = v + {sh};")
+    if has_res:
+        if has_shared:
+            epi.append(f"        v = {_to_t('v')};")
+        at = "[(size_t)t * D + row]"
+        epi.append(
+            f"        v = v + {_to_t(f'static_cast<float>(rx{at}) + static_cast<float>(ra{at})')};"
+        )
     epi += ["        out[(size_t)t * D + row] = static_cast<T>(v);", "      }", "    }", "  }"]
     body += "\n".join(epi) + "\n"
-    name = f"qmv_combine_{mode}" + ("_exact" if exact else "")
+    name = f"qmv_combine_{mode}" + ("_exact" if exact else "") + ("_res" if has_res else "")
     return Kernel(name, inputs, ["out"], body, header=HEADER)
 
 

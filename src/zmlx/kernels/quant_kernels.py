@@ -88,14 +88,68 @@ def rows_per_warp(slots: int, n_rows: int, joint: int, d: int) -> int:
 # Body pieces (Python builds each body once per op variant; sizes are template constants)
 
 
-def _prologue(d: str, regs: bool, mode: str) -> str:
-    """Constants for rows of ``d`` inputs, and the lane's slice of x (``xp``) in registers."""
+# The pre-norm of a decoder layer, folded into the x load (``norm``): ``h = x + xa`` rounded to
+# T, then MLX's rms_norm of h (``nrmw * T(h * rsqrt(mean(h^2) + eps))`` with the product in T).
+# Each warp holds a whole row (lane slices), so the mean is one warp reduction.
+_PRENORM = """
+  float ss = 0.0f;
+#pragma unroll
+  for (int j = 0; j < NJ; ++j) {
+    const int wi = j * 32 + (int)lane;
+#pragma unroll
+    for (int e = 0; e < EPW; ++e) {
+      float v = 0.0f;
+      if (NW % 32 == 0 || wi < NW) {
+        v = static_cast<float>(static_cast<T>(static_cast<float>(xp[wi * EPW + e]) +
+                                              static_cast<float>(ap[wi * EPW + e])));
+      }
+      xr[j * EPW + e] = v;
+      ss += v * v;
+    }
+  }
+  const float nrm = zx_rsqrt(zx_warp_sum(ss) / (float)(NW * EPW) + npr[0]);
+#pragma unroll
+  for (int j = 0; j < NJ; ++j) {
+    const int wi = j * 32 + (int)lane;
+#pragma unroll
+    for (int e = 0; e < EPW; ++e) {
+      if (NW % 32 == 0 || wi < NW) {
+        const float y = static_cast<float>(static_cast<T>(xr[j * EPW + e] * nrm));
+        xr[j * EPW + e] = static_cast<float>(static_cast<T>(
+            static_cast<float>(nrmw[wi * EPW + e]) * y));
+      }
+    }
+  }
+"""
+
+
+def _prologue(d: str, regs: bool, mode: str, norm: bool = False) -> str:
+    """Constants for rows of ``d`` inputs, and the lane's slice of x (``xp``) in registers;
+    with ``norm``, of the pre-norm of ``xp + ap`` (see :data:`_PRENORM`; needs ``regs``)."""
     text = f"""
   constexpr int EPW = 32 / BITS;
   constexpr int NW = {d} / EPW;
   constexpr int NJ = (NW + 31) / 32;
   constexpr int NG = {d} / GROUP_SIZE;
 """
+    if norm:
+        if not regs:
+            raise ValueError("[quant_kernels] the folded pre-norm needs x in registers")
+        sums = mode == "affine"
+        text += "  float xr[NJ * EPW];\n" + ("  float xs[NJ];\n" if sums else "") + _PRENORM
+        if sums:
+            text += """
+#pragma unroll
+  for (int j = 0; j < NJ; ++j) {
+    float sum = 0.0f;
+#pragma unroll
+    for (int e = 0; e < EPW; ++e) {
+      sum += xr[j * EPW + e];
+    }
+    xs[j] = sum;
+  }
+"""
+        return text
     if regs:
         sums = mode == "affine"
         text += (
@@ -247,7 +301,14 @@ GATED = {
 
 @cache
 def matvec_kernel(
-    kind: str, mode: str, gather: bool, x_per_slot: bool, has_bias: bool, has_res: bool, regs: bool
+    kind: str,
+    mode: str,
+    gather: bool,
+    x_per_slot: bool,
+    has_bias: bool,
+    has_res: bool,
+    regs: bool,
+    norm: bool = False,
 ) -> Kernel:
     """The matvec kernel of one variant.
 
@@ -260,6 +321,8 @@ def matvec_kernel(
         has_bias: add a linear bias per output (per expert when ``gather``).
         has_res: add a residual (``plain`` only).
         regs: hold the lane's slice of x in registers.
+        norm: x is a decoder layer's residual stream: the kernel multiplies the pre-norm
+            ``rms_norm(x + xa, nrmw, npr[0])`` (MLX's rounding; needs ``regs``).
 
     Template constants: ``T`` (activation dtype), ``D`` (inputs), ``N`` (rows; ``NQ``,
     ``NK``, ``NV`` for q/k/v), ``BITS``, ``GROUP_SIZE``, ``R`` (rows per warp), ``NB``
@@ -283,6 +346,8 @@ def matvec_kernel(
         inputs.append("res")
     if kind == "swiglu_oai":
         inputs.append("fp")
+    if norm:
+        inputs += ["xa", "nrmw", "npr"]
     inputs.append("rt")
     outputs = ["q_out", "k_out", "v_out"] if kind == "qkv" else ["out"]
 
@@ -296,7 +361,9 @@ def matvec_kernel(
   const int wb = wid % NB;
   const T* xp = x + (size_t)({xrow}) * D;
 """
-    body += _prologue("D", regs, mode)
+    if norm:
+        body += f"  const T* ap = xa + (size_t)({xrow}) * D;\n"
+    body += _prologue("D", regs, mode, norm)
     e = "static_cast<int>(idx[slot])" if gather else "0"
     body += f"  const int ex = {e};\n"
 
@@ -323,7 +390,7 @@ def matvec_kernel(
         body += _reduce(names)
         body += _store(kind, joint[kind], gather, has_bias, has_res)
     return Kernel(
-        f"qmv_{kind}_{mode}{'_gather' if gather else ''}",
+        f"qmv_{kind}_{mode}{'_gather' if gather else ''}{'_prenorm' if norm else ''}",
         inputs,
         outputs,
         body,

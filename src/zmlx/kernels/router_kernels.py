@@ -15,6 +15,7 @@ match mlx-lm's rounding rather than a float32 re-derivation.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import mlx.core as mx
@@ -176,8 +177,7 @@ _FUSED_HEAD = r"""
   if (tok >= dims[0]) { return; }
   ZX_SHARED float xs[DIN];
   ZX_SHARED float lg[E];
-  for (uint i = lid; i < (uint)DIN; i += lsize) { xs[i] = static_cast<float>(x[tok * DIN + i]); }
-  zx_barrier();
+@LOAD@  zx_barrier();
   const int nw = (int)(lsize / 32u);
   for (int e = (int)warp; e < E; e += nw) {
     float acc = 0.0f;
@@ -251,16 +251,46 @@ _FUSED_TAIL = (
 
 ROUTE = Kernel("moe_route", ("logits", "sbias", "prm", "dims"), ("inds", "weights"), ROUTE_BODY)
 _FUSED_INPUTS = ("x", "rw", "scales", "qbias", "lbias", "sbias", "prm", "dims")
-# Float weights and affine-quantized weights differ only in the dot product.
-FUSED = {
-    quant: Kernel(
-        "moe_route_fused" + ("_affine" if quant else ""),
-        _FUSED_INPUTS,
+# The pre-norm of a decoder layer folded into the x load: h = x + xa rounded to XT (x's dtype),
+# then MLX's rms_norm of h (nrmw * XT(h * rsqrt(mean(h^2) + eps)), the product in XT).
+_PRENORM_LOAD = r"""
+  ZX_SHARED float red[32];
+  float ss = 0.0f;
+  for (uint i = lid; i < (uint)DIN; i += lsize) {
+    const float v = static_cast<float>(static_cast<XT>(static_cast<float>(x[tok * DIN + i]) +
+                                                       static_cast<float>(xa[tok * DIN + i])));
+    xs[i] = v;
+    ss += v * v;
+  }
+  ss = zx_warp_sum(ss);
+  if (lane == 0u) { red[warp] = ss; }
+  zx_barrier();
+  float tot = 0.0f;
+  for (uint wv = 0; wv < lsize / 32u; ++wv) { tot += red[wv]; }
+  const float nrm = zx_rsqrt(tot / (float)DIN + npr[0]);
+  for (uint i = lid; i < (uint)DIN; i += lsize) {
+    const float y = static_cast<float>(static_cast<XT>(xs[i] * nrm));
+    xs[i] = static_cast<float>(static_cast<XT>(static_cast<float>(nrmw[i]) * y));
+  }
+"""
+_PLAIN_LOAD = (
+    "  for (uint i = lid; i < (uint)DIN; i += lsize) "
+    "{ xs[i] = static_cast<float>(x[tok * DIN + i]); }\n"
+)
+
+
+@functools.cache
+def fused_kernel(quant: bool, norm: bool = False) -> Kernel:
+    """The router matvec + routing kernel; float and affine-quantized weights differ only in
+    the dot product. ``norm``: x is the residual stream, routed on its folded pre-norm
+    (inputs ``xa``, ``nrmw``, ``npr``; template ``XT``)."""
+    head = _FUSED_HEAD.replace("@LOAD@", _PRENORM_LOAD if norm else _PLAIN_LOAD)
+    return Kernel(
+        "moe_route_fused" + ("_affine" if quant else "") + ("_prenorm" if norm else ""),
+        _FUSED_INPUTS[:-1] + (("xa", "nrmw", "npr") if norm else ()) + _FUSED_INPUTS[-1:],
         ("inds", "weights"),
-        _FUSED_HEAD + (_DOT_AFFINE if quant else _DOT_FLOAT) + _FUSED_TAIL,
+        head + (_DOT_AFFINE if quant else _DOT_FLOAT) + _FUSED_TAIL,
     )
-    for quant in (False, True)
-}
 
 
 def params(eps: float, scale: float) -> mx.array:
@@ -314,8 +344,10 @@ def launch_route(logits: mx.array, sbias, plan, template, t: int) -> tuple[mx.ar
     return inds, weights
 
 
-def launch_fused(x, w, scales, qbias, lbias, sbias, plan, template, logits_dtype, bits, gsz, t, d):
-    """Router matvec + routing for ``t`` tokens of ``d`` features: one group per token."""
+def launch_fused(x, w, scales, qbias, lbias, sbias, plan, template, logits_dtype, bits, gsz, t, d,
+                 prenorm=None):  # fmt: skip
+    """Router matvec + routing for ``t`` tokens of ``d`` features: one group per token.
+    ``prenorm``: ``(xa, nw, eps)`` routes ``rms_norm(x + xa, nw, eps)`` instead of x."""
     extra = [
         ("DIN", d),
         ("QBITS", bits),
@@ -325,7 +357,12 @@ def launch_fused(x, w, scales, qbias, lbias, sbias, plan, template, logits_dtype
         ("LG", logits_dtype),
     ]
     z = dummy()
-    kernel = FUSED[bits > 0]
+    kernel = fused_kernel(bits > 0, prenorm is not None)
+    norm_in = []
+    if prenorm is not None:
+        xa, nw, eps = prenorm
+        norm_in = [xa, nw, scalar(float(eps), mx.float32)]
+        extra.append(("XT", x.dtype))
     inds, weights = kernel(
         x,
         w,
@@ -334,6 +371,7 @@ def launch_fused(x, w, scales, qbias, lbias, sbias, plan, template, logits_dtype
         lbias if lbias is not None else z,
         sbias if sbias is not None else z,
         params(plan.norm_eps, plan.scale),
+        *norm_in,
         scalar(t, mx.uint32),
         output_shapes=[(t, plan.k), (t, plan.k)],
         output_dtypes=[mx.uint32, plan.out_dtype],

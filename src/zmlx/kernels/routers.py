@@ -31,6 +31,7 @@ from ..core.backend import backend
 from ..core.dtypes import FLOAT_DTYPES, check_float, promote
 from ..core.fallback import note
 from . import router_kernels as RK
+from ._common import check_prenorm, prenorm_foldable, prenorm_ref
 from .router_rules import (
     RouterRule,
     _check,
@@ -162,7 +163,8 @@ def sigmoid_topk(logits, k: int, select_bias=None, *, score: str = "sigmoid",
 
 
 def router_fused(x, weight, rule: RouterRule, *, bias=None, select_bias=None, scales=None,
-                 biases=None, group_size: int = 64, bits: int = 8, verbose: bool = False):  # fmt: skip
+                 biases=None, group_size: int = 64, bits: int = 8, prenorm=None,
+                 verbose: bool = False):  # fmt: skip
     """The router Linear and the routing in one launch, for decode (up to 16 tokens).
 
     ``logits = x @ weight.T (+ bias)`` as mlx-lm's router computes them (float ``nn.Linear``
@@ -178,6 +180,8 @@ def router_fused(x, weight, rule: RouterRule, *, bias=None, select_bias=None, sc
         select_bias: the selection-only bias of ``sigmoid_topk`` rules.
         scales, biases: affine quantization parameters ``(E, D / group_size)``.
         group_size, bits: quantization group size and bits (4 or 8 in the kernel).
+        prenorm: ``(residual, weight, eps)``: route ``rms_norm(x + residual, weight, eps)``
+            (a decoder layer's post-attention norm, folded into the x load) instead of x.
         verbose: print why a slower path was taken.
 
     Returns:
@@ -202,17 +206,21 @@ def router_fused(x, weight, rule: RouterRule, *, bias=None, select_bias=None, sc
             f"{tuple(weight.shape)}"
         )
     _check(op, (n_experts,), rule, select_bias)
-    args = (x, weight, rule, bias, select_bias, scales, biases, group_size, bits)
+    prenorm = check_prenorm(op, x, prenorm)
+    rest = (weight, rule, bias, select_bias, scales, biases, group_size, bits)
     if backend() == "cpu":
-        return router_fused_ref(*args)
+        return router_fused_ref(prenorm_ref(x, prenorm), *rest)
     t = x.size // d
     why = _covered(rule, n_experts)
     if why is None and t > RK.FUSED_MAX_TOKENS:
         why = f"{t} tokens > {RK.FUSED_MAX_TOKENS} (prefill)"
     if why is None and (d > RK.FUSED_MAX_DIM or (quant and (bits not in (4, 8) or d % group_size))):
         why = f"D = {d}, bits = {bits}, group_size = {group_size} not covered"
+    if why is None and prenorm is not None and not prenorm_foldable(x, prenorm):
+        why = "prenorm weight not in x's dtype"
     if why is not None or x.dtype not in FLOAT_DTYPES or t == 0:
         note(op, f"{why}; router Linear in MLX, then the routing kernel", verbose=verbose)
+        x = prenorm_ref(x, prenorm)
         logits = router_linear_ref(x, weight, rule, bias, scales, biases, group_size, bits)
         return route(logits, rule, select_bias, verbose=verbose)
     xin = mx.float32 if rule.gate_float32 else x.dtype
@@ -224,7 +232,7 @@ def router_fused(x, weight, rule: RouterRule, *, bias=None, select_bias=None, sc
     )
     inds, w = RK.launch_fused(
         x, weight, scales, biases, bias, select_bias if plan.has_bias else None, plan, template,
-        logits_dtype, bits if quant else 0, group_size, t, d,
+        logits_dtype, bits if quant else 0, group_size, t, d, prenorm,
     )  # fmt: skip
     shape = tuple(x.shape[:-1]) + (rule.k,)
     return inds.reshape(shape), w.reshape(shape)

@@ -2,6 +2,7 @@
 patterns of its parts, so a fused block's children are left to it."""
 
 from .moe_block import MoEBlockPattern
+from .moe_residual import MoEResidualPattern
 from .norms import LayerNormPattern, RMSNormPattern
 from .qk_norm_attention import QKNormAttentionPattern, QKVNormAttentionPattern
 from .swiglu_mlp import SwiGLUMLPPattern
@@ -9,8 +10,9 @@ from .switch_glu import SwitchGLUPattern
 
 PATTERNS = {
     p.name: p
-    for p in (MoEBlockPattern(), SwitchGLUPattern(), SwiGLUMLPPattern(), QKVNormAttentionPattern(),
-              QKNormAttentionPattern(), RMSNormPattern(), LayerNormPattern())
+    for p in (MoEResidualPattern(), MoEBlockPattern(), SwitchGLUPattern(), SwiGLUMLPPattern(),
+              QKVNormAttentionPattern(), QKNormAttentionPattern(), RMSNormPattern(),
+              LayerNormPattern())
 }  # fmt: skip
 
 __all__ = ["PATTERNS"]

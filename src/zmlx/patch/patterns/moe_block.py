@@ -94,17 +94,28 @@ class FusedMoE(DecodeFused):
     def __call__(self, x: mx.array) -> mx.array:
         if not self.zmlx_fused(x):
             return super().__call__(x)
+        return self.zmlx_block(x)
+
+    def zmlx_block(self, x: mx.array, prenorm=None, residual=None) -> mx.array:
+        """The fused block. ``prenorm = (a, weight, eps)``: ``x`` is a decoder layer's
+        residual stream and the block's input is ``rms_norm(x + a, weight, eps)``, folded into
+        the router and gate/up kernels; ``residual = (x, a)``: ``x + a`` is added to the
+        output in the down-projection kernel (see the ``moe_residual`` pattern). Blocks with a
+        shared expert take neither (it would need the normed input itself)."""
         cfg = self._zx
+        if (prenorm is not None or residual is not None) and cfg["shared"] is not None:
+            raise ValueError("[moe_block] a block with a shared expert cannot fold the pre-norm")
         router = _get(self, cfg["router_path"])
         sbias = _get(self, cfg["select_bias"]) if cfg["select_bias"] else None
         rp = quantized_params(router) if cfg["router_quantized"] else None
         if rp is not None:
             inds, w = R.router_fused(x, rp["w"], cfg["rule"], bias=rp["bias"], select_bias=sbias,
                                      scales=rp["scales"], biases=rp["biases"],
-                                     group_size=rp["group_size"], bits=rp["bits"])  # fmt: skip
+                                     group_size=rp["group_size"], bits=rp["bits"],
+                                     prenorm=prenorm)  # fmt: skip
         else:
             inds, w = R.router_fused(x, router["weight"], cfg["rule"], bias=router.get("bias"),
-                                     select_bias=sbias)  # fmt: skip
+                                     select_bias=sbias, prenorm=prenorm)  # fmt: skip
         glu = self[cfg["experts"]]
         p = {n: quantized_params(glu[n]) for n in ("gate_proj", "up_proj", "down_proj")}
         g, u, d = p["gate_proj"], p["up_proj"], p["down_proj"]
@@ -112,7 +123,7 @@ class FusedMoE(DecodeFused):
         h = K.gather_qmv_swiglu(
             x, g["w"], g["scales"], g["biases"], u["w"], u["scales"], u["biases"], inds,
             bias_gate=g["bias"], bias_up=u["bias"], activation=cfg["activation"],
-            alpha=cfg.get("alpha", 1.702), limit=cfg.get("limit", 7.0), **fmt,
+            alpha=cfg.get("alpha", 1.702), limit=cfg.get("limit", 7.0), prenorm=prenorm, **fmt,
         )  # fmt: skip
         shared = shared_gate = None
         if cfg["shared"] == "add":
@@ -120,10 +131,12 @@ class FusedMoE(DecodeFused):
         elif cfg["shared"] == "gated":
             shared = self["shared_expert"](x)
             shared_gate = self["shared_expert_gate"](x)
+        group = getattr(self, "sharding_group", None)
+        if group is not None and residual is not None:
+            raise ValueError("[moe_block] a sharded block cannot fold the residual add")
         y = K.gather_qmv_combine(h, d["w"], d["scales"], d["biases"], inds, w,
                                  bias=d["bias"], shared=shared, shared_gate=shared_gate,
-                                 **cfg["down_fmt"])  # fmt: skip
-        group = getattr(self, "sharding_group", None)
+                                 residual=residual, **cfg["down_fmt"])  # fmt: skip
         if group is not None:
             # Tensor-parallel block (mlx-lm's shard()): each rank holds a slice of every
             # expert's intermediate dimension; the partial sums meet here, as in mlx-lm.
