@@ -200,6 +200,7 @@ def test_ties_and_order_follow_the_familys_form(kind, ascending, dtype, rng):
     np.testing.assert_array_equal(got_kernel, want)
 
 
+@pytest.mark.no_emulate  # stock argpartition runs on the CPU there, whose order differs from the GPU's
 @pytest.mark.gpu
 @pytest.mark.parametrize("ascending", [False, True], ids=["desc", "asc"])
 def test_kernel_matches_stock_argpartition_on_the_gpu(ascending, rng):
