@@ -10,13 +10,14 @@ chain under ``mx.compile``. Per launch: host time to build the graph, to encode 
 is done. Launches compared: a stock primitive (``mx.fast.rms_norm``), a raw
 ``mx.fast.cuda_kernel`` with a one-line source, the same with 6 KB of comments in its
 header (MLX hashes and rebuilds a custom kernel's whole source on every launch) and a zmlx
-``Kernel`` (the dialect prelude in its header).
+``Kernel`` (the dialect prelude in its header), and a dynamic ``mx.slice_update`` (what
+``compile_decode``'s KV-cache write is). With ``--count-kernels``, the CUDA graphs each chain
+commits are counted too.
 
 Part 2, decode (``--family``): a full-size random-weight model, one decode step split the
 same way (build, encode, device) for each of ``--variants`` (stock mlx-lm, ``compiled``,
-``patched``, ``zmlx`` = ``patch`` + ``compile_decode``, ``zmlx_qkv`` = the same with the
-q/k/v projections in one launch),
-the decode rate over ``--tokens`` tokens, and the kernels one step launches, by name, read
+``patched``, ``zmlx`` = ``patch`` + ``compile_decode``, ``zmlx_qkv`` and ``zmlx_residual`` =
+the same with ``qkv_norm_rope`` or ``moe_residual``), the decode rate over ``--tokens`` tokens, and the kernels one step launches, by name, read
 from the CUDA graphs MLX saves when ``MLX_SAVE_CUDA_GRAPHS_DOT_FILE`` is set.
 
 Each ``--env`` setting (``default`` or ``NAME=VALUE[,NAME=VALUE]``, e.g.
@@ -59,6 +60,19 @@ def _raw_kernel(pad: int):
 def launch_fns(n_elems: int):
     """name -> one launch ``f(x) -> y`` (same shape and dtype as x)."""
     w = mx.ones((n_elems,), mx.bfloat16)
+    upd = mx.ones((1,), mx.bfloat16)
+    start = mx.array([n_elems // 2], dtype=mx.int32)
+
+    def dynamic_slice_update(x):
+        # What compile_decode's KV cache write is: a write at a position held in an array.
+        return mx.slice_update(x, upd, start, axes=(0,))
+
+    fns = {
+        "stock_rms_norm": lambda x: mx.fast.rms_norm(x, w, 1e-6),
+        "stock_dynamic_slice_update": dynamic_slice_update,
+    }
+    if not mx.cuda.is_available():  # a CPU smoke run: stock ops only
+        return fns
     raw_small, raw_big = _raw_kernel(0), _raw_kernel(6144)
     zk = Kernel("launch_cost_copy", ["x", "rt"], ["out"],
                 "  const uint i = tid;\n  if (i < rt[0]) { out[i] = static_cast<T>(static_cast<float>(x[i]) + 1.0f); }\n")  # fmt: skip
@@ -77,7 +91,7 @@ def launch_fns(n_elems: int):
                   threadgroup=(256, 1, 1), template=[("T", x.dtype)])[0]  # fmt: skip
 
     return {
-        "stock_rms_norm": lambda x: mx.fast.rms_norm(x, w, 1e-6),
+        **fns,
         "raw_kernel_small": raw(raw_small),
         "raw_kernel_6kb_header": raw(raw_big),
         "zmlx_kernel": zmlx_copy,
@@ -121,6 +135,13 @@ def launches_part(n_ops: int, n_elems: int = 4096) -> dict:
             "eager": {k: v / n_ops for k, v in eager.items()},
             "compiled": {k: v / n_ops for k, v in comp.items()},
         }
+        if os.environ.get("MLX_SAVE_CUDA_GRAPHS_DOT_FILE"):
+            # CUDA graphs MLX commits for one chain, eager and compiled: a graph ends when
+            # it is full (MLX_MAX_OPS_PER_BUFFER) or when something forces a commit.
+            for mode, fn in (("eager", chain), ("compiled", compiled)):
+                files = _graphs_of(lambda fn=fn: mx.eval(fn(x)))
+                out[name][mode]["graphs"] = len(files)
+                out[name][mode]["kernels"] = sum(_kernel_names(files)[0].values())
         print(f"  {name:<24} per launch: eager build {out[name]['eager']['build_us']:5.1f} "
               f"encode {out[name]['eager']['encode_us']:5.1f} total "
               f"{out[name]['eager']['total_us']:5.1f} us | compiled encode "
@@ -150,6 +171,16 @@ VARIANTS = ("stock", "compiled", "patched", "zmlx", "zmlx_qkv", "zmlx_residual")
 PATTERNS = {"patched": None, "zmlx": None,
             "zmlx_qkv": ["moe_block", "swiglu_mlp", "qkv_norm_rope"],
             "zmlx_residual": ["moe_residual", "moe_block", "swiglu_mlp", "qk_norm_rope"]}  # fmt: skip
+
+
+def _graphs_of(run) -> list[str]:
+    """The CUDA graph files MLX saves while ``run()`` evaluates (MLX_SAVE_CUDA_GRAPHS_DOT_FILE)."""
+    dot = os.environ["MLX_SAVE_CUDA_GRAPHS_DOT_FILE"]
+    mx.synchronize()
+    before = set(glob.glob(dot + "_*.dot"))
+    run()
+    mx.synchronize()
+    return sorted(set(glob.glob(dot + "_*.dot")) - before)
 
 
 def decode_part(family: str, tokens: int, num_layers: int | None, variants) -> dict:
@@ -185,11 +216,7 @@ def decode_part(family: str, tokens: int, num_layers: int | None, variants) -> d
         split = _split(lambda m=m, cache=cache, tok=tok: m(tok, cache=cache), repeats=15)
         row = {"decode_tok_s": rate, "step": split}
         if dot:
-            mx.synchronize()
-            before = set(glob.glob(dot + "_*.dot"))
-            mx.eval(m(tok, cache=cache))
-            mx.synchronize()
-            files = sorted(set(glob.glob(dot + "_*.dot")) - before)
+            files = _graphs_of(lambda m=m, cache=cache, tok=tok: mx.eval(m(tok, cache=cache)))
             names, sample = _kernel_names(files)
             row["graphs"] = len(files)
             row["dot_sample"] = sample
