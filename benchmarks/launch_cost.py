@@ -17,8 +17,9 @@ commits are counted too.
 Part 2, decode (``--family``): a full-size random-weight model, one decode step split the
 same way (build, encode, device) for each of ``--variants`` (stock mlx-lm, ``compiled``,
 ``patched``, ``zmlx`` = ``patch`` + ``compile_decode``, ``zmlx_qkv`` and ``zmlx_residual`` =
-the same with ``qkv_norm_rope`` or ``moe_residual``), the decode rate over ``--tokens`` tokens, and the kernels one step launches, by name, read
-from the CUDA graphs MLX saves when ``MLX_SAVE_CUDA_GRAPHS_DOT_FILE`` is set.
+the same with ``qkv_norm_rope`` or ``moe_residual``), the decode rate over ``--tokens``
+tokens, and the kernels one step launches, by name, read from the CUDA graphs MLX saves
+when ``MLX_SAVE_CUDA_GRAPHS_DOT_FILE`` is set.
 
 Each ``--env`` setting (``default`` or ``NAME=VALUE[,NAME=VALUE]``, e.g.
 ``MLX_MAX_OPS_PER_BUFFER=1000``) runs both parts in a child process of its own, as MLX reads
@@ -46,7 +47,10 @@ from zmlx.bench import capsule
 from zmlx.core.backend import device_name
 from zmlx.core.kernel import Kernel
 
-COPY = "  const unsigned int i = thread_position_in_grid.x;\n  if (i < n) { out[i] = static_cast<T>(static_cast<float>(x[i]) + 1.0f); }\n"
+COPY = (
+    "  const unsigned int i = thread_position_in_grid.x;\n"
+    "  if (i < n) { out[i] = static_cast<T>(static_cast<float>(x[i]) + 1.0f); }\n"
+)
 
 
 def _raw_kernel(pad: int):
@@ -74,8 +78,8 @@ def launch_fns(n_elems: int):
     if not mx.cuda.is_available():  # a CPU smoke run: stock ops only
         return fns
     raw_small, raw_big = _raw_kernel(0), _raw_kernel(6144)
-    zk = Kernel("launch_cost_copy", ["x", "rt"], ["out"],
-                "  const uint i = tid;\n  if (i < rt[0]) { out[i] = static_cast<T>(static_cast<float>(x[i]) + 1.0f); }\n")  # fmt: skip
+    body = COPY.replace("unsigned int", "uint").replace("thread_position_in_grid.x", "tid")
+    zk = Kernel("launch_cost_copy", ["x", "rt"], ["out"], body.replace("i < n", "i < rt[0]"))
     rt = mx.array([n_elems], dtype=mx.uint32)
 
     def raw(k):

@@ -13,9 +13,9 @@ stock greedy sequence, position by position through the decode path.
 Variants (``--variants``, the last is the headline): ``stock``; ``compiled`` (stock modules,
 decode steps through :func:`zmlx.decode.compile_decode`); ``patched`` (``zmlx.patch``);
 ``zmlx_stock_attention`` (patched and compiled, mlx-lm's attention); ``zmlx`` (patched,
-compiled, zmlx's decode-attention kernel); on request ``zmlx_qkv`` and ``zmlx_residual`` (``zmlx``
-with ``qkv_norm_rope`` or ``moe_residual`` added). Each also gets a one-step profile: host time to build the
-step's graph, and the step's time when evaluated at once.
+compiled, zmlx's decode-attention kernel); on request ``zmlx_qkv`` and ``zmlx_residual``
+(``zmlx`` with ``qkv_norm_rope`` or ``moe_residual`` added). Each also gets a one-step profile:
+host time to build the step's graph, and the step's time when evaluated at once.
 """
 
 from __future__ import annotations
