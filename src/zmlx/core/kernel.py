@@ -73,6 +73,11 @@ _CAPTURE: contextvars.ContextVar[list[Launch] | None] = contextvars.ContextVar(
 )
 
 
+def capturing() -> bool:
+    """Whether launches are being recorded by :func:`capture` (not run)."""
+    return _CAPTURE.get() is not None
+
+
 @contextlib.contextmanager
 def capture(backend_name: str) -> Iterator[list[Launch]]:
     """Record kernel launches for ``backend_name`` instead of running them.

@@ -17,7 +17,8 @@ stock MLX inside a routed range; outside every range the kernel runs.
   an empty table costs nothing. ``KernelSpec.op`` stays the kernel itself, which the catalog's
   tests check against the reference.
 * The shipped table holds timings of real GPUs: under the CPU kernel emulator (whose backend
-  reads "cuda") only a table named by ``ZMLX_STOCK_ROUTES`` routes.
+  reads "cuda") and while launches are captured (:func:`zmlx.core.kernel.capture`) only a
+  table named by ``ZMLX_STOCK_ROUTES`` routes.
 * The benchmark times eager calls, whose Python overhead a compiled decode step does not pay
   again. So routes apply to calls a user makes; inside :func:`bypass` (every module
   ``zmlx.patch`` swaps in, and the compiled decoder's attention) the kernel always runs: those
@@ -42,6 +43,7 @@ import mlx.core as mx
 
 from ..core import emulate
 from ..core.backend import backend as current_backend
+from ..core.kernel import capturing
 
 SCHEMA = "zmlx.stock_routes"
 DEFAULT_TABLE = Path(__file__).resolve().parent / "overrides" / "stock_routes.json"
@@ -116,8 +118,8 @@ def routed(op: str, backend: str, args: Iterable[Any]) -> dict[str, Any] | None:
     entries = _table().get(op)
     if not entries or _BYPASS.get():
         return None
-    if os.environ.get("ZMLX_STOCK_ROUTES") is None and emulate.active():
-        return None  # the shipped table times real GPUs; the emulator tests kernels
+    if os.environ.get("ZMLX_STOCK_ROUTES") is None and (emulate.active() or capturing()):
+        return None  # the shipped table times real GPUs; the emulator and capture test kernels
     x = first_array(args)
     if x is None:
         return None
