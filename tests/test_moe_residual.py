@@ -100,6 +100,16 @@ def test_blocks_with_a_shared_expert_are_skipped_with_a_reason(monkeypatch):
     unpatch(model)
 
 
+def test_sharded_blocks_are_skipped():
+    model, _ = fixtures.load_quantized("qwen3_moe")
+    for layer in model.layers:
+        layer.mlp.sharding_group = object()  # what mlx-lm's shard() leaves on a block
+    report = _patch(model)
+    assert "moe_residual" not in report.patterns()
+    assert any(p == "moe_residual" and "sharded" in why for _, p, why in report.skipped)
+    unpatch(model)
+
+
 def test_not_applied_by_default():
     model, _ = fixtures.load_quantized("qwen3_moe")
     report = patch(model)

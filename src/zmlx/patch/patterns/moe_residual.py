@@ -101,6 +101,8 @@ class MoEResidualPattern(Pattern):
             return skip(f"its MoE block is not fused: {block.reason}")
         if block.config["shared"] is not None:
             return skip("the MoE block has a shared expert (it needs the normed input)")
+        if getattr(module[lay.mlp], "sharding_group", None) is not None:
+            return skip("the MoE block is sharded (its all-reduce comes before the residual add)")
         if type(module[lay.norm]) is not nn.RMSNorm:
             return skip(f"the layer's {lay.norm} is not a plain nn.RMSNorm")
         src = "".join(call_source(module).split())
