@@ -25,6 +25,14 @@ def _patch(model, patterns=PATTERNS):
         return patch(model, patterns=patterns)
 
 
+def _assert_skipped(model, reason: str) -> None:
+    """patch() leaves every layer of ``model`` unfolded, saying ``reason``."""
+    report = _patch(model)
+    assert "moe_residual" not in report.patterns()
+    assert any(p == "moe_residual" and reason in why for _, p, why in report.skipped)
+    unpatch(model)
+
+
 def greedy(model, prompt, n):
     return [int(t) for t, _ in generate_step(mx.array(prompt), model, max_tokens=n)]
 
@@ -94,20 +102,14 @@ def test_blocks_with_a_shared_expert_are_skipped_with_a_reason(monkeypatch):
     # normed input, which the folded kernels never materialise.
     monkeypatch.setitem(R.LAYOUTS, "glm4_moe_lite", R.LAYOUTS["qwen3_moe"])
     model, _ = fixtures.load_quantized("glm4_moe_lite")
-    report = _patch(model)
-    assert "moe_residual" not in report.patterns()
-    assert any(p == "moe_residual" and "shared expert" in why for _, p, why in report.skipped)
-    unpatch(model)
+    _assert_skipped(model, "shared expert")
 
 
 def test_sharded_blocks_are_skipped():
     model, _ = fixtures.load_quantized("qwen3_moe")
     for layer in model.layers:
         layer.mlp.sharding_group = object()  # what mlx-lm's shard() leaves on a block
-    report = _patch(model)
-    assert "moe_residual" not in report.patterns()
-    assert any(p == "moe_residual" and "sharded" in why for _, p, why in report.skipped)
-    unpatch(model)
+    _assert_skipped(model, "sharded")
 
 
 def test_not_applied_by_default():

@@ -100,8 +100,7 @@ _PRENORM = """
     for (int e = 0; e < EPW; ++e) {
       float v = 0.0f;
       if (NW % 32 == 0 || wi < NW) {
-        v = static_cast<float>(static_cast<T>(static_cast<float>(xp[wi * EPW + e]) +
-                                              static_cast<float>(ap[wi * EPW + e])));
+        v = zx_rnd<T>(static_cast<float>(xp[wi * EPW + e]) + static_cast<float>(ap[wi * EPW + e]));
       }
       xr[j * EPW + e] = v;
       ss += v * v;
@@ -114,9 +113,8 @@ _PRENORM = """
 #pragma unroll
     for (int e = 0; e < EPW; ++e) {
       if (NW % 32 == 0 || wi < NW) {
-        const float y = static_cast<float>(static_cast<T>(xr[j * EPW + e] * nrm));
-        xr[j * EPW + e] = static_cast<float>(static_cast<T>(
-            static_cast<float>(nrmw[wi * EPW + e]) * y));
+        const float y = zx_rnd<T>(xr[j * EPW + e] * nrm);
+        xr[j * EPW + e] = zx_rnd<T>(static_cast<float>(nrmw[wi * EPW + e]) * y);
       }
     }
   }

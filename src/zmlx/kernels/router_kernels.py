@@ -257,8 +257,8 @@ _PRENORM_LOAD = r"""
   ZX_SHARED float red[32];
   float ss = 0.0f;
   for (uint i = lid; i < (uint)DIN; i += lsize) {
-    const float v = static_cast<float>(static_cast<XT>(static_cast<float>(x[tok * DIN + i]) +
-                                                       static_cast<float>(xa[tok * DIN + i])));
+    const float v = zx_rnd<XT>(static_cast<float>(x[tok * DIN + i]) +
+                               static_cast<float>(xa[tok * DIN + i]));
     xs[i] = v;
     ss += v * v;
   }
@@ -269,8 +269,8 @@ _PRENORM_LOAD = r"""
   for (uint wv = 0; wv < lsize / 32u; ++wv) { tot += red[wv]; }
   const float nrm = zx_rsqrt(tot / (float)DIN + npr[0]);
   for (uint i = lid; i < (uint)DIN; i += lsize) {
-    const float y = static_cast<float>(static_cast<XT>(xs[i] * nrm));
-    xs[i] = static_cast<float>(static_cast<XT>(static_cast<float>(nrmw[i]) * y));
+    const float y = zx_rnd<XT>(xs[i] * nrm);
+    xs[i] = zx_rnd<XT>(static_cast<float>(nrmw[i]) * y);
   }
 """
 _PLAIN_LOAD = (
