@@ -314,9 +314,83 @@ def render_body(body: str, dialect: Dialect) -> str:
     return decls + text
 
 
-def render_header(header: str, dialect: Dialect) -> str:
-    """The full header for one backend: the dialect prelude, then the kernel's own header."""
-    return dialect.prelude + ("\n" + header if header else "")
+_CHUNK_START = re.compile(r"^(#define|ZX_INLINE|template|typedef|ZX_BLOCK_REDUCE)\b")
+_DEFINES = re.compile(
+    r"^#define\s+(\w+)|^ZX_BLOCK_REDUCE\((\w+)|^typedef\s[^;]*?\b(\w+);"
+    r"|^(?:template\s*<[^>]*>\s*)?ZX_INLINE\s[^(]*?\b(\w+)\(",
+    re.M,
+)
+_WORD = re.compile(r"\b\w+\b")
+
+
+def _prelude_chunks(prelude: str) -> tuple[tuple[frozenset[str], str], ...]:
+    """The prelude cut into top-level definitions, each with the names it defines. A comment
+    goes with the definition below it; indented lines, closing braces and lines after a
+    ``template <...>`` or a line continuation belong to the definition above."""
+    chunks: list[list[str]] = []
+    pending: list[str] = []
+    for line in prelude.strip("\n").split("\n"):
+        if line.startswith("//"):
+            pending.append(line)
+            continue
+        prev = chunks[-1][-1] if chunks else ""
+        joined = prev.endswith("\\") or (prev.startswith("template") and "{" not in prev)
+        if _CHUNK_START.match(line) and not joined or not chunks:
+            chunks.append(pending + [line])
+        else:
+            chunks[-1].extend(pending + [line])
+        pending = []
+    out = []
+    for lines in chunks:
+        text = "\n".join(lines)
+        names = {n for m in _DEFINES.finditer(text) for n in m.groups() if n}
+        out.append((frozenset(names), text))
+    return tuple(out)
+
+
+_CHUNKS: dict[str, tuple[tuple[frozenset[str], str], ...]] = {}
+
+
+def used_prelude(dialect: Dialect, *texts: str) -> str:
+    """The part of ``dialect``'s prelude that ``texts`` (a kernel's header and body) need: the
+    definitions they name, and those these name in turn, in prelude order. MLX hashes a custom
+    kernel's whole source at every launch, so a shorter source is a cheaper launch."""
+    chunks = _CHUNKS.get(dialect.name)
+    if chunks is None:
+        chunks = _CHUNKS[dialect.name] = _prelude_chunks(dialect.prelude)
+    wanted = {w for t in texts for w in _WORD.findall(t)}
+    keep = [not names for names, _ in chunks]  # a chunk that defines nothing is always kept
+    grew = True
+    while grew:
+        grew = False
+        for i, (names, text) in enumerate(chunks):
+            if not keep[i] and names & wanted:
+                keep[i] = grew = True
+                wanted.update(_WORD.findall(text))
+    return "\n".join(text for k, (_, text) in zip(keep, chunks) if k) + "\n"
+
+
+_LINE_COMMENT = re.compile(r"\s*//.*$")
+
+
+def compact(source: str) -> str:
+    """``source`` without comments, blank lines and indentation (for the text MLX gets; a
+    line continued with a backslash keeps its comment-free tail). MLX hashes a custom kernel's
+    whole source at every launch, so a shorter source is a cheaper launch."""
+    out = []
+    for line in source.split("\n"):
+        if "//" in line and not line.rstrip().endswith("\\"):
+            line = _LINE_COMMENT.sub("", line)
+        line = line.strip()
+        if line:
+            out.append(line)
+    return "\n".join(out) + "\n"
+
+
+def render_header(header: str, dialect: Dialect, body: str = "") -> str:
+    """The full header for one backend: the part of the dialect prelude that ``header`` and
+    ``body`` use (:func:`used_prelude`), then the kernel's own header."""
+    return used_prelude(dialect, header, body) + ("\n" + header if header else "")
 
 
 SHAPE_ARGS = ("shape", "strides", "ndim")

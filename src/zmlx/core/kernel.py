@@ -22,7 +22,7 @@ import mlx.core as mx
 
 from . import emulate as _emulate
 from .backend import backend, force_backend
-from .dialect import DIALECTS, render_body, render_header
+from .dialect import DIALECTS, compact, render_body, render_header
 
 TemplateValue = bool | int | mx.Dtype
 
@@ -152,7 +152,9 @@ class Kernel:
             raise ValueError(
                 f"[Kernel] expected backend 'cuda' or 'metal', got {backend_name!r}"
             ) from None
-        return render_header(self.header, dialect), render_body(self.body, dialect)
+        # Compacted (no comments or indentation): MLX hashes the whole source at every launch.
+        body = compact(render_body(self.body, dialect))
+        return compact(render_header(self.header, dialect, body)), body
 
     def mlx_name(self, backend_name: str) -> str:
         """The MLX kernel name: readable name plus a hash of everything that shapes the build."""
