@@ -187,6 +187,28 @@ def _graphs_of(run) -> list[str]:
     return sorted(set(glob.glob(dot + "_*.dot")) - before)
 
 
+def _graphs_by_stream(model, prompt, m) -> dict:
+    """CUDA graphs one compiled step commits: traced in mlx-lm's generation stream and run in
+    it or in the default stream, and traced and run in the default stream alone (an array of
+    one stream read by an op of another makes MLX commit the graph so far)."""
+    from mlx_lm.generate import generation_stream
+
+    from zmlx.decode import compile_decode
+
+    tok = mx.array([[int(prompt[-1])]], dtype=mx.int32)
+
+    def count(dec, stream) -> int:
+        cache = dec.make_cache()
+        with mx.stream(stream):
+            mx.eval(dec(prompt[None], cache=cache))
+            mx.eval(dec(tok, cache=cache))
+            return len(_graphs_of(lambda: mx.eval(dec(tok, cache=cache))))
+
+    out = {"generation_stream": count(m, generation_stream)}
+    out["default_stream"] = count(compile_decode(model), mx.default_stream(mx.default_device()))
+    return out
+
+
 def decode_part(family: str, tokens: int, num_layers: int | None, variants) -> dict:
     from mlx_lm.generate import generate_step
     from mlx_lm.models.cache import make_prompt_cache
@@ -226,10 +248,13 @@ def decode_part(family: str, tokens: int, num_layers: int | None, variants) -> d
             row["dot_sample"] = sample
             row["kernels"] = sum(names.values())
             row["kernels_by_name"] = dict(names.most_common(40))
+            if m is not model:
+                row["graphs_by_stream"] = _graphs_by_stream(model, prompt, m)
         out["variants"][variant] = row
         print(f"  {family} {variant:<6} {rate:6.1f} tok/s  step: build {split['build_us']:7.0f} "
               f"encode {split['encode_us']:7.0f} total {split['total_us']:7.0f} us"
-              + (f"  kernels {row.get('kernels')} in {row.get('graphs')} graphs" if dot else ""),
+              + (f"  kernels {row.get('kernels')} in {row.get('graphs')} graphs "
+                 f"{row.get('graphs_by_stream', '')}" if dot else ""),
               flush=True)  # fmt: skip
         unpatch(model)
     return out
