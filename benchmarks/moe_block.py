@@ -42,8 +42,28 @@ def setup_arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--batch", type=int, default=20)
     p.add_argument("--scale", type=float, default=1.0, help="shrink the shapes (CPU smoke runs)")
+    p.add_argument("--rows-per-warp", type=int, default=None,
+                   help="tuning: rows each warp of the matvec kernels owns (default: chosen)")  # fmt: skip
+    p.add_argument("--group-threads", type=int, default=None,
+                   help="tuning: threads per group of the matvec kernels (default: 128)")  # fmt: skip
     p.add_argument("--json", help="write the capsule here")
     return p
+
+
+def apply_tuning(args) -> dict:
+    """Override the matvec kernels' launch choices for this process (``--rows-per-warp``,
+    ``--group-threads``); returns what was set."""
+    from zmlx.kernels import quant_kernels as qk
+
+    tuning = {}
+    if args.rows_per_warp:
+        r = args.rows_per_warp
+        qk.rows_per_warp = lambda *_a, r=r: r
+        tuning["rows_per_warp"] = r
+    if args.group_threads:
+        qk.GROUP = args.group_threads
+        tuning["group_threads"] = args.group_threads
+    return tuning
 
 
 def copy_bandwidth(nbytes: int = 1 << 30) -> float:
@@ -119,6 +139,7 @@ def run_case(name, d, i, e, k, quant, t, args, rng) -> dict:
 
 def main(argv=None) -> int:
     args = setup_arg_parser().parse_args(argv)
+    tuning = apply_tuning(args)
     rng = np.random.default_rng(0)
     bw = copy_bandwidth(1 << 30 if args.scale == 1.0 else 1 << 24)
     rows = []
@@ -140,7 +161,7 @@ def main(argv=None) -> int:
                   f"{z['eval_speedup']:>6.2f}x {z['eval_gbps']:>6.0f} "
                   f"{100 * r['fraction_of_copy']:>6.1f}%")  # fmt: skip
     if args.json:
-        results = {"copy_bandwidth_gbps": bw, "rows": rows}
+        results = {"copy_bandwidth_gbps": bw, "rows": rows, "tuning": tuning}
         capsule.write(capsule.make("moe_block_bench", results), args.json)
         print(f"capsule: {args.json}")
     return 0
