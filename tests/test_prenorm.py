@@ -75,6 +75,35 @@ def test_router_fused_prenorm(quant, dtype, rng):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
+@pytest.mark.parametrize("quant", [False, True], ids=["float", "q8"])
+def test_router_fused_returns_the_normed_input(quant, dtype, rng):
+    """``return_normed``: the router's launch writes ``rms_norm(x + a)`` as the unfused ops
+    compute it (bit for bit in half precision; in float32 the sum of squares may add in
+    another order), and routes as before."""
+    t, d, e = 3, 192, 8
+    x, a, nw = _stream(rng, t, d, dtype)
+    w = (mx.array(rng.normal(size=(e, d)).astype(np.float32)) * 0.2).astype(dtype)
+    kw = {}
+    if quant:
+        w, s, b = mx.quantize(w, group_size=64, bits=8)
+        kw = dict(scales=s, biases=b, group_size=64, bits=8)
+    rule = R.RouterRule("softmax_topk", 2)
+    i1, w1, xn = run_kernel(R.router_fused, x, w, rule, prenorm=(a, nw, 1e-6),
+                            return_normed=True, **kw)  # fmt: skip
+    i2, w2 = run_kernel(R.router_fused, x, w, rule, prenorm=(a, nw, 1e-6), **kw)
+    want = prenorm_ref(x, (a, nw, 1e-6))
+    assert xn.dtype == dtype and xn.shape == x.shape
+    if dtype == mx.float32:
+        assert_close(xn, want, atol=1e-6, rtol=1e-6)
+    else:
+        assert mx.array_equal(xn, want).item()
+    assert mx.array_equal(i1, i2).item() and mx.array_equal(w1, w2).item()
+    with force_backend("cpu"):
+        i3, w3, xn3 = R.router_fused(x, w, rule, prenorm=(a, nw, 1e-6), return_normed=True, **kw)
+    assert mx.array_equal(xn3, want).item()
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
 @pytest.mark.parametrize("shared", [False, True], ids=["no-shared", "shared"])
 def test_gather_qmv_combine_residual_rounds_as_mlx_lm(shared, dtype, rng):
     gs, bits, mode = fmt("a4g64")
@@ -115,6 +144,8 @@ def test_errors(rng):
     rule = R.RouterRule("softmax_topk", 2)
     with pytest.raises(ValueError, match=r"\[router_fused\] expected a prenorm residual like x"):
         R.router_fused(x, w, rule, prenorm=(mx.zeros((1, 32), mx.bfloat16), mx.ones((64,)), 1e-6))
+    with pytest.raises(ValueError, match=r"\[router_fused\] expected prenorm with return_normed"):
+        R.router_fused(x, w, rule, return_normed=True)
     with pytest.raises(ValueError, match=r"\[router_fused\] expected a prenorm weight of shape"):
         R.router_fused(x, w, rule, prenorm=(x, mx.ones((32,)), 1e-6))
     with pytest.raises(TypeError, match=r"\[router_fused\] expected prenorm = \(residual"):

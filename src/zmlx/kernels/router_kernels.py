@@ -271,6 +271,7 @@ _PRENORM_LOAD = r"""
   for (uint i = lid; i < (uint)DIN; i += lsize) {
     const float y = zx_rnd<XT>(xs[i] * nrm);
     xs[i] = zx_rnd<XT>(static_cast<float>(nrmw[i]) * y);
+    hn[tok * DIN + i] = static_cast<XT>(xs[i]);
   }
 """
 _PLAIN_LOAD = (
@@ -283,12 +284,13 @@ _PLAIN_LOAD = (
 def fused_kernel(quant: bool, norm: bool = False) -> Kernel:
     """The router matvec + routing kernel; float and affine-quantized weights differ only in
     the dot product. ``norm``: x is the residual stream, routed on its folded pre-norm
-    (inputs ``xa``, ``nrmw``, ``npr``; template ``XT``)."""
+    (inputs ``xa``, ``nrmw``, ``npr``; template ``XT``), which is also written out (``hn``)
+    for the kernels after the router."""
     head = _FUSED_HEAD.replace("@LOAD@", _PRENORM_LOAD if norm else _PLAIN_LOAD)
     return Kernel(
         "moe_route_fused" + ("_affine" if quant else "") + ("_prenorm" if norm else ""),
         _FUSED_INPUTS[:-1] + (("xa", "nrmw", "npr") if norm else ()) + _FUSED_INPUTS[-1:],
-        ("inds", "weights"),
+        ("inds", "weights", "hn") if norm else ("inds", "weights"),
         head + (_DOT_AFFINE if quant else _DOT_FLOAT) + _FUSED_TAIL,
     )
 
@@ -347,7 +349,8 @@ def launch_route(logits: mx.array, sbias, plan, template, t: int) -> tuple[mx.ar
 def launch_fused(x, w, scales, qbias, lbias, sbias, plan, template, logits_dtype, bits, gsz, t, d,
                  prenorm=None):  # fmt: skip
     """Router matvec + routing for ``t`` tokens of ``d`` features: one group per token.
-    ``prenorm``: ``(xa, nw, eps)`` routes ``rms_norm(x + xa, nw, eps)`` instead of x."""
+    ``prenorm``: ``(xa, nw, eps)`` routes ``rms_norm(x + xa, nw, eps)`` instead of x, and
+    returns it third (``(t, d)`` in x's dtype)."""
     extra = [
         ("DIN", d),
         ("QBITS", bits),
@@ -363,7 +366,11 @@ def launch_fused(x, w, scales, qbias, lbias, sbias, plan, template, logits_dtype
         xa, nw, eps = prenorm
         norm_in = [xa, nw, scalar(float(eps), mx.float32)]
         extra.append(("XT", x.dtype))
-    inds, weights = kernel(
+    shapes, dtypes = [(t, plan.k), (t, plan.k)], [mx.uint32, plan.out_dtype]
+    if prenorm is not None:
+        shapes.append((t, d))
+        dtypes.append(x.dtype)
+    outs = kernel(
         x,
         w,
         scales if scales is not None else z,
@@ -373,10 +380,10 @@ def launch_fused(x, w, scales, qbias, lbias, sbias, plan, template, logits_dtype
         params(plan.norm_eps, plan.scale),
         *norm_in,
         scalar(t, mx.uint32),
-        output_shapes=[(t, plan.k), (t, plan.k)],
-        output_dtypes=[mx.uint32, plan.out_dtype],
+        output_shapes=shapes,
+        output_dtypes=dtypes,
         grid=(t * FUSED_THREADS, 1, 1),
         threadgroup=(FUSED_THREADS, 1, 1),
         template=template + extra,
     )
-    return inds, weights
+    return tuple(outs)

@@ -164,7 +164,7 @@ def sigmoid_topk(logits, k: int, select_bias=None, *, score: str = "sigmoid",
 
 def router_fused(x, weight, rule: RouterRule, *, bias=None, select_bias=None, scales=None,
                  biases=None, group_size: int = 64, bits: int = 8, prenorm=None,
-                 verbose: bool = False):  # fmt: skip
+                 return_normed: bool = False, verbose: bool = False):  # fmt: skip
     """The router Linear and the routing in one launch, for decode (up to 16 tokens).
 
     ``logits = x @ weight.T (+ bias)`` as mlx-lm's router computes them (float ``nn.Linear``
@@ -182,10 +182,13 @@ def router_fused(x, weight, rule: RouterRule, *, bias=None, select_bias=None, sc
         group_size, bits: quantization group size and bits (4 or 8 in the kernel).
         prenorm: ``(residual, weight, eps)``: route ``rms_norm(x + residual, weight, eps)``
             (a decoder layer's post-attention norm, folded into the x load) instead of x.
+        return_normed: with ``prenorm``, also return that normed input (written by the same
+            launch), for the expert kernels after the router.
         verbose: print why a slower path was taken.
 
     Returns:
-        ``(indices, weights)`` as :func:`route`.
+        ``(indices, weights)`` as :func:`route`; with ``return_normed``,
+        ``(indices, weights, normed)``.
 
     Shapes:
         x: ``(..., D)`` -> ``(..., k)``, ``(..., k)``.
@@ -207,9 +210,16 @@ def router_fused(x, weight, rule: RouterRule, *, bias=None, select_bias=None, sc
         )
     _check(op, (n_experts,), rule, select_bias)
     prenorm = check_prenorm(op, x, prenorm)
+    if return_normed and prenorm is None:
+        raise ValueError(f"[{op}] expected prenorm with return_normed=True, got prenorm=None")
     rest = (weight, rule, bias, select_bias, scales, biases, group_size, bits)
+
+    def unfused(xn, routed):
+        return (*routed, xn) if return_normed else routed
+
     if backend() == "cpu":
-        return router_fused_ref(prenorm_ref(x, prenorm), *rest)
+        xn = prenorm_ref(x, prenorm)
+        return unfused(xn, router_fused_ref(xn, *rest))
     t = x.size // d
     why = _covered(rule, n_experts)
     if why is None and t > RK.FUSED_MAX_TOKENS:
@@ -222,7 +232,7 @@ def router_fused(x, weight, rule: RouterRule, *, bias=None, select_bias=None, sc
         note(op, f"{why}; router Linear in MLX, then the routing kernel", verbose=verbose)
         x = prenorm_ref(x, prenorm)
         logits = router_linear_ref(x, weight, rule, bias, scales, biases, group_size, bits)
-        return route(logits, rule, select_bias, verbose=verbose)
+        return unfused(x, route(logits, rule, select_bias, verbose=verbose))
     xin = mx.float32 if rule.gate_float32 else x.dtype
     logits_dtype = promote((xin, scales.dtype if quant else weight.dtype))
     if bias is not None:
@@ -230,12 +240,13 @@ def router_fused(x, weight, rule: RouterRule, *, bias=None, select_bias=None, sc
     plan, template = _plan(
         rule, logits_dtype, select_bias.dtype if select_bias is not None else None, n_experts
     )
-    inds, w = RK.launch_fused(
+    outs = RK.launch_fused(
         x, weight, scales, biases, bias, select_bias if plan.has_bias else None, plan, template,
         logits_dtype, bits if quant else 0, group_size, t, d, prenorm,
     )  # fmt: skip
     shape = tuple(x.shape[:-1]) + (rule.k,)
-    return inds.reshape(shape), w.reshape(shape)
+    routed = (outs[0].reshape(shape), outs[1].reshape(shape))
+    return (*routed, outs[2].reshape(x.shape)) if return_normed else routed
 
 
 def route_stock(logits, select_bias, rule):

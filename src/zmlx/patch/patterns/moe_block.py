@@ -99,7 +99,7 @@ class FusedMoE(DecodeFused):
     def zmlx_block(self, x: mx.array, prenorm=None, residual=None) -> mx.array:
         """The fused block. ``prenorm = (a, weight, eps)``: ``x`` is a decoder layer's
         residual stream and the block's input is ``rms_norm(x + a, weight, eps)``, folded into
-        the router and gate/up kernels; ``residual = (x, a)``: ``x + a`` is added to the
+        the router's launch (which writes it out for the gate/up kernel); ``residual = (x, a)``: ``x + a`` is added to the
         output in the down-projection kernel (see the ``moe_residual`` pattern). Blocks with a
         shared expert take neither (it would need the normed input itself)."""
         cfg = self._zx
@@ -108,22 +108,25 @@ class FusedMoE(DecodeFused):
         router = _get(self, cfg["router_path"])
         sbias = _get(self, cfg["select_bias"]) if cfg["select_bias"] else None
         rp = quantized_params(router) if cfg["router_quantized"] else None
+        # With prenorm the router's launch also writes the normed input for the experts.
+        fold = dict(prenorm=prenorm, return_normed=prenorm is not None)
         if rp is not None:
-            inds, w = R.router_fused(x, rp["w"], cfg["rule"], bias=rp["bias"], select_bias=sbias,
-                                     scales=rp["scales"], biases=rp["biases"],
-                                     group_size=rp["group_size"], bits=rp["bits"],
-                                     prenorm=prenorm)  # fmt: skip
+            routed = R.router_fused(x, rp["w"], cfg["rule"], bias=rp["bias"], select_bias=sbias,
+                                    scales=rp["scales"], biases=rp["biases"],
+                                    group_size=rp["group_size"], bits=rp["bits"], **fold)  # fmt: skip
         else:
-            inds, w = R.router_fused(x, router["weight"], cfg["rule"], bias=router.get("bias"),
-                                     select_bias=sbias, prenorm=prenorm)  # fmt: skip
+            routed = R.router_fused(x, router["weight"], cfg["rule"], bias=router.get("bias"),
+                                    select_bias=sbias, **fold)  # fmt: skip
+        inds, w = routed[:2]
+        xn = routed[2] if prenorm is not None else x
         glu = self[cfg["experts"]]
         p = {n: quantized_params(glu[n]) for n in ("gate_proj", "up_proj", "down_proj")}
         g, u, d = p["gate_proj"], p["up_proj"], p["down_proj"]
         fmt = dict(group_size=cfg["group_size"], bits=cfg["bits"], mode=cfg["mode"])
         h = K.gather_qmv_swiglu(
-            x, g["w"], g["scales"], g["biases"], u["w"], u["scales"], u["biases"], inds,
+            xn, g["w"], g["scales"], g["biases"], u["w"], u["scales"], u["biases"], inds,
             bias_gate=g["bias"], bias_up=u["bias"], activation=cfg["activation"],
-            alpha=cfg.get("alpha", 1.702), limit=cfg.get("limit", 7.0), prenorm=prenorm, **fmt,
+            alpha=cfg.get("alpha", 1.702), limit=cfg.get("limit", 7.0), **fmt,
         )  # fmt: skip
         shared = shared_gate = None
         if cfg["shared"] == "add":
