@@ -31,12 +31,14 @@ HEADLINE = ["moe_decode_qwen3_lfm2_h200.json", "moe_decode_glm_gptoss_h200.json"
 DECODE_VARIANTS = [
     *HEADLINE,
     "moe_decode_qwen3_qkv_h100.json",
+    "moe_decode_qwen3_residual_h100.json",
     "moe_decode_qwen3_30b_a3b_h200.json",
     "moe_decode_lfm2_8b_a1b_h200.json",
     "moe_decode_qwen3_30b_a3b_h100_qk.json",
     "moe_decode_qwen3_30b_a3b_h100_noqk.json",
 ]
 FIXTURE_CAPSULES = ["fixture_decode_128x5_h100.json", "fixture_decode_qkv_128x5_h100.json",
+                    "fixture_decode_residual_128x5_h100.json",
                     "fixture_decode_g32_h200.json", "fixture_decode_h200.json",
                     "fixture_decode_qwen3_qk_h100.json"]  # fmt: skip
 CATALOG_CAPSULES = ["catalog_bench_h200.json", "catalog_bench_quant_h200.json",
@@ -309,13 +311,17 @@ def render() -> str:
         for name, v in t.items():
             out.append(f"| {name} | {v['median_us']:.1f} | {v['gbps']:.0f} | {v['speedup']:.2f}x |")
         out.append("")
-    gt = _cap("gpu_tests_foundation_h100.json")
-    if gt:
+    for name in ("gpu_tests_foundation_h100.json", "gpu_tests_foundation_h200.json"):
+        gt = _cap(name)
+        if not gt:
+            continue
         r = gt["results"]
+        why = (f"; {gt['provenance']}" if gt.get("provenance") else
+               " (the rerun after the fixes; the tests assert that the CUDA kernel path ran)")
         out += [
-            f"Test suite on the H100 at `{gt['env']['git_commit']}` (capsule "
-            f"`benchmarks/capsules/gpu_tests_foundation_h100.json`): {r['passed']} passed, "
-            f"{r['failed']} failed, {r['skipped']} skipped; {gt.get('provenance', '')}.",
+            f"Test suite on the {gt['env']['device']} at `{gt['env']['git_commit']}` (capsule "
+            f"`benchmarks/capsules/{name}`): {r['passed']} passed, {r['failed']} failed, "
+            f"{r['skipped']} skipped{why}.",
             "",
         ]
     return "\n".join(out).rstrip() + "\n"
