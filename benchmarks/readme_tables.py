@@ -316,8 +316,11 @@ def render() -> str:
         if not gt:
             continue
         r = gt["results"]
-        why = (f"; {gt['provenance']}" if gt.get("provenance") else
-               " (the rerun after the fixes; the tests assert that the CUDA kernel path ran)")
+        why = (
+            f"; {gt['provenance']}"
+            if gt.get("provenance")
+            else " (the rerun after the fixes; the tests assert that the CUDA kernel path ran)"
+        )
         out += [
             f"Test suite on the {gt['env']['device']} at `{gt['env']['git_commit']}` (capsule "
             f"`benchmarks/capsules/{name}`): {r['passed']} passed, {r['failed']} failed, "
