@@ -42,10 +42,18 @@ def setup_arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--batch", type=int, default=20)
     p.add_argument("--scale", type=float, default=1.0, help="shrink the shapes (CPU smoke runs)")
-    p.add_argument("--rows-per-warp", type=int, default=None,
-                   help="tuning: rows each warp of the matvec kernels owns (default: chosen)")  # fmt: skip
-    p.add_argument("--group-threads", type=int, default=None,
-                   help="tuning: threads per group of the matvec kernels (default: 128)")  # fmt: skip
+    p.add_argument(
+        "--rows-per-warp",
+        type=int,
+        default=None,
+        help="tuning: rows each warp of the matvec kernels owns (default: chosen)",
+    )
+    p.add_argument(
+        "--group-threads",
+        type=int,
+        default=None,
+        help="tuning: threads per group of the matvec kernels (default: 128)",
+    )
     p.add_argument("--json", help="write the capsule here")
     return p
 

@@ -99,9 +99,10 @@ class FusedMoE(DecodeFused):
     def zmlx_block(self, x: mx.array, prenorm=None, residual=None) -> mx.array:
         """The fused block. ``prenorm = (a, weight, eps)``: ``x`` is a decoder layer's
         residual stream and the block's input is ``rms_norm(x + a, weight, eps)``, folded into
-        the router's launch (which writes it out for the gate/up kernel); ``residual = (x, a)``: ``x + a`` is added to the
-        output in the down-projection kernel (see the ``moe_residual`` pattern). Blocks with a
-        shared expert take neither (it would need the normed input itself)."""
+        the router's launch (which writes it out for the gate/up kernel); ``residual = (x,
+        a)``: ``x + a`` is added to the output in the down-projection kernel (see the
+        ``moe_residual`` pattern). Blocks with a shared expert take neither (it would need the
+        normed input itself)."""
         cfg = self._zx
         if (prenorm is not None or residual is not None) and cfg["shared"] is not None:
             raise ValueError("[moe_block] a block with a shared expert cannot fold the pre-norm")
@@ -113,7 +114,8 @@ class FusedMoE(DecodeFused):
         if rp is not None:
             routed = R.router_fused(x, rp["w"], cfg["rule"], bias=rp["bias"], select_bias=sbias,
                                     scales=rp["scales"], biases=rp["biases"],
-                                    group_size=rp["group_size"], bits=rp["bits"], **fold)  # fmt: skip
+                                    group_size=rp["group_size"], bits=rp["bits"],
+                                    **fold)  # fmt: skip
         else:
             routed = R.router_fused(x, router["weight"], cfg["rule"], bias=router.get("bias"),
                                     select_bias=sbias, **fold)  # fmt: skip

@@ -3,13 +3,15 @@ into its fused MoE block.
 
 mlx-lm's MoE decoder layers run ``r = self_attn(input_layernorm(x)); h = x + r;
 out = h + mlp(post_attention_layernorm(h))`` (names vary by family): at decode that is three
-launches (two adds and the norm) between the attention and the block's own. Here the block (``moe_block``)
-reads the residual stream instead: its router kernel computes ``rms_norm(x + r)`` as it loads
-x and writes it out for the gate/up kernel, and its down-projection kernel adds ``x + r``
-last, rounded as mlx-lm rounds (``h`` and ``out`` in the activation dtype; the norm's product
-in the activation dtype). (Folding the norm into the gate/up kernel as well, every warp
-recomputing it, measured slower than the unfolded layer on an H200:
-``benchmarks/capsules/moe_decode_qwen3_residual_h200.json``.)
+launches (two adds and the norm) between the attention and the block's own. Here the block
+(``moe_block``) reads the residual stream instead: its router kernel computes
+``rms_norm(x + r)`` as it loads x and writes it out for the gate/up kernel, and its
+down-projection kernel adds ``x + r`` last, rounded as mlx-lm rounds (``h`` and ``out`` in
+the activation dtype; the norm's product in the activation dtype). Three launches a layer
+fewer measured no faster on an H100 (116.0 against 118.3 tok/s,
+``benchmarks/capsules/moe_decode_qwen3_residual_h100.json``), so no safety entry turns it on;
+folding the norm into the gate/up kernel as well, every warp recomputing it, measured slower
+(``benchmarks/capsules/moe_decode_qwen3_residual_h200.json``).
 
 Matched by structure, per family (:data:`LAYOUTS`: qwen3_moe, mixtral, minimax, lfm2_moe): a
 layer whose forward is that pre-norm shape, whose post-mixer norm is an ``nn.RMSNorm`` and
