@@ -21,6 +21,11 @@ the same with ``qkv_norm_rope`` or ``moe_residual``), the decode rate over ``--t
 tokens, and the kernels one step launches, by name, read from the CUDA graphs MLX saves
 when ``MLX_SAVE_CUDA_GRAPHS_DOT_FILE`` is set.
 
+Part 3, ``--moe-blocks N``: ``N`` Qwen3-30B-A3B MoE blocks at decode (three zmlx launches
+each) chained and compiled, once with the kernel sources zmlx sends MLX (only the prelude
+helpers a kernel uses, no comments) and once with the whole commented source, alternating:
+what the source length costs per launch.
+
 Each ``--env`` setting (``default`` or ``NAME=VALUE[,NAME=VALUE]``, e.g.
 ``MLX_MAX_OPS_PER_BUFFER=1000``) runs both parts in a child process of its own, as MLX reads
 these variables once.
@@ -154,6 +159,85 @@ def launches_part(n_ops: int, n_elems: int = 4096) -> dict:
     return {"ops": n_ops, "elements": n_elems, "per_launch": out}
 
 
+def _full_source(on: bool):
+    """Send MLX the whole prelude with comments (``on``) or zmlx's used-and-compacted source;
+    built kernels are forgotten so the next launch builds anew."""
+    import gc
+
+    from zmlx.core import kernel as kmod
+
+    if not hasattr(kmod, "_zx_saved"):
+        kmod._zx_saved = (kmod.compact, kmod.render_header)
+    compact, render_header = kmod._zx_saved
+    if on:
+        kmod.compact = lambda s: s
+        kmod.render_header = lambda h, d, body="": d.prelude + ("\n" + h if h else "")
+    else:
+        kmod.compact, kmod.render_header = compact, render_header
+    kmod._BUILD_CACHE.clear()
+    for obj in gc.get_objects():
+        if isinstance(obj, Kernel):
+            obj._objs.clear()
+
+
+def moe_chain_part(n_blocks: int, repeats: int = 5) -> dict:
+    """Part 3: ``n_blocks`` Qwen3-30B-A3B MoE blocks at decode (router, gate/up + SwiGLU,
+    down + combine: three zmlx launches each) chained and compiled, with the sources MLX gets
+    compacted (zmlx's default) and whole (the full prelude, comments): per-launch encode and
+    total, alternating the two so drift hits both."""
+    from zmlx.kernels import moe as K
+    from zmlx.kernels import routers as R
+
+    d, i_dim, e, k, gs = 2048, 768, 128, 8, 64
+    key = mx.random.key(3)
+
+    def q(n, m):
+        w = mx.random.normal((e, n, m), key=key).astype(mx.bfloat16) * 0.02
+        return mx.quantize(w, group_size=gs, bits=4)
+
+    g, u, dn = q(i_dim, d), q(i_dim, d), q(d, i_dim)
+    rw, rs, rb = mx.quantize(mx.random.normal((e, d), key=key) * 0.02, group_size=64, bits=8)
+    rs, rb = rs.astype(mx.bfloat16), rb.astype(mx.bfloat16)
+    rule = R.RouterRule("softmax_topk", k, norm=True)
+    x = mx.random.normal((1, d), key=key).astype(mx.bfloat16)
+    mx.eval(g, u, dn, rw, rs, rb, x)
+
+    def chain(x):
+        for _ in range(n_blocks):
+            inds, w = R.router_fused(x, rw, rule, scales=rs, biases=rb, group_size=64, bits=8)
+            h = K.gather_qmv_swiglu(x, *g, *u, inds, gs, 4, "affine")
+            x = K.gather_qmv_combine(h, *dn, inds, w, gs, 4, "affine")
+        return x
+
+    launches = 3 * n_blocks
+    rows: dict[str, list] = {"compacted": [], "full_source": []}
+    sizes = {}
+    for rep in range(repeats):
+        for mode in (("compacted", "full_source") if rep % 2 == 0 else
+                     ("full_source", "compacted")):  # fmt: skip
+            _full_source(mode == "full_source")
+            compiled = mx.compile(chain)
+            rows[mode].append(_split(lambda compiled=compiled: compiled(x), repeats=5))
+            if mode not in sizes:
+                from zmlx.core.kernel import capture
+
+                with capture("cuda") as caught:
+                    inds, w = R.router_fused(x, rw, rule, scales=rs, biases=rb, group_size=64,
+                                             bits=8)  # fmt: skip
+                    K.gather_qmv_combine(K.gather_qmv_swiglu(x, *g, *u, inds, gs, 4, "affine"),
+                                         *dn, inds, w, gs, 4, "affine")  # fmt: skip
+                sizes[mode] = {c.kernel.name: sum(map(len, c.kernel.render("cuda")))
+                               for c in caught}  # fmt: skip
+    _full_source(False)
+    out = {"blocks": n_blocks, "launches": launches, "source_chars": sizes}
+    for mode, rs_ in rows.items():
+        out[mode] = {key_: statistics.median(r[key_] for r in rs_) / launches
+                     for key_ in ("build_us", "encode_us", "total_us")}  # fmt: skip
+        print(f"  moe chain {mode:<12} per launch: encode {out[mode]['encode_us']:5.2f} "
+              f"total {out[mode]['total_us']:5.2f} us  sources {sizes[mode]}", flush=True)  # fmt: skip
+    return out
+
+
 def _kernel_names(files: list[str]) -> tuple[collections.Counter, str]:
     """Kernel names in saved CUDA graphs (each name counted once per graph node line), and
     the start of the first file (to check the parse)."""
@@ -264,6 +348,8 @@ def child(args) -> dict:
     res = {"device": device_name(), "env": args.child_env}
     if args.ops:
         res["launches"] = launches_part(args.ops)
+    if args.moe_blocks:
+        res["moe_chain"] = moe_chain_part(args.moe_blocks)
     if args.family:
         res["decode"] = decode_part(args.family, args.tokens, args.num_layers, args.variants)
     return res
@@ -273,6 +359,8 @@ def setup_arg_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--ops", type=int, default=200, help="launches per chain (0: skip part 1)")
     p.add_argument("--family", default=None, help="also profile decode of this full-size family")
+    p.add_argument("--moe-blocks", type=int, default=0,
+                   help="part 3: chain this many Qwen3 MoE blocks, compacted against full sources")  # fmt: skip
     p.add_argument("--num-layers", type=int, default=None)
     p.add_argument("--tokens", type=int, default=64)
     p.add_argument("--env", nargs="+", default=["default"])
@@ -305,7 +393,8 @@ def main(argv=None) -> int:
             env["MLX_SAVE_CUDA_GRAPHS_DOT_FILE"] = os.path.join(tmp, "g")
         out = os.path.join(tmp, "child.json")
         cmd = [sys.executable, __file__, "--ops", str(args.ops), "--tokens", str(args.tokens),
-               "--child-env", setting, "--child-out", out]  # fmt: skip
+               "--moe-blocks", str(args.moe_blocks), "--child-env", setting,
+               "--child-out", out]  # fmt: skip
         if args.family:
             cmd += ["--family", args.family]
         if args.num_layers:
