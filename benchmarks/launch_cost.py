@@ -21,10 +21,11 @@ the same with ``qkv_norm_rope`` or ``moe_residual``), the decode rate over ``--t
 tokens, and the kernels one step launches, by name, read from the CUDA graphs MLX saves
 when ``MLX_SAVE_CUDA_GRAPHS_DOT_FILE`` is set.
 
-Part 3, ``--moe-blocks N``: ``N`` Qwen3-30B-A3B MoE blocks at decode (three zmlx launches
-each) chained and compiled, once with the kernel sources zmlx sends MLX (only the prelude
-helpers a kernel uses, no comments) and once with the whole commented source, alternating:
-what the source length costs per launch.
+Part 3, ``--moe-blocks N``: ``N`` Qwen3-30B-A3B MoE blocks at decode chained and compiled,
+so the device runs them one after another as a model's layers: stock mlx-lm against zmlx's
+three launches, the same with the whole commented kernel source (what the source length
+costs per launch; zmlx sends only the prelude helpers a kernel uses, no comments) and
+without the router launch.
 
 Each ``--env`` setting (``default`` or ``NAME=VALUE[,NAME=VALUE]``, e.g.
 ``MLX_MAX_OPS_PER_BUFFER=1000``) runs both parts in a child process of its own, as MLX reads
@@ -47,10 +48,11 @@ import time
 import warnings
 
 import mlx.core as mx
+import mlx.nn as nn
 
 from zmlx.bench import capsule
 from zmlx.core.backend import device_name
-from zmlx.core.kernel import Kernel
+from zmlx.core.kernel import Kernel, capture
 
 COPY = (
     "  const unsigned int i = thread_position_in_grid.x;\n"
@@ -181,60 +183,88 @@ def _full_source(on: bool):
 
 
 def moe_chain_part(n_blocks: int, repeats: int = 5) -> dict:
-    """Part 3: ``n_blocks`` Qwen3-30B-A3B MoE blocks at decode (router, gate/up + SwiGLU,
-    down + combine: three zmlx launches each) chained and compiled, with the sources MLX gets
-    compacted (zmlx's default) and whole (the full prelude, comments): per-launch encode and
-    total, alternating the two so drift hits both."""
+    """Part 3: ``n_blocks`` Qwen3-30B-A3B MoE blocks at decode chained (each block's output is
+    the next one's input, as layers are) and compiled, so the device runs them one after
+    another. Variants, rotated so drift hits all: stock mlx-lm (quantized router matmul,
+    softmax, argpartition, ``SwitchGLU``, combine); zmlx's three launches (router, gate/up +
+    SwiGLU, down + combine) with the sources zmlx sends MLX and with the whole commented
+    source; and zmlx without the router (routing fixed). Per block: total; per zmlx launch
+    (3 a block): build, encode and total."""
+    from mlx_lm.models.switch_layers import SwitchGLU
+
     from zmlx.kernels import moe as K
     from zmlx.kernels import routers as R
 
     d, i_dim, e, k, gs = 2048, 768, 128, 8, 64
-    key = mx.random.key(3)
-
-    def q(n, m):
-        w = mx.random.normal((e, n, m), key=key).astype(mx.bfloat16) * 0.02
-        return mx.quantize(w, group_size=gs, bits=4)
-
-    g, u, dn = q(i_dim, d), q(i_dim, d), q(d, i_dim)
-    rw, rs, rb = mx.quantize(mx.random.normal((e, d), key=key) * 0.02, group_size=64, bits=8)
-    rs, rb = rs.astype(mx.bfloat16), rb.astype(mx.bfloat16)
+    glu = SwitchGLU(d, i_dim, e)
+    glu.set_dtype(mx.bfloat16)
+    nn.quantize(glu, group_size=gs, bits=4)
+    gate = nn.Linear(d, e, bias=False)
+    gate.set_dtype(mx.bfloat16)
+    gate = nn.QuantizedLinear.from_linear(gate, group_size=64, bits=8)
+    mx.eval(glu.parameters(), gate.parameters())
     rule = R.RouterRule("softmax_topk", k, norm=True)
-    x = mx.random.normal((1, d), key=key).astype(mx.bfloat16)
-    mx.eval(g, u, dn, rw, rs, rb, x)
+    x = mx.random.normal((1, d), key=mx.random.key(3)).astype(mx.bfloat16)
 
-    def chain(x):
-        for _ in range(n_blocks):
+    def qp(layer):
+        return layer["weight"], layer["scales"], layer["biases"]
+
+    g, u, dn = qp(glu["gate_proj"]), qp(glu["up_proj"]), qp(glu["down_proj"])
+    rw, rs, rb = qp(gate)
+    inds0, w0 = R.router_fused(x, rw, rule, scales=rs, biases=rb, group_size=64, bits=8)
+    mx.eval(inds0, w0)
+
+    def stock_block(x):
+        gates = mx.softmax(gate(x), axis=-1, precise=True)
+        inds = mx.stop_gradient(mx.argpartition(-gates, kth=k - 1, axis=-1)[..., :k])
+        scores = mx.take_along_axis(gates, inds, axis=-1)
+        scores = scores / scores.sum(axis=-1, keepdims=True)
+        y = glu(x, inds)
+        return (y * scores[..., None]).sum(axis=-2).astype(y.dtype)
+
+    def zmlx_block(x, routed=True):
+        if routed:
             inds, w = R.router_fused(x, rw, rule, scales=rs, biases=rb, group_size=64, bits=8)
-            h = K.gather_qmv_swiglu(x, *g, *u, inds, gs, 4, "affine")
-            x = K.gather_qmv_combine(h, *dn, inds, w, gs, 4, "affine")
-        return x
+        else:
+            inds, w = inds0, w0
+        h = K.gather_qmv_swiglu(x, *g, *u, inds, gs, 4, "affine")
+        return K.gather_qmv_combine(h, *dn, inds, w, gs, 4, "affine")
 
+    blocks = {
+        "stock": stock_block,
+        "zmlx": zmlx_block,
+        "zmlx_full_source": zmlx_block,
+        "zmlx_fixed_routing": lambda x: zmlx_block(x, routed=False),
+    }
     launches = 3 * n_blocks
-    rows: dict[str, list] = {"compacted": [], "full_source": []}
-    sizes = {}
+    rows: dict[str, list] = {name: [] for name in blocks}
+    names = list(blocks)
     for rep in range(repeats):
-        for mode in (("compacted", "full_source") if rep % 2 == 0 else
-                     ("full_source", "compacted")):  # fmt: skip
-            _full_source(mode == "full_source")
-            compiled = mx.compile(chain)
-            rows[mode].append(_split(lambda compiled=compiled: compiled(x), repeats=5))
-            if mode not in sizes:
-                from zmlx.core.kernel import capture
+        for name in names[rep % len(names) :] + names[: rep % len(names)]:
+            _full_source(name == "zmlx_full_source")
 
-                with capture("cuda") as caught:
-                    inds, w = R.router_fused(x, rw, rule, scales=rs, biases=rb, group_size=64,
-                                             bits=8)  # fmt: skip
-                    K.gather_qmv_combine(K.gather_qmv_swiglu(x, *g, *u, inds, gs, 4, "affine"),
-                                         *dn, inds, w, gs, 4, "affine")  # fmt: skip
-                sizes[mode] = {c.kernel.name: sum(map(len, c.kernel.render("cuda")))
-                               for c in caught}  # fmt: skip
+            def chain(x, block=blocks[name]):
+                for _ in range(n_blocks):
+                    x = block(x)
+                return x
+
+            compiled = mx.compile(chain)
+            rows[name].append(_split(lambda compiled=compiled: compiled(x), repeats=5))
+    sizes = {}
+    for name in ("zmlx", "zmlx_full_source"):
+        _full_source(name == "zmlx_full_source")
+        with capture("cuda") as caught:
+            zmlx_block(x)
+        sizes[name] = {c.kernel.name: sum(map(len, c.kernel.render("cuda"))) for c in caught}
     _full_source(False)
-    out = {"blocks": n_blocks, "launches": launches, "source_chars": sizes}
-    for mode, rs_ in rows.items():
-        out[mode] = {key_: statistics.median(r[key_] for r in rs_) / launches
+    out = {"blocks": n_blocks, "launches_per_block": 3, "source_chars": sizes}
+    for name, rs_ in rows.items():
+        out[name] = {key_: statistics.median(r[key_] for r in rs_) / launches
                      for key_ in ("build_us", "encode_us", "total_us")}  # fmt: skip
-        print(f"  moe chain {mode:<12} per launch: encode {out[mode]['encode_us']:5.2f} "
-              f"total {out[mode]['total_us']:5.2f} us  sources {sizes[mode]}", flush=True)  # fmt: skip
+        out[name]["block_total_us"] = 3 * out[name]["total_us"]
+        print(f"  moe chain {name:<18} per block: total {out[name]['block_total_us']:6.1f} us; "
+              f"per zmlx launch: encode {out[name]['encode_us']:5.2f} us", flush=True)  # fmt: skip
+    print(f"  sources: {sizes}", flush=True)
     return out
 
 
@@ -360,7 +390,7 @@ def setup_arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--ops", type=int, default=200, help="launches per chain (0: skip part 1)")
     p.add_argument("--family", default=None, help="also profile decode of this full-size family")
     p.add_argument("--moe-blocks", type=int, default=0,
-                   help="part 3: chain this many Qwen3 MoE blocks, compacted against full sources")  # fmt: skip
+                   help="part 3: chain this many Qwen3 MoE blocks (stock, zmlx, variants)")  # fmt: skip
     p.add_argument("--num-layers", type=int, default=None)
     p.add_argument("--tokens", type=int, default=64)
     p.add_argument("--env", nargs="+", default=["default"])
