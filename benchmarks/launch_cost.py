@@ -23,9 +23,10 @@ when ``MLX_SAVE_CUDA_GRAPHS_DOT_FILE`` is set.
 
 Part 3, ``--moe-blocks N``: ``N`` Qwen3-30B-A3B MoE blocks at decode chained and compiled,
 so the device runs them one after another as a model's layers: stock mlx-lm against zmlx's
-three launches, the same with the whole commented kernel source (what the source length
-costs per launch; zmlx sends only the prelude helpers a kernel uses, no comments) and
-without the router launch.
+three launches, the same with the batched row loop (each lane's loads of a row issued
+before its math), with the whole commented kernel source (what the source length costs per
+launch; zmlx sends only the prelude helpers a kernel uses, no comments) and without the
+router launch.
 
 Each ``--env`` setting (``default`` or ``NAME=VALUE[,NAME=VALUE]``, e.g.
 ``MLX_MAX_OPS_PER_BUFFER=1000``) runs both parts in a child process of its own, as MLX reads
@@ -188,11 +189,13 @@ def moe_chain_part(n_blocks: int, repeats: int = 5) -> dict:
     another. Variants, rotated so drift hits all: stock mlx-lm (quantized router matmul,
     softmax, argpartition, ``SwitchGLU``, combine); zmlx's three launches (router, gate/up +
     SwiGLU, down + combine) with the sources zmlx sends MLX and with the whole commented
-    source; and zmlx without the router (routing fixed). Per block: total; per zmlx launch
-    (3 a block): build, encode and total."""
+    source; with the batched row loop (``quant_kernels.BATCH_LOADS``); and without the
+    router (routing fixed). Per block: total; per zmlx launch (3 a block): build, encode and
+    total."""
     from mlx_lm.models.switch_layers import SwitchGLU
 
     from zmlx.kernels import moe as K
+    from zmlx.kernels import quant_kernels as qk
     from zmlx.kernels import routers as R
 
     d, i_dim, e, k, gs = 2048, 768, 128, 8, 64
@@ -233,6 +236,7 @@ def moe_chain_part(n_blocks: int, repeats: int = 5) -> dict:
     blocks = {
         "stock": stock_block,
         "zmlx": zmlx_block,
+        "zmlx_batched_loads": zmlx_block,
         "zmlx_full_source": zmlx_block,
         "zmlx_fixed_routing": lambda x: zmlx_block(x, routed=False),
     }
@@ -242,6 +246,7 @@ def moe_chain_part(n_blocks: int, repeats: int = 5) -> dict:
     for rep in range(repeats):
         for name in names[rep % len(names) :] + names[: rep % len(names)]:
             _full_source(name == "zmlx_full_source")
+            qk.BATCH_LOADS = name == "zmlx_batched_loads"
 
             def chain(x, block=blocks[name]):
                 for _ in range(n_blocks):
@@ -250,6 +255,7 @@ def moe_chain_part(n_blocks: int, repeats: int = 5) -> dict:
 
             compiled = mx.compile(chain)
             rows[name].append(_split(lambda compiled=compiled: compiled(x), repeats=5))
+    qk.BATCH_LOADS = False
     sizes = {}
     for name in ("zmlx", "zmlx_full_source"):
         _full_source(name == "zmlx_full_source")

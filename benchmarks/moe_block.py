@@ -8,6 +8,10 @@ block's combine ``(y * scores[..., None]).sum(-2)``; zmlx is ``gather_qmv_swiglu
 compared first. Reported per case: median time of each, the speed-up, the bytes of weights
 the selected experts need, the effective bandwidth and its fraction of the copy bandwidth
 measured in the same process (a large device copy).
+
+Each timed run evaluates ``--batch`` independent blocks in one graph, which the device may
+run overlapped: the times are throughput, not the latency of one layer's block in a model
+(for that, ``benchmarks/launch_cost.py --moe-blocks N`` chains blocks as layers are).
 """
 
 from __future__ import annotations
@@ -54,13 +58,18 @@ def setup_arg_parser() -> argparse.ArgumentParser:
         default=None,
         help="tuning: threads per group of the matvec kernels (default: 128)",
     )
+    p.add_argument(
+        "--batch-loads",
+        action="store_true",
+        help="tuning: the batched row loop (quant_kernels.BATCH_LOADS)",
+    )
     p.add_argument("--json", help="write the capsule here")
     return p
 
 
 def apply_tuning(args) -> dict:
     """Override the matvec kernels' launch choices for this process (``--rows-per-warp``,
-    ``--group-threads``); returns what was set."""
+    ``--group-threads``, ``--batch-loads``); returns what was set."""
     from zmlx.kernels import quant_kernels as qk
 
     tuning = {}
@@ -71,6 +80,9 @@ def apply_tuning(args) -> dict:
     if args.group_threads:
         qk.GROUP = args.group_threads
         tuning["group_threads"] = args.group_threads
+    if args.batch_loads:
+        qk.BATCH_LOADS = True
+        tuning["batch_loads"] = True
     return tuning
 
 

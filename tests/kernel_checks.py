@@ -18,6 +18,14 @@ def launches(backend_name: str, fn, *args):
     return got
 
 
+def zero_experts(e: int, n: int, m: int, bits: int = 4, group_size: int = 64):
+    """Zero ``(weight, scales, biases)`` of ``e`` stacked affine-quantized experts of shape
+    ``(n, m)`` in bfloat16: a real model's shapes, for compile checks (no values needed)."""
+    return (mx.zeros((e, n, m * bits // 32), dtype=mx.uint32),
+            mx.zeros((e, n, m // group_size), dtype=mx.bfloat16),
+            mx.zeros((e, n, m // group_size), dtype=mx.bfloat16))  # fmt: skip
+
+
 def assert_compiles(fn, *args, backends=("metal", "cuda"), only: str = "") -> int:
     """Compile (NVRTC / Metal shim) every distinct kernel ``fn(*args)`` launches whose name
     contains ``only``; returns how many were checked. Backends without a checker here are

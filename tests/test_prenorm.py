@@ -12,7 +12,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from kernel_checks import assert_compiles
+from kernel_checks import assert_compiles, zero_experts
 from test_quant import fmt, kernel_tol, run_kernel
 from zmlx.core.backend import force_backend
 from zmlx.kernels import moe
@@ -168,9 +168,7 @@ def test_qwen3_decode_shapes_compile():
     gs, bits, mode = 64, 4, "affine"
 
     def q(n, m):
-        return (mx.zeros((e, n, m * bits // 32), dtype=mx.uint32),
-                mx.zeros((e, n, m // gs), dtype=mx.bfloat16),
-                mx.zeros((e, n, m // gs), dtype=mx.bfloat16))  # fmt: skip
+        return zero_experts(e, n, m, bits, gs)
 
     x = mx.zeros((1, d), dtype=mx.bfloat16)
     nw = mx.ones((d,), dtype=mx.bfloat16)

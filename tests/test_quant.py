@@ -220,3 +220,12 @@ def test_qmv_geglu_float64(dtype, approximate, rng):
     assert_close(got, mx.array((act * u).astype(np.float32)).astype(dtype), atol=atol, rtol=rtol)
     with pytest.raises(ValueError, match=r"\[qmv_geglu\] expected approximate 'none' or 'tanh'"):
         quant.qmv_geglu(x, *wg, *wu, gs, bits, mode, "erf")
+
+
+def test_rows_not_a_multiple_of_the_group_size_are_refused(rng):
+    """Packed rows whose length is not a whole number of groups (no MLX quantization makes
+    them) get a clear error, not a kernel reading past the scales."""
+    w = random_qweight(rng, (8, 64), mx.bfloat16, 4, 32, "affine")
+    words = mx.zeros((8, 5), dtype=mx.uint32)  # 40 four-bit inputs: one group and a part
+    with pytest.raises(ValueError, match=r"\[qmv\] expected 'w' rows of a multiple of the group"):
+        quant.qmv(random_x(rng, (1, 40), mx.bfloat16), words, w[1][:, :1], w[2][:, :1], 32, 4)

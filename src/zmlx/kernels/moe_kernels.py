@@ -28,7 +28,8 @@ from .quant_kernels import (
 
 @cache
 def gather_combine_kernel(mode: str, has_bias: bool, has_shared: bool, has_gate: bool, regs: bool,
-                          exact: bool = True, has_res: bool = False):  # fmt: skip
+                          exact: bool = True, has_res: bool = False,
+                          batch: bool = False):  # fmt: skip
     """``out[t, row] = sum_j weights[t, j] * (h[t, j] . W[idx[t, j], row])``, float32 sums.
 
     One warp owns ``R`` output rows of one token across all ``K`` experts, so no atomics
@@ -42,6 +43,9 @@ def gather_combine_kernel(mode: str, has_bias: bool, has_shared: bool, has_gate:
 
     ``has_res`` adds a decoder layer's residual stream last, ``T(rx + ra)`` (inputs ``rx``,
     ``ra``), rounded as ``h + block(...)`` with ``h = x + attention`` rounds.
+
+    ``batch``: the token's expert ids and weights are loaded before the expert loop and the
+    row loop is the batched one (:func:`.quant_kernels._row_loop`); bit-identical results.
     """
     inputs = ["h", *_qinputs("0", mode), "idx", "wts"]
     if has_bias:
@@ -62,7 +66,23 @@ def gather_combine_kernel(mode: str, has_bias: bool, has_shared: bool, has_gate:
   const int row0 = (wid % NB) * R;
 """
     body += _acc_decl(["tot"])
-    body += """
+    if batch:
+        body += """
+  int exs[K];
+  float wks[K];
+#pragma unroll
+  for (int k = 0; k < K; ++k) {
+    exs[k] = static_cast<int>(idx[t * K + k]);
+    wks[k] = static_cast<float>(wts[t * K + k]);
+  }
+  for (int k = 0; k < K; ++k) {
+    const int slot = t * K + k;
+    const int ex = exs[k];
+    const float wk = wks[k];
+    const T* xp = h + (size_t)slot * I;
+"""
+    else:
+        body += """
   for (int k = 0; k < K; ++k) {
     const int slot = t * K + k;
     const int ex = static_cast<int>(idx[slot]);
@@ -71,7 +91,7 @@ def gather_combine_kernel(mode: str, has_bias: bool, has_shared: bool, has_gate:
 """
     body += _prologue("I", regs, mode)
     body += _acc_decl(["acc0"])
-    body += _row_loop(mode, [_mat("0", mode)], "D", "ex * D", regs, "acc")
+    body += _row_loop(mode, [_mat("0", mode)], "D", "ex * D", regs, "acc", batch)
     if exact:
         add_bias = ""
         if has_bias:
@@ -122,6 +142,7 @@ def gather_combine_kernel(mode: str, has_bias: bool, has_shared: bool, has_gate:
     epi += ["        out[(size_t)t * D + row] = static_cast<T>(v);", "      }", "    }", "  }"]
     body += "\n".join(epi) + "\n"
     name = f"qmv_combine_{mode}" + ("_exact" if exact else "") + ("_res" if has_res else "")
+    name += "_batched" if batch else ""
     return Kernel(name, inputs, ["out"], body, header=HEADER)
 
 

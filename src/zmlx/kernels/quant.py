@@ -103,6 +103,11 @@ def check_qweight(op, name, w, scales, biases, group_size, bits, mode, stacked=F
         raise ValueError(f"[{op}] expected scales for '{name}' as an mlx array, got {scales!r}")
     wshape = w.shape
     d = wshape[-1] * 32 // bits
+    if d % group_size:
+        raise ValueError(
+            f"[{op}] expected '{name}' rows of a multiple of the group size {group_size} "
+            f"({bits} bits), got {d} inputs"
+        )
     for what, a in (("scales", scales), ("biases", biases)):
         if a is None:
             continue
@@ -168,7 +173,14 @@ def _dense(op, kind, x, mats, group_size, bits, mode, lin=None, res=None, verbos
     joint = 1 if kind in ("plain", "qkv") else 2
     r = qk.rows_per_warp(rows, max(ns), joint, d)
     kern = qk.matvec_kernel(
-        kind, mode, False, False, lin is not None, res is not None, d <= qk.X_REG_MAX
+        kind,
+        mode,
+        False,
+        False,
+        lin is not None,
+        res is not None,
+        d <= qk.X_REG_MAX,
+        batch=qk.BATCH_LOADS,
     )
     ins = [x]
     for w, s, b in mats:

@@ -39,6 +39,9 @@ KERNEL_GROUPS = {"affine": (32, 64, 128), "mxfp4": (32,)}
 MAX_ROWS = 16  # token rows (T) the decode kernels take; more take the reference path
 X_REG_MAX = 4096  # inputs per row held in registers (D / 32 floats per lane); longer rows stream x
 GROUP = 128  # threads per group
+# Batched row loop: each lane issues all loads of a row (words, scales, biases) before the
+# math (see _row_loop). Off until timed on a GPU; results are bit-identical either way.
+BATCH_LOADS = False
 
 HEADER = r"""
 // Affine element at bit offset sh of w, as the float 1 + q / 2^BITS (q in the top mantissa bits).
@@ -183,9 +186,13 @@ def _prologue(d: str, regs: bool, mode: str, norm: bool = False) -> str:
     return text
 
 
-def _word_dot(mode: str, mats: list[tuple[str, str, str]], regs: bool, acc: str) -> str:
-    """Accumulate word ``wi`` of the current row of each weight into ``acc_<m>[r]``."""
-    out = ["        const int g = (wi * EPW) / GROUP_SIZE;"]
+def _word_dot(
+    mode: str, mats: list[tuple[str, str, str]], regs: bool, acc: str, loaded: bool = False
+) -> str:
+    """Accumulate word ``wi`` of the current row of each weight into ``acc_<m>[r]``.
+    ``loaded``: the word and its scale (and bias) are already in ``qw<m>[j]``, ``sc<m>[j]``
+    (``bi<m>[j]``) (see :func:`_batched_word_loads`); else they are loaded here."""
+    out = [] if loaded else ["        const int g = (wi * EPW) / GROUP_SIZE;"]
     if not regs:
         out.append("        float xw[EPW];")
         out.append("        float xsum = 0.0f;")
@@ -198,33 +205,77 @@ def _word_dot(mode: str, mats: list[tuple[str, str, str]], regs: bool, acc: str)
     xv = "xr[j * EPW + e]" if regs else "xw[e]"
     xsum = "xs[j]" if regs else "xsum"
     for m, (w, s, b) in enumerate(mats):
-        out.append(f"        const uint qw{m} = {w}[wbase + wi];")
+        q, sc, bi = (f"qw{m}[j]", f"sc{m}[j]", f"bi{m}[j]") if loaded else (f"qw{m}", f"sc{m}",
+                                                                                f"bi{m}")  # fmt: skip
+        if not loaded:
+            out.append(f"        const uint qw{m} = {w}[wbase + wi];")
         if mode == "affine":
-            out.append(f"        const float sc{m} = static_cast<float>({s}[gbase + g]);")
-            out.append(f"        const float bi{m} = static_cast<float>({b}[gbase + g]);")
+            if not loaded:
+                out.append(f"        const float sc{m} = static_cast<float>({s}[gbase + g]);")
+                out.append(f"        const float bi{m} = static_cast<float>({b}[gbase + g]);")
             out.append(f"        float dq{m} = -{xsum};")
             out.append("#pragma unroll")
             out.append("        for (int e = 0; e < EPW; ++e) {")
-            out.append(f"          dq{m} += {xv} * zx_q_unit<BITS>(qw{m}, e * BITS);")
+            out.append(f"          dq{m} += {xv} * zx_q_unit<BITS>({q}, e * BITS);")
             out.append("        }")
             out.append(
-                f"        {acc}{m}[r] += (sc{m} * (float)(1 << BITS)) * dq{m} + bi{m} * {xsum};"
+                f"        {acc}{m}[r] += ({sc} * (float)(1 << BITS)) * dq{m} + {bi} * {xsum};"
             )
         else:
-            out.append(f"        const float sc{m} = zx_e8m0(static_cast<uint>({s}[gbase + g]));")
+            if not loaded:
+                out.append(
+                    f"        const float sc{m} = zx_e8m0(static_cast<uint>({s}[gbase + g]));"
+                )
             out.append(f"        float dq{m} = 0.0f;")
             out.append("#pragma unroll")
             out.append("        for (int e = 0; e < EPW; ++e) {")
-            out.append(f"          dq{m} += {xv} * zx_fp4(qw{m}, e * BITS);")
+            out.append(f"          dq{m} += {xv} * zx_fp4({q}, e * BITS);")
             out.append("        }")
-            out.append(f"        {acc}{m}[r] += sc{m} * dq{m};")
+            out.append(f"        {acc}{m}[r] += {sc} * dq{m};")
+    return "\n".join(out)
+
+
+def _batched_word_loads(mode: str, mats: list[tuple[str, str, str]]) -> str:
+    """Load the lane's words of the current row of each weight, with their scales (and
+    biases), into arrays ``qw<m>[j]``, ``sc<m>[j]`` (``bi<m>[j]``): every load issued before
+    any is used."""
+    out = []
+    for m in range(len(mats)):
+        out.append(f"      uint qw{m}[NJ];")
+        out.append(f"      float sc{m}[NJ];")
+        if mode == "affine":
+            out.append(f"      float bi{m}[NJ];")
+    out += ["#pragma unroll", "      for (int j = 0; j < NJ; ++j) {",
+            "        const int wi = j * 32 + (int)lane;",
+            "        const bool ok = NW % 32 == 0 || wi < NW;",
+            "        const int g = ok ? (wi * EPW) / GROUP_SIZE : 0;"]  # fmt: skip
+    for m, (w, s, b) in enumerate(mats):
+        out.append(f"        qw{m}[j] = ok ? {w}[wbase + wi] : 0u;")
+        if mode == "affine":
+            out.append(f"        sc{m}[j] = static_cast<float>({s}[gbase + g]);")
+            out.append(f"        bi{m}[j] = static_cast<float>({b}[gbase + g]);")
+        else:
+            out.append(f"        sc{m}[j] = zx_e8m0(static_cast<uint>({s}[gbase + g]));")
+    out.append("      }")
     return "\n".join(out)
 
 
 def _row_loop(
-    mode: str, mats: list[tuple[str, str, str]], n: str, ebase: str, regs: bool, acc: str
+    mode: str,
+    mats: list[tuple[str, str, str]],
+    n: str,
+    ebase: str,
+    regs: bool,
+    acc: str,
+    batch: bool = False,
 ) -> str:
-    """Lane partial sums of rows ``row0 .. row0 + R - 1`` (of ``n``) for each weight."""
+    """Lane partial sums of rows ``row0 .. row0 + R - 1`` (of ``n``) for each weight.
+
+    ``batch``: each lane first loads all its words of the row (and their scales and biases),
+    then does the math, so a warp waits for memory once per row rather than once per word
+    (the compiler does not reliably hoist the loads of the plain loop: it keeps few
+    registers). Same operations in the same order: bit-identical results."""
+    loads = _batched_word_loads(mode, mats) + "\n" if batch else ""
     return f"""
 #pragma unroll
   for (int r = 0; r < R; ++r) {{
@@ -232,11 +283,11 @@ def _row_loop(
     if (row < {n}) {{
       const size_t wbase = (size_t)({ebase} + row) * NW;
       const size_t gbase = (size_t)({ebase} + row) * NG;
-#pragma unroll
+{loads}#pragma unroll
       for (int j = 0; j < NJ; ++j) {{
         const int wi = j * 32 + (int)lane;
         if (NW % 32 == 0 || wi < NW) {{
-{_word_dot(mode, mats, regs, acc)}
+{_word_dot(mode, mats, regs, acc, loaded=batch)}
         }}
       }}
     }}
@@ -307,6 +358,7 @@ def matvec_kernel(
     has_res: bool,
     regs: bool,
     norm: bool = False,
+    batch: bool = False,
 ) -> Kernel:
     """The matvec kernel of one variant.
 
@@ -321,6 +373,7 @@ def matvec_kernel(
         regs: hold the lane's slice of x in registers.
         norm: x is a decoder layer's residual stream: the kernel multiplies the pre-norm
             ``rms_norm(x + xa, nrmw, npr[0])`` (MLX's rounding; needs ``regs``).
+        batch: the batched row loop (see :func:`_row_loop`).
 
     Template constants: ``T`` (activation dtype), ``D`` (inputs), ``N`` (rows; ``NQ``,
     ``NK``, ``NV`` for q/k/v), ``BITS``, ``GROUP_SIZE``, ``R`` (rows per warp), ``NB``
@@ -375,7 +428,7 @@ def matvec_kernel(
             lim = {0: "wb < NBQ", 1: "wb < NBQ + NBK", 2: "true"}[m]
             parts.append(f"  {cond} ({lim}) {{")
             parts.append(f"  const int row0 = (wb - ({prev})) * R;")
-            parts.append(_row_loop(mode, [_mat(p, mode)], nn, f"ex * {nn}", regs, "acc"))
+            parts.append(_row_loop(mode, [_mat(p, mode)], nn, f"ex * {nn}", regs, "acc", batch))
             parts.append(_reduce(["acc0"]))
             parts.append(_qkv_store(p, nn, has_bias))
         body += "\n".join(parts) + "\n  }\n"
@@ -384,11 +437,12 @@ def matvec_kernel(
         body += "  const int row0 = wb * R;\n"
         body += _acc_decl(names)
         mats = [_mat(p, mode) for p in joint[kind]]
-        body += _row_loop(mode, mats, "N", "ex * N", regs, "acc")
+        body += _row_loop(mode, mats, "N", "ex * N", regs, "acc", batch)
         body += _reduce(names)
         body += _store(kind, joint[kind], gather, has_bias, has_res)
     return Kernel(
-        f"qmv_{kind}_{mode}{'_gather' if gather else ''}{'_prenorm' if norm else ''}",
+        f"qmv_{kind}_{mode}{'_gather' if gather else ''}{'_prenorm' if norm else ''}"
+        f"{'_batched' if batch else ''}",
         inputs,
         outputs,
         body,
