@@ -24,7 +24,7 @@ when ``MLX_SAVE_CUDA_GRAPHS_DOT_FILE`` is set.
 Part 3, ``--moe-blocks N``: ``N`` Qwen3-30B-A3B MoE blocks at decode chained and compiled,
 so the device runs them one after another as a model's layers: stock mlx-lm against zmlx's
 three launches, the same with the batched row loop (each lane's loads of a row issued
-before its math), with the whole commented kernel source (what the source length costs per
+before its math), with twice the router's loads in flight, with the whole commented kernel source (what the source length costs per
 launch; zmlx sends only the prelude helpers a kernel uses, no comments) and without the
 router launch.
 
@@ -189,13 +189,15 @@ def moe_chain_part(n_blocks: int, repeats: int = 5) -> dict:
     another. Variants, rotated so drift hits all: stock mlx-lm (quantized router matmul,
     softmax, argpartition, ``SwitchGLU``, combine); zmlx's three launches (router, gate/up +
     SwiGLU, down + combine) with the sources zmlx sends MLX and with the whole commented
-    source; with the batched row loop (``quant_kernels.BATCH_LOADS``); and without the
+    source; with the batched row loop (``quant_kernels.BATCH_LOADS``); with 16 words per
+    lane in flight in the router (``router_kernels.FUSED_WU``, 8 by default); and without the
     router (routing fixed). Per block: total; per zmlx launch (3 a block): build, encode and
     total."""
     from mlx_lm.models.switch_layers import SwitchGLU
 
     from zmlx.kernels import moe as K
     from zmlx.kernels import quant_kernels as qk
+    from zmlx.kernels import router_kernels as RK
     from zmlx.kernels import routers as R
 
     d, i_dim, e, k, gs = 2048, 768, 128, 8, 64
@@ -237,9 +239,11 @@ def moe_chain_part(n_blocks: int, repeats: int = 5) -> dict:
         "stock": stock_block,
         "zmlx": zmlx_block,
         "zmlx_batched_loads": zmlx_block,
+        "zmlx_router_wu16": zmlx_block,
         "zmlx_full_source": zmlx_block,
         "zmlx_fixed_routing": lambda x: zmlx_block(x, routed=False),
     }
+    wu = RK.FUSED_WU
     launches = 3 * n_blocks
     rows: dict[str, list] = {name: [] for name in blocks}
     names = list(blocks)
@@ -247,6 +251,7 @@ def moe_chain_part(n_blocks: int, repeats: int = 5) -> dict:
         for name in names[rep % len(names) :] + names[: rep % len(names)]:
             _full_source(name == "zmlx_full_source")
             qk.BATCH_LOADS = name == "zmlx_batched_loads"
+            RK.FUSED_WU = 16 if name == "zmlx_router_wu16" else wu
 
             def chain(x, block=blocks[name]):
                 for _ in range(n_blocks):
@@ -255,7 +260,7 @@ def moe_chain_part(n_blocks: int, repeats: int = 5) -> dict:
 
             compiled = mx.compile(chain)
             rows[name].append(_split(lambda compiled=compiled: compiled(x), repeats=5))
-    qk.BATCH_LOADS = False
+    qk.BATCH_LOADS, RK.FUSED_WU = False, wu
     sizes = {}
     for name in ("zmlx", "zmlx_full_source"):
         _full_source(name == "zmlx_full_source")

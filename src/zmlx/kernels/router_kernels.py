@@ -31,6 +31,10 @@ FUSED_MAX_DIM = 7168  # x row in shared memory: 28 KiB + logits, under Metal's 3
 # One group per token. 512 threads leave room for up to 128 registers a thread (NVRTC's ptxas
 # gives the largest configuration, E = 512 with 32 groups, 80); 1024 would fail to launch above 64.
 FUSED_THREADS = 512
+# Words each lane of the fused router loads before using them (its memory-level parallelism:
+# the one group per token walks E / (FUSED_THREADS / 32) experts per warp, D / (32 * WU)
+# rounds to memory each). Not yet tuned on hardware.
+FUSED_WU = 8
 _ROUTE_WARPS = 4  # tokens per group in the logits -> routing kernel
 
 # The routing core. Before it: `tok` (token), `lane`, and LOGIT(e) reading expert e's logit.
@@ -356,7 +360,7 @@ def launch_fused(x, w, scales, qbias, lbias, sbias, plan, template, logits_dtype
         ("QBITS", bits),
         ("GSZ", gsz),
         ("HAS_LBIAS", lbias is not None),
-        ("WU", 8),
+        ("WU", FUSED_WU),
         ("LG", logits_dtype),
     ]
     z = dummy()
