@@ -18,7 +18,9 @@ How the matvec kernels stream weights (decode is memory-bound):
   one fma per element; ``sum(x * q) = 2^BITS * (sum(x * (1 + q / 2^BITS)) - sum(x))``. The
   products are exact for fp16/bf16 activations, and accumulation is float32 throughout.
 * Lane partial sums of all ``R`` rows are kept until the end and reduced with warp shuffles
-  once, so the row loop has no shuffles and the compiler can keep many loads in flight.
+  once, so the row loop has no shuffles. Even so, NVRTC's code for the plain row loop loads
+  each word right before its math (few registers, a wait per word); the batched row loop
+  (``BATCH_LOADS``) issues a row's loads first.
 
 Rows per warp: ``R = 4`` (``2`` when two weights share the row loop) when that still leaves
 1024 or more warps, else fewer: 1024 warps are about 8 per SM on a 132-SM H100, enough bytes
