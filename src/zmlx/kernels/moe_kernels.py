@@ -66,7 +66,7 @@ def gather_combine_kernel(mode: str, has_bias: bool, has_shared: bool, has_gate:
   const int row0 = (wid % NB) * R;
 """
     body += _acc_decl(["tot"])
-    if batch:
+    if batch:  # the token's expert ids and weights, loaded ahead of the expert loop
         body += """
   int exs[K];
   float wks[K];
@@ -74,19 +74,14 @@ def gather_combine_kernel(mode: str, has_bias: bool, has_shared: bool, has_gate:
   for (int k = 0; k < K; ++k) {
     exs[k] = static_cast<int>(idx[t * K + k]);
     wks[k] = static_cast<float>(wts[t * K + k]);
-  }
-  for (int k = 0; k < K; ++k) {
+  }"""
+    ex, wk = ("exs[k]", "wks[k]") if batch else ("static_cast<int>(idx[slot])",
+                                                 "static_cast<float>(wts[slot])")  # fmt: skip
+    body += f"""
+  for (int k = 0; k < K; ++k) {{
     const int slot = t * K + k;
-    const int ex = exs[k];
-    const float wk = wks[k];
-    const T* xp = h + (size_t)slot * I;
-"""
-    else:
-        body += """
-  for (int k = 0; k < K; ++k) {
-    const int slot = t * K + k;
-    const int ex = static_cast<int>(idx[slot]);
-    const float wk = static_cast<float>(wts[slot]);
+    const int ex = {ex};
+    const float wk = {wk};
     const T* xp = h + (size_t)slot * I;
 """
     body += _prologue("I", regs, mode)
