@@ -52,6 +52,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from zmlx.bench import capsule
+from zmlx.core import kernel as kernel_module
 from zmlx.core.backend import device_name
 from zmlx.core.kernel import Kernel, capture
 
@@ -162,22 +163,20 @@ def launches_part(n_ops: int, n_elems: int = 4096) -> dict:
     return {"ops": n_ops, "elements": n_elems, "per_launch": out}
 
 
+_RENDER = (kernel_module.compact, kernel_module.render_header)  # what zmlx sends MLX
+
+
 def _full_source(on: bool):
     """Send MLX the whole prelude with comments (``on``) or zmlx's used-and-compacted source;
     built kernels are forgotten so the next launch builds anew."""
     import gc
 
-    from zmlx.core import kernel as kmod
-
-    if not hasattr(kmod, "_zx_saved"):
-        kmod._zx_saved = (kmod.compact, kmod.render_header)
-    compact, render_header = kmod._zx_saved
     if on:
-        kmod.compact = lambda s: s
-        kmod.render_header = lambda h, d, body="": d.prelude + ("\n" + h if h else "")
+        kernel_module.compact = lambda s: s
+        kernel_module.render_header = lambda h, d, body="": d.prelude + ("\n" + h if h else "")
     else:
-        kmod.compact, kmod.render_header = compact, render_header
-    kmod._BUILD_CACHE.clear()
+        kernel_module.compact, kernel_module.render_header = _RENDER
+    kernel_module._BUILD_CACHE.clear()
     for obj in gc.get_objects():
         if isinstance(obj, Kernel):
             obj._objs.clear()

@@ -4,10 +4,12 @@ run a call on the CPU emulator when it is available."""
 from __future__ import annotations
 
 import mlx.core as mx
+import numpy as np
 import pytest
 
 from zmlx.core import syntax
 from zmlx.core.kernel import capture
+from zmlx.testing import assert_close
 
 
 def launches(backend_name: str, fn, *args):
@@ -24,6 +26,20 @@ def zero_experts(e: int, n: int, m: int, bits: int = 4, group_size: int = 64):
     return (mx.zeros((e, n, m * bits // 32), dtype=mx.uint32),
             mx.zeros((e, n, m // group_size), dtype=mx.bfloat16),
             mx.zeros((e, n, m // group_size), dtype=mx.bfloat16))  # fmt: skip
+
+
+def assert_same_routing(got, want, atol: float, rtol: float) -> None:
+    """``got`` and ``want`` (``(indices, weights)`` of a router) pick the same experts for
+    every token, with close weights: compared as sorted (index, weight) pairs in float32, as
+    kernels may order their picks otherwise."""
+    (i1, w1), (i2, w2) = got, want
+    o1, o2 = np.argsort(np.array(i1), -1), np.argsort(np.array(i2), -1)
+    assert (
+        np.take_along_axis(np.array(i1), o1, -1) == np.take_along_axis(np.array(i2), o2, -1)
+    ).all()
+    assert_close(mx.array(np.take_along_axis(np.array(w1.astype(mx.float32)), o1, -1)),
+                 mx.array(np.take_along_axis(np.array(w2.astype(mx.float32)), o2, -1)),
+                 atol=atol, rtol=rtol)  # fmt: skip
 
 
 def assert_compiles(fn, *args, backends=("metal", "cuda"), only: str = "") -> int:

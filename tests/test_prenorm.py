@@ -12,7 +12,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from kernel_checks import assert_compiles, zero_experts
+from kernel_checks import assert_compiles, assert_same_routing, zero_experts
 from test_quant import fmt, kernel_tol, run_kernel
 from zmlx.core.backend import force_backend
 from zmlx.kernels import moe
@@ -32,6 +32,16 @@ def _stream(rng, t, d, dtype):
     a = random_x(rng, (t, d), dtype)
     w = (mx.array(rng.uniform(0.5, 1.5, size=(d,)).astype(np.float32))).astype(dtype)
     return x, a, w
+
+
+def _router(rng, e, d, dtype, quant):
+    """A router weight ``(e, d)`` and the ``router_fused`` keywords for it (8-bit when
+    ``quant``)."""
+    w = (mx.array(rng.normal(size=(e, d)).astype(np.float32)) * 0.2).astype(dtype)
+    if not quant:
+        return w, {}
+    w, s, b = mx.quantize(w, group_size=64, bits=8)
+    return w, dict(scales=s, biases=b, group_size=64, bits=8)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
@@ -57,21 +67,11 @@ def test_gather_qmv_swiglu_prenorm(name, t, dtype, rng):
 def test_router_fused_prenorm(quant, dtype, rng):
     t, d, e = 2, 256, 16
     x, a, nw = _stream(rng, t, d, dtype)
-    w = (mx.array(rng.normal(size=(e, d)).astype(np.float32)) * 0.2).astype(dtype)
-    kw = {}
-    if quant:
-        w, s, b = mx.quantize(w, group_size=64, bits=8)
-        kw = dict(scales=s, biases=b, group_size=64, bits=8)
+    w, kw = _router(rng, e, d, dtype, quant)
     rule = R.RouterRule("softmax_topk", 4, norm=True)
     i1, w1 = run_kernel(R.router_fused, x, w, rule, prenorm=(a, nw, 1e-6), **kw)
     i2, w2 = run_kernel(R.router_fused, prenorm_ref(x, (a, nw, 1e-6)), w, rule, **kw)
-    o1, o2 = np.argsort(np.array(i1), -1), np.argsort(np.array(i2), -1)
-    assert (
-        np.take_along_axis(np.array(i1), o1, -1) == np.take_along_axis(np.array(i2), o2, -1)
-    ).all()
-    assert_close(mx.array(np.take_along_axis(np.array(w1.astype(mx.float32)), o1, -1)),
-                 mx.array(np.take_along_axis(np.array(w2.astype(mx.float32)), o2, -1)),
-                 atol=2e-3, rtol=2e-3)  # fmt: skip
+    assert_same_routing((i1, w1), (i2, w2), atol=2e-3, rtol=2e-3)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
@@ -82,11 +82,7 @@ def test_router_fused_returns_the_normed_input(quant, dtype, rng):
     another order), and routes as before."""
     t, d, e = 3, 192, 8
     x, a, nw = _stream(rng, t, d, dtype)
-    w = (mx.array(rng.normal(size=(e, d)).astype(np.float32)) * 0.2).astype(dtype)
-    kw = {}
-    if quant:
-        w, s, b = mx.quantize(w, group_size=64, bits=8)
-        kw = dict(scales=s, biases=b, group_size=64, bits=8)
+    w, kw = _router(rng, e, d, dtype, quant)
     rule = R.RouterRule("softmax_topk", 2)
     i1, w1, xn = run_kernel(R.router_fused, x, w, rule, prenorm=(a, nw, 1e-6),
                             return_normed=True, **kw)  # fmt: skip

@@ -14,12 +14,12 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
+from kernel_checks import assert_same_routing
 from zmlx.core import fallback
 from zmlx.core.backend import backend
 from zmlx.kernels import router_kernels as RK
 from zmlx.kernels import router_specs as RS
 from zmlx.kernels import routers as R
-from zmlx.testing import assert_close
 
 pytest.importorskip("mlx_lm")
 
@@ -250,16 +250,7 @@ def test_fused_random_inputs_match_reference_as_sorted_pairs(rng):
         i1, w1 = R.router_fused(x, args[0], rule, **args[1])
         i2, w2 = R.router_fused_ref(x, args[0], rule, None, None, args[1].get("scales"),
                                     args[1].get("biases"))  # fmt: skip
-        o1, o2 = np.argsort(np.array(i1), -1), np.argsort(np.array(i2), -1)
-        assert (
-            np.take_along_axis(np.array(i1), o1, -1) == np.take_along_axis(np.array(i2), o2, -1)
-        ).all()
-        assert_close(
-            mx.array(np.take_along_axis(np.array(w1), o1, -1)),
-            mx.array(np.take_along_axis(np.array(w2), o2, -1)),
-            atol=1e-5,
-            rtol=1e-4,
-        )
+        assert_same_routing((i1, w1), (i2, w2), atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("wu", [8, 16])
@@ -277,13 +268,7 @@ def test_fused_kernel_loads_per_lane(wu, monkeypatch, rng):
     rule = R.RouterRule("softmax_topk", 4, norm=True)
     i1, w1 = run_kernel(R.router_fused, x, q, rule, scales=s, biases=b, group_size=64, bits=8)
     i2, w2 = R.router_fused_ref(x, q, rule, None, None, s, b, 64, 8)
-    o1, o2 = np.argsort(np.array(i1), -1), np.argsort(np.array(i2), -1)
-    assert (
-        np.take_along_axis(np.array(i1), o1, -1) == np.take_along_axis(np.array(i2), o2, -1)
-    ).all()
-    assert_close(mx.array(np.take_along_axis(np.array(w1), o1, -1)),
-                 mx.array(np.take_along_axis(np.array(w2), o2, -1)), atol=1e-5,
-                 rtol=1e-4)  # fmt: skip
+    assert_same_routing((i1, w1), (i2, w2), atol=1e-5, rtol=1e-4)
 
 
 def test_errors():
