@@ -182,21 +182,15 @@ def _full_source(on: bool):
             obj._objs.clear()
 
 
-def moe_chain_part(n_blocks: int, repeats: int = 5) -> dict:
-    """Part 3: ``n_blocks`` Qwen3-30B-A3B MoE blocks at decode chained (each block's output is
-    the next one's input, as layers are) and compiled, so the device runs them one after
-    another. Variants, rotated so drift hits all: stock mlx-lm (quantized router matmul,
-    softmax, argpartition, ``SwitchGLU``, combine); zmlx's three launches (router, gate/up +
-    SwiGLU, down + combine) with the sources zmlx sends MLX and with the whole commented
-    source; with the batched row loop (``quant_kernels.BATCH_LOADS``); with 16 words per
-    lane in flight in the router (``router_kernels.FUSED_WU``, 8 by default); and without the
-    router (routing fixed). Per block: total; per zmlx launch (3 a block): build, encode and
-    total."""
+def qwen3_moe_blocks() -> tuple[mx.array, dict]:
+    """A decode input and Qwen3-30B-A3B MoE blocks over the same random 4-bit experts and
+    8-bit router: ``stock`` (mlx-lm's: quantized router matmul, softmax, argpartition,
+    ``SwitchGLU``, combine), ``zmlx`` (router, gate/up + SwiGLU, down + combine: three
+    launches), ``zmlx_stock_router`` (stock's routing ops, then zmlx's two expert launches)
+    and ``zmlx_fixed_routing`` (no router: the experts the first token chose)."""
     from mlx_lm.models.switch_layers import SwitchGLU
 
     from zmlx.kernels import moe as K
-    from zmlx.kernels import quant_kernels as qk
-    from zmlx.kernels import router_kernels as RK
     from zmlx.kernels import routers as R
 
     d, i_dim, e, k, gs = 2048, 768, 128, 8, 64
@@ -219,16 +213,21 @@ def moe_chain_part(n_blocks: int, repeats: int = 5) -> dict:
     mx.eval(inds0, w0)
 
     def stock_block(x):
-        gates = mx.softmax(gate(x), axis=-1, precise=True)
-        inds = mx.stop_gradient(mx.argpartition(-gates, kth=k - 1, axis=-1)[..., :k])
-        scores = mx.take_along_axis(gates, inds, axis=-1)
-        scores = scores / scores.sum(axis=-1, keepdims=True)
+        inds, scores = stock_route(x)
         y = glu(x, inds)
         return (y * scores[..., None]).sum(axis=-2).astype(y.dtype)
 
-    def zmlx_block(x, routed=True):
-        if routed:
+    def stock_route(x):
+        gates = mx.softmax(gate(x), axis=-1, precise=True)
+        inds = mx.stop_gradient(mx.argpartition(-gates, kth=k - 1, axis=-1)[..., :k])
+        scores = mx.take_along_axis(gates, inds, axis=-1)
+        return inds, scores / scores.sum(axis=-1, keepdims=True)
+
+    def zmlx_block(x, route="zmlx"):
+        if route == "zmlx":
             inds, w = R.router_fused(x, rw, rule, scales=rs, biases=rb, group_size=64, bits=8)
+        elif route == "stock":
+            inds, w = stock_route(x)
         else:
             inds, w = inds0, w0
         h = K.gather_qmv_swiglu(x, *g, *u, inds, gs, 4, "affine")
@@ -237,10 +236,34 @@ def moe_chain_part(n_blocks: int, repeats: int = 5) -> dict:
     blocks = {
         "stock": stock_block,
         "zmlx": zmlx_block,
-        "zmlx_batched_loads": zmlx_block,
-        "zmlx_router_wu16": zmlx_block,
-        "zmlx_full_source": zmlx_block,
-        "zmlx_fixed_routing": lambda x: zmlx_block(x, routed=False),
+        "zmlx_stock_router": lambda x: zmlx_block(x, route="stock"),
+        "zmlx_fixed_routing": lambda x: zmlx_block(x, route="fixed"),
+    }
+    return x, blocks
+
+
+def moe_chain_part(n_blocks: int, repeats: int = 5) -> dict:
+    """Part 3: ``n_blocks`` Qwen3-30B-A3B MoE blocks at decode chained (each block's output is
+    the next one's input, as layers are) and compiled, so the device runs them one after
+    another. Variants, rotated so drift hits all: stock mlx-lm (quantized router matmul,
+    softmax, argpartition, ``SwitchGLU``, combine); zmlx's three launches (router, gate/up +
+    SwiGLU, down + combine) with the sources zmlx sends MLX and with the whole commented
+    source; with the batched row loop (``quant_kernels.BATCH_LOADS``); with 16 words per
+    lane in flight in the router (``router_kernels.FUSED_WU``, 8 by default); and without the
+    router (routing fixed). Per block: total; per zmlx launch (3 a block): build, encode and
+    total."""
+    from zmlx.kernels import quant_kernels as qk
+    from zmlx.kernels import router_kernels as RK
+
+    x, base = qwen3_moe_blocks()
+    blocks = {
+        "stock": base["stock"],
+        "zmlx": base["zmlx"],
+        "zmlx_batched_loads": base["zmlx"],
+        "zmlx_router_wu16": base["zmlx"],
+        "zmlx_full_source": base["zmlx"],
+        "zmlx_stock_router": base["zmlx_stock_router"],
+        "zmlx_fixed_routing": base["zmlx_fixed_routing"],
     }
     wu = RK.FUSED_WU
     launches = 3 * n_blocks
@@ -264,7 +287,7 @@ def moe_chain_part(n_blocks: int, repeats: int = 5) -> dict:
     for name in ("zmlx", "zmlx_full_source"):
         _full_source(name == "zmlx_full_source")
         with capture("cuda") as caught:
-            zmlx_block(x)
+            base["zmlx"](x)
         sizes[name] = {c.kernel.name: sum(map(len, c.kernel.render("cuda"))) for c in caught}
     _full_source(False)
     out = {"blocks": n_blocks, "launches_per_block": 3, "source_chars": sizes}

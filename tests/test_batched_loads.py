@@ -1,4 +1,5 @@
-"""The batched row loop of the quantized matvec kernels (``quant_kernels.BATCH_LOADS``).
+"""The batched row loop of the quantized matvec kernels (``quant_kernels.BATCH_LOADS``), and
+its 16-byte weight loads (``quant_kernels.LOAD_WORDS = 4``).
 
 Each lane loads all its words of a row (with their scales and biases) before the math, and
 the down-projection kernel loads a token's expert ids and weights before its expert loop. The
@@ -7,6 +8,11 @@ and off (kernels on the CPU SIMT emulator), in every format, dtype and the awkwa
 a row length whose words do not fill the last round of lanes, rows not a multiple of R, and
 rows longer than the register-held x (streamed). The batched kernels also compile (NVRTC
 for sm_90a where available, and the Metal shim).
+
+With 16-byte loads a lane owns four consecutive words per load instead of one word every 32,
+so the float32 sums run in another order: those results are compared with the word-load
+kernels within a few units in the last place of the output dtype, on the same shapes (whose
+rows leave lanes idle in the last round of loads).
 """
 
 from __future__ import annotations
@@ -26,13 +32,32 @@ DTYPES = [mx.float32, mx.float16, mx.bfloat16]
 IDS = ["f32", "f16", "bf16"]
 
 
-def both(monkeypatch, fn, *args, **kw):
-    """``fn`` on the emulator with the plain and the batched row loop."""
+def both(monkeypatch, fn, *args, attr="BATCH_LOADS", values=(False, True), **kw):
+    """``fn`` on the emulator with the plain and the batched row loop (or two other values
+    of a ``quant_kernels`` setting)."""
     out = []
-    for batch in (False, True):
-        monkeypatch.setattr(qk, "BATCH_LOADS", batch)
+    for v in values:
+        monkeypatch.setattr(qk, attr, v)
         out.append(run_kernel(fn, *args, **kw))
     return out
+
+
+def wide(monkeypatch, fn, *args, **kw):
+    """``fn`` with word loads and with 16-byte loads."""
+    return both(monkeypatch, fn, *args, attr="LOAD_WORDS", values=(1, 4), **kw)
+
+
+# Float32 sums in another order, then rounded to the output dtype.
+RTOL = {mx.float32: 2e-5, mx.float16: 4e-3, mx.bfloat16: 3e-2}
+
+
+def assert_close(a, b):
+    for x, y in zip(a if isinstance(a, (list, tuple)) else [a],
+                    b if isinstance(b, (list, tuple)) else [b]):  # fmt: skip
+        assert x.dtype == y.dtype and x.shape == y.shape
+        x32, y32 = np.array(x.astype(mx.float32)), np.array(y.astype(mx.float32))
+        scale = max(1.0, float(np.abs(x32).max()))
+        np.testing.assert_allclose(x32, y32, rtol=RTOL[x.dtype], atol=RTOL[x.dtype] * scale)
 
 
 def assert_identical(a, b):
@@ -90,8 +115,10 @@ def test_streamed_rows_identical(monkeypatch, rng):
     assert_identical(*both(monkeypatch, quant.qmv, x, *w, gs, bits, mode))
 
 
-def test_qwen3_decode_shapes_compile(monkeypatch):
+@pytest.mark.parametrize("words", [1, 4])
+def test_qwen3_decode_shapes_compile(words, monkeypatch):
     monkeypatch.setattr(qk, "BATCH_LOADS", True)
+    monkeypatch.setattr(qk, "LOAD_WORDS", words)
     d, i_dim, e, k = 2048, 768, 128, 8
     gs, bits, mode = 64, 4, "affine"
 
@@ -107,3 +134,52 @@ def test_qwen3_decode_shapes_compile(monkeypatch):
         return moe.gather_qmv_combine(h, *q(d, i_dim), idx, wts, gs, bits, mode)
 
     assert_compiles(block, x)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
+@pytest.mark.parametrize("name", ["a4g64", "a8g32", "a4g128", "mxfp4"])
+def test_dense_ops_with_16_byte_loads(name, dtype, monkeypatch, rng):
+    gs, bits, mode = fmt(name)
+    d, n = 384, 13  # 48 or 96 words a row: the last round of loads leaves lanes idle
+    x = random_x(rng, (3, d), dtype)
+    w = random_qweight(rng, (n, d), dtype, bits, gs, mode)
+    w2 = random_qweight(rng, (n, d), dtype, bits, gs, mode)
+    assert_close(*wide(monkeypatch, quant.qmv, x, *w, gs, bits, mode))
+    assert_close(*wide(monkeypatch, quant.qmv_swiglu, x, *w, *w2, gs, bits, mode))
+    wk = random_qweight(rng, (8, d), dtype, bits, gs, mode)
+    assert_close(*wide(monkeypatch, quant.qkv_proj, x, *w, *wk, *wk, gs, bits, mode))
+
+
+@pytest.mark.parametrize("dtype", [mx.float32, mx.bfloat16], ids=["f32", "bf16"])
+@pytest.mark.parametrize("name", ["a4g64", "a8g64", "mxfp4"])
+def test_expert_ops_with_16_byte_loads(name, dtype, monkeypatch, rng):
+    gs, bits, mode = fmt(name)
+    e, k, t, d, n = 6, 4, 3, 192, 64
+    x = random_x(rng, (t, d), dtype)
+    wg = random_qweight(rng, (e, n, d), dtype, bits, gs, mode)
+    wu = random_qweight(rng, (e, n, d), dtype, bits, gs, mode)
+    wd = random_qweight(rng, (e, d, n), dtype, bits, gs, mode)
+    idx = random_indices(rng, (t,), k, e)
+    wts = mx.softmax(random_x(rng, (t, k), mx.float32), axis=-1).astype(dtype)
+    h = wide(monkeypatch, moe.gather_qmv_swiglu, x, *wg, *wu, idx, gs, bits, mode)
+    assert_close(*h)
+    assert_close(*wide(monkeypatch, moe.gather_qmv_combine, h[0], *wd, idx, wts, gs, bits,
+                       mode, shared=random_x(rng, (t, d), dtype)))  # fmt: skip
+
+
+def test_streamed_rows_with_16_byte_loads(monkeypatch, rng):
+    gs, bits, mode = fmt("a8g64")
+    d = qk.X_REG_MAX + 128
+    x = random_x(rng, (1, d), mx.bfloat16)
+    w = random_qweight(rng, (5, d), mx.bfloat16, bits, gs, mode)
+    assert_close(*wide(monkeypatch, quant.qmv, x, *w, gs, bits, mode))
+
+
+def test_load_words_only_where_rows_are_whole_loads(monkeypatch):
+    monkeypatch.setattr(qk, "LOAD_WORDS", 4)
+    assert qk.load_plan(2048, 4) == (True, 4)
+    assert qk.load_plan(40, 8) == (qk.BATCH_LOADS, 1)  # 10 words a row
+    monkeypatch.setattr(qk, "LOAD_WORDS", 1)
+    assert qk.load_plan(2048, 4) == (qk.BATCH_LOADS, 1)
+    with pytest.raises(ValueError, match="16-byte loads need the batched row loop"):
+        qk._row_loop("affine", [("w0", "s0", "b0")], "N", "0", True, "acc", False, 4)

@@ -7,7 +7,7 @@ What stops mlx-lm's decode step from being such a graph is the KV cache: its key
 one position a token and its write position is a Python int.
 
 :class:`StaticKVCache` keeps keys and values in a buffer of fixed capacity. Inside a traced
-decode step the write position is an array, the step writes with ``mx.slice_update`` and
+decode step the write position is an array, the step writes with a scatter (``mx.put_along_axis``) and
 attends over the whole buffer with a boolean mask (positions not yet written are masked), so
 the graph does not change from token to token. :class:`CompiledDecoder` wraps a model: calls
 with one token and static caches run the compiled step (the caches' buffers are its captured
@@ -40,20 +40,27 @@ import mlx.core as mx
 
 __all__ = ["CompiledDecoder", "StaticKVCache", "compile_decode", "generate", "supported"]
 
+MAX_STEP_TOKENS = 16  # tokens a traced step may write (compiled steps take one)
+
 
 class _Trace:
     """Shared by a decoder's caches while a decode step is traced: the position (a scalar
-    int32 array) and the same as the ``(1,)`` start index ``mx.slice_update`` takes."""
+    int32 array) and the positions a step's tokens are written to (``offset + arange``, up to
+    :data:`MAX_STEP_TOKENS`)."""
 
-    __slots__ = ("offset", "start")
+    __slots__ = ("offset", "pos")
 
     def __init__(self) -> None:
         self.offset: mx.array | None = None
-        self.start: mx.array | None = None
+        self.pos: mx.array | None = None
 
     def set(self, offset: mx.array | None) -> None:
         self.offset = offset
-        self.start = None if offset is None else mx.reshape(offset.astype(mx.int32), (1,))
+        self.pos = (
+            None
+            if offset is None
+            else (offset.astype(mx.int32) + mx.arange(MAX_STEP_TOKENS, dtype=mx.int32))
+        )
 
 
 class StaticKVCache:
@@ -128,9 +135,14 @@ class StaticKVCache:
         n = keys.shape[2]
         t = self._trace.offset
         if t is not None:
-            start = self._trace.start
-            self.buf["keys"] = mx.slice_update(self.buf["keys"], keys, start, axes=(2,))
-            self.buf["values"] = mx.slice_update(self.buf["values"], values, start, axes=(2,))
+            # A scatter along the position axis, not mx.slice_update: MLX's CUDA backend
+            # launches a dynamic slice update over the whole buffer (a thread per element of
+            # the destination; 13 us a layer at 320 positions, growing with the context,
+            # kernel_profile_qwen3_h100.json), a scatter over the update only.
+            pos = self._trace.pos
+            for name, new in (("keys", keys), ("values", values)):
+                idx = mx.broadcast_to(pos[:n].reshape(1, 1, n, 1), new.shape)
+                self.buf[name] = mx.put_along_axis(self.buf[name], idx, new, axis=2)
             return self.buf["keys"], self.buf["values"]
         prev = self._offset
         self.reserve(prev + n, keys, values)

@@ -165,6 +165,11 @@ KINDS: dict[str, dict[str, Any]] = {
         "results": {"rows": "list"},
         "items": {"rows[]": {"env": "str"}},
     },
+    "kernel_profile": {
+        "doc": "device time of each kernel, from CUPTI (benchmarks/kernel_profile.py)",
+        "results": {"device": "str"},
+        "optional": {"moe_chain": "dict", "decode": "dict"},
+    },
     "zoo_build": {
         "doc": "build time and memory of zoo models (benchmarks/zoo_build.py)",
         "results": {"size": "str", "quant": "str?", "builds": "list"},

@@ -21,6 +21,8 @@ Qualifiers and helpers (defined in every prelude): ``ZX_SHARED`` (declares share
 memory), ``ZX_SHARED_PTR`` (qualifies a pointer to it in a helper's parameters), ``ZX_DEVICE`` (pointer into global memory in a helper's parameters),
 ``ZX_INLINE`` (helper functions), ``zx_barrier()``, ``zx_shfl_xor(v, mask)``,
 ``zx_shfl(v, src)``, ``zx_as_float(uint)`` / ``zx_as_uint(float)`` (bit casts),
+``zx_ld4(p, al)`` (four ``uint`` words at ``p`` as a ``zx_u4`` with fields ``x, y, z, w``: one
+16-byte load on CUDA when ``al``, which a kernel computes once as ``zx_al16(base)``),
 ``zx_mul_rn(a, b)`` (a product never fused into an fma, for exact rounding),
 ``zx_atomic_add(&out[i], v)`` (atomic add of a float into a float32 output, or of an int into an
 int32 output; the kernel must be built with ``atomic_outputs=True``, which Metal needs and CUDA
@@ -120,6 +122,13 @@ ZX_INLINE float zx_shfl_xor(float v, int m) { return __shfl_xor_sync(0xffffffffu
 ZX_INLINE float zx_shfl(float v, int src) { return __shfl_sync(0xffffffffu, v, src); }
 ZX_INLINE float zx_as_float(uint u) { return __uint_as_float(u); }
 ZX_INLINE uint zx_as_uint(float f) { return __float_as_uint(f); }
+// Four packed words in one 16-byte load when p is 16-byte aligned (al: zx_al16 of the base).
+typedef uint4 zx_u4;
+ZX_INLINE bool zx_al16(const void* p) { return (reinterpret_cast<size_t>(p) & 15u) == 0u; }
+ZX_INLINE zx_u4 zx_ld4(const uint* p, bool al) {
+  if (al) { return *reinterpret_cast<const uint4*>(p); }
+  return make_uint4(p[0], p[1], p[2], p[3]);
+}
 // A product the compiler may not contract into an fma with a following add (exact rounding).
 ZX_INLINE float zx_mul_rn(float a, float b) { return __fmul_rn(a, b); }
 ZX_INLINE void zx_atomic_add(float* p, float v) { atomicAdd(p, v); }
@@ -158,6 +167,10 @@ ZX_INLINE float zx_shfl_xor(float v, int m) { return simd_shuffle_xor(v, ushort(
 ZX_INLINE float zx_shfl(float v, int src) { return simd_shuffle(v, ushort(src)); }
 ZX_INLINE float zx_as_float(uint u) { return as_type<float>(u); }
 ZX_INLINE uint zx_as_uint(float f) { return as_type<uint>(f); }
+// Four packed words (word loads: the alignment of a device pointer is not checked here).
+typedef uint4 zx_u4;
+ZX_INLINE bool zx_al16(device const void* p) { return false; }
+ZX_INLINE zx_u4 zx_ld4(device const uint* p, bool al) { return uint4(p[0], p[1], p[2], p[3]); }
 // Metal has no non-contracting multiply intrinsic; its default safe math mode is relied on.
 ZX_INLINE float zx_mul_rn(float a, float b) { return a * b; }
 // Outputs of a kernel built with atomic_outputs=True are device atomic<float>*; a template,

@@ -145,6 +145,9 @@ ZX_INLINE float zx_shfl(float v, int src) { return zx_host_shfl(v, 1, src); }
 ZX_INLINE float zx_shfl_up(float v, int d) { return zx_host_shfl(v, 2, d); }
 ZX_INLINE float zx_as_float(uint u) { float f; std::memcpy(&f, &u, 4); return f; }
 ZX_INLINE uint zx_as_uint(float f) { uint u; std::memcpy(&u, &f, 4); return u; }
+struct zx_u4 { uint x, y, z, w; };
+ZX_INLINE bool zx_al16(const void* p) { return ((uintptr_t)p & 15u) == 0u; }
+ZX_INLINE zx_u4 zx_ld4(const uint* p, bool al) { zx_u4 v; std::memcpy(&v, p, 16); return v; }
 ZX_INLINE float zx_mul_rn(float a, float b) { volatile float p = a * b; return p; }
 // Threads switch only at barriers and shuffles, and groups run one after another: a plain
 // add is atomic here.

@@ -74,6 +74,11 @@ METAL_SHIM = r"""
 typedef unsigned int uint;
 typedef unsigned short ushort;
 struct uint3 { uint x, y, z; };
+struct uint4 {
+  uint x, y, z, w;
+  uint4() = default;
+  uint4(uint a, uint b, uint c, uint d) : x(a), y(b), z(c), w(d) {}
+};
 typedef _Float16 half;
 struct bfloat16_t {
   uint16_t bits;

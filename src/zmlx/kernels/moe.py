@@ -163,7 +163,7 @@ def _gather_launch(op, kind, x, mats, indices, group_size, bits, mode, lins, fp,
     r = qk.rows_per_warp(slots, n, joint, d)
     nb = math.ceil(n / r)
     kern = qk.matvec_kernel(kind, mode, True, per_slot, lins is not None, False, regs,
-                            prenorm is not None, qk.BATCH_LOADS)  # fmt: skip
+                            prenorm is not None, *qk.load_plan(d, bits))  # fmt: skip
     ins = [x]
     for w, s, b in mats:
         ins += [w, s] + ([b] if mode == "affine" else [])
@@ -324,10 +324,11 @@ def gather_qmv_combine(h, w, scales, biases, indices, weights, group_size=64, bi
     if tokens and use_kernel(op, h, scales, group_size, bits, mode, tokens, verbose):
         r = qk.rows_per_warp(tokens, dout, 1, i_dim)
         nb = math.ceil(dout / r)
+        batch, vec = qk.load_plan(i_dim, bits)
         kern = mk.gather_combine_kernel(mode, bias is not None, shared is not None,
                                         shared_gate is not None, i_dim <= qk.X_REG_MAX,
-                                        has_res=residual is not None,
-                                        batch=qk.BATCH_LOADS)  # fmt: skip
+                                        has_res=residual is not None, batch=batch,
+                                        vec=vec)  # fmt: skip
         ins = [h, w, scales] + ([biases] if mode == "affine" else []) + [indices, weights]
         ins += [a for a in (bias, shared, shared_gate) if a is not None]
         ins += list(residual or ())

@@ -29,7 +29,7 @@ from .quant_kernels import (
 @cache
 def gather_combine_kernel(mode: str, has_bias: bool, has_shared: bool, has_gate: bool, regs: bool,
                           exact: bool = True, has_res: bool = False,
-                          batch: bool = False):  # fmt: skip
+                          batch: bool = False, vec: int = 1):  # fmt: skip
     """``out[t, row] = sum_j weights[t, j] * (h[t, j] . W[idx[t, j], row])``, float32 sums.
 
     One warp owns ``R`` output rows of one token across all ``K`` experts, so no atomics
@@ -46,6 +46,7 @@ def gather_combine_kernel(mode: str, has_bias: bool, has_shared: bool, has_gate:
 
     ``batch``: the token's expert ids and weights are loaded before the expert loop and the
     row loop is the batched one (:func:`.quant_kernels._row_loop`); bit-identical results.
+    ``vec``: words per weight load (:func:`.quant_kernels.load_words`).
     """
     inputs = ["h", *_qinputs("0", mode), "idx", "wts"]
     if has_bias:
@@ -84,9 +85,9 @@ def gather_combine_kernel(mode: str, has_bias: bool, has_shared: bool, has_gate:
     const float wk = {wk};
     const T* xp = h + (size_t)slot * I;
 """
-    body += _prologue("I", regs, mode)
+    body += _prologue("I", regs, mode, vec=vec)
     body += _acc_decl(["acc0"])
-    body += _row_loop(mode, [_mat("0", mode)], "D", "ex * D", regs, "acc", batch)
+    body += _row_loop(mode, [_mat("0", mode)], "D", "ex * D", regs, "acc", batch, vec)
     if exact:
         add_bias = ""
         if has_bias:
@@ -137,7 +138,7 @@ def gather_combine_kernel(mode: str, has_bias: bool, has_shared: bool, has_gate:
     epi += ["        out[(size_t)t * D + row] = static_cast<T>(v);", "      }", "    }", "  }"]
     body += "\n".join(epi) + "\n"
     name = f"qmv_combine_{mode}" + ("_exact" if exact else "") + ("_res" if has_res else "")
-    name += "_batched" if batch else ""
+    name += ("_batched" if batch else "") + (f"_v{vec}" if vec != 1 else "")
     return Kernel(name, inputs, ["out"], body, header=HEADER)
 
 

@@ -172,6 +172,7 @@ def _dense(op, kind, x, mats, group_size, bits, mode, lin=None, res=None, verbos
     ns = [m[0].shape[0] for m in mats]
     joint = 1 if kind in ("plain", "qkv") else 2
     r = qk.rows_per_warp(rows, max(ns), joint, d)
+    batch, vec = qk.load_plan(d, bits)
     kern = qk.matvec_kernel(
         kind,
         mode,
@@ -180,7 +181,8 @@ def _dense(op, kind, x, mats, group_size, bits, mode, lin=None, res=None, verbos
         lin is not None,
         res is not None,
         d <= qk.X_REG_MAX,
-        batch=qk.BATCH_LOADS,
+        batch=batch,
+        vec=vec,
     )
     ins = [x]
     for w, s, b in mats:

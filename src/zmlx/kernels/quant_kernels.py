@@ -44,6 +44,9 @@ GROUP = 128  # threads per group
 # Batched row loop: each lane issues all loads of a row (words, scales, biases) before the
 # math (see _row_loop). Off until timed on a GPU; results are bit-identical either way.
 BATCH_LOADS = False
+# Packed words per weight load: 4 is one 16-byte load (batched row loop; rows of a multiple of
+# 4 words). Off until timed on a GPU.
+LOAD_WORDS = 1
 
 HEADER = r"""
 // Affine element at bit offset sh of w, as the float 1 + q / 2^BITS (q in the top mantissa bits).
@@ -73,6 +76,19 @@ ZX_INLINE float zx_e8m0(uint s) {
 """
 
 
+def load_words(d: int, bits: int) -> int:
+    """Words per weight load for rows of ``d`` inputs at ``bits``: :data:`LOAD_WORDS` when a
+    row is a whole number of such loads, else 1."""
+    nw = d * bits // 32
+    return LOAD_WORDS if nw % LOAD_WORDS == 0 else 1
+
+
+def load_plan(d: int, bits: int) -> tuple[bool, int]:
+    """``(batch, vec)`` for the row loop of rows of ``d`` inputs (see :func:`_row_loop`)."""
+    vec = load_words(d, bits)
+    return BATCH_LOADS or vec > 1, vec
+
+
 def kernel_covers(mode: str, bits: int, group_size: int) -> bool:
     """Whether the matvec kernels handle this quantization format."""
     return (mode, bits) in KERNEL_FORMATS and group_size in KERNEL_GROUPS[mode]
@@ -100,11 +116,11 @@ _PRENORM = """
   float ss = 0.0f;
 #pragma unroll
   for (int j = 0; j < NJ; ++j) {
-    const int wi = j * 32 + (int)lane;
+    const int wi = ((j / VEC) * 32 + (int)lane) * VEC + j % VEC;
 #pragma unroll
     for (int e = 0; e < EPW; ++e) {
       float v = 0.0f;
-      if (NW % 32 == 0 || wi < NW) {
+      if (NW % (32 * VEC) == 0 || wi < NW) {
         v = zx_rnd<T>(static_cast<float>(xp[wi * EPW + e]) + static_cast<float>(ap[wi * EPW + e]));
       }
       xr[j * EPW + e] = v;
@@ -114,10 +130,10 @@ _PRENORM = """
   const float nrm = zx_rsqrt(zx_warp_sum(ss) / (float)(NW * EPW) + npr[0]);
 #pragma unroll
   for (int j = 0; j < NJ; ++j) {
-    const int wi = j * 32 + (int)lane;
+    const int wi = ((j / VEC) * 32 + (int)lane) * VEC + j % VEC;
 #pragma unroll
     for (int e = 0; e < EPW; ++e) {
-      if (NW % 32 == 0 || wi < NW) {
+      if (NW % (32 * VEC) == 0 || wi < NW) {
         const float y = zx_rnd<T>(xr[j * EPW + e] * nrm);
         xr[j * EPW + e] = zx_rnd<T>(static_cast<float>(nrmw[wi * EPW + e]) * y);
       }
@@ -126,13 +142,18 @@ _PRENORM = """
 """
 
 
-def _prologue(d: str, regs: bool, mode: str, norm: bool = False) -> str:
+def _prologue(d: str, regs: bool, mode: str, norm: bool = False, vec: int = 1) -> str:
     """Constants for rows of ``d`` inputs, and the lane's slice of x (``xp``) in registers;
-    with ``norm``, of the pre-norm of ``xp + ap`` (see :data:`_PRENORM`; needs ``regs``)."""
+    with ``norm``, of the pre-norm of ``xp + ap`` (see :data:`_PRENORM`; needs ``regs``).
+
+    ``vec`` words per load: the lane's ``j``-th word is word ``WI(j)`` of a row (``VEC = 1``:
+    ``j * 32 + lane``; ``VEC = 4``: four consecutive words per 16-byte load, lanes side by
+    side). ``NJ`` words per lane; ``WOK(wi)``: word ``wi`` exists (rows of ``NW`` words)."""
     text = f"""
   constexpr int EPW = 32 / BITS;
   constexpr int NW = {d} / EPW;
-  constexpr int NJ = (NW + 31) / 32;
+  constexpr int VEC = {vec};
+  constexpr int NJ = (NW + 32 * VEC - 1) / (32 * VEC) * VEC;
   constexpr int NG = {d} / GROUP_SIZE;
 """
     if norm:
@@ -167,11 +188,11 @@ def _prologue(d: str, regs: bool, mode: str, norm: bool = False) -> str:
             + """
 #pragma unroll
   for (int j = 0; j < NJ; ++j) {
-    const int wi = j * 32 + (int)lane;
+    const int wi = ((j / VEC) * 32 + (int)lane) * VEC + j % VEC;
     float sum = 0.0f;
 #pragma unroll
     for (int e = 0; e < EPW; ++e) {
-      const float v = (NW % 32 == 0 || wi < NW) ? static_cast<float>(xp[wi * EPW + e]) : 0.0f;
+      const float v = (NW % (32 * VEC) == 0 || wi < NW) ? static_cast<float>(xp[wi * EPW + e]) : 0.0f;
       xr[j * EPW + e] = v;
       sum += v;
     }"""
@@ -207,8 +228,8 @@ def _word_dot(
     xv = "xr[j * EPW + e]" if regs else "xw[e]"
     xsum = "xs[j]" if regs else "xsum"
     for m, (w, s, b) in enumerate(mats):
-        q, sc, bi = (f"qw{m}[j]", f"sc{m}[j]", f"bi{m}[j]") if loaded else (f"qw{m}", f"sc{m}",
-                                                                                f"bi{m}")  # fmt: skip
+        q, sc, bi = ((f"qw{m}[j]", f"sc{m}[j / VEC]", f"bi{m}[j / VEC]") if loaded
+                     else (f"qw{m}", f"sc{m}", f"bi{m}"))  # fmt: skip
         if not loaded:
             out.append(f"        const uint qw{m} = {w}[wbase + wi];")
         if mode == "affine":
@@ -237,27 +258,35 @@ def _word_dot(
     return "\n".join(out)
 
 
-def _batched_word_loads(mode: str, mats: list[tuple[str, str, str]]) -> str:
-    """Load the lane's words of the current row of each weight, with their scales (and
-    biases), into arrays ``qw<m>[j]``, ``sc<m>[j]`` (``bi<m>[j]``): every load issued before
-    any is used."""
+def _batched_word_loads(mode: str, mats: list[tuple[str, str, str]], vec: int = 1) -> str:
+    """Load the lane's words of the current row of each weight into ``qw<m>[j]``, with their
+    scales (and biases) into ``sc<m>[j / VEC]`` (``bi<m>[j / VEC]``): every load issued before
+    any is used. ``vec = 4``: four words (one quantization group or less) per 16-byte load
+    (``zx_ld4``; ``al<m>`` says the weight's base is 16-byte aligned)."""
     out = []
     for m in range(len(mats)):
         out.append(f"      uint qw{m}[NJ];")
-        out.append(f"      float sc{m}[NJ];")
+        out.append(f"      float sc{m}[NJ / VEC];")
         if mode == "affine":
-            out.append(f"      float bi{m}[NJ];")
-    out += ["#pragma unroll", "      for (int j = 0; j < NJ; ++j) {",
-            "        const int wi = j * 32 + (int)lane;",
-            "        const bool ok = NW % 32 == 0 || wi < NW;",
+            out.append(f"      float bi{m}[NJ / VEC];")
+    out += ["#pragma unroll", "      for (int v = 0; v < NJ / VEC; ++v) {",
+            "        const int wi = (v * 32 + (int)lane) * VEC;",
+            "        const bool ok = NW % (32 * VEC) == 0 || wi < NW;",
             "        const int g = ok ? (wi * EPW) / GROUP_SIZE : 0;"]  # fmt: skip
     for m, (w, s, b) in enumerate(mats):
-        out.append(f"        qw{m}[j] = ok ? {w}[wbase + wi] : 0u;")
-        if mode == "affine":
-            out.append(f"        sc{m}[j] = static_cast<float>({s}[gbase + g]);")
-            out.append(f"        bi{m}[j] = static_cast<float>({b}[gbase + g]);")
+        if vec == 1:
+            out.append(f"        qw{m}[v] = ok ? {w}[wbase + wi] : 0u;")
         else:
-            out.append(f"        sc{m}[j] = zx_e8m0(static_cast<uint>({s}[gbase + g]));")
+            out += [f"        zx_u4 q{m};",
+                    f"        if (ok) {{ q{m} = zx_ld4({w} + wbase + wi, al{m}); }}",
+                    f"        else {{ q{m}.x = 0u; q{m}.y = 0u; q{m}.z = 0u; q{m}.w = 0u; }}",
+                    f"        qw{m}[v * 4] = q{m}.x;", f"        qw{m}[v * 4 + 1] = q{m}.y;",
+                    f"        qw{m}[v * 4 + 2] = q{m}.z;", f"        qw{m}[v * 4 + 3] = q{m}.w;"]  # fmt: skip
+        if mode == "affine":
+            out.append(f"        sc{m}[v] = static_cast<float>({s}[gbase + g]);")
+            out.append(f"        bi{m}[v] = static_cast<float>({b}[gbase + g]);")
+        else:
+            out.append(f"        sc{m}[v] = zx_e8m0(static_cast<uint>({s}[gbase + g]));")
     out.append("      }")
     return "\n".join(out)
 
@@ -270,15 +299,24 @@ def _row_loop(
     regs: bool,
     acc: str,
     batch: bool = False,
+    vec: int = 1,
 ) -> str:
     """Lane partial sums of rows ``row0 .. row0 + R - 1`` (of ``n``) for each weight.
 
     ``batch``: each lane first loads all its words of the row (and their scales and biases),
     then does the math, so a warp waits for memory once per row rather than once per word
     (the compiler does not reliably hoist the loads of the plain loop: it keeps few
-    registers). Same operations in the same order: bit-identical results."""
-    loads = _batched_word_loads(mode, mats) + "\n" if batch else ""
-    return f"""
+    registers). Same operations in the same order: bit-identical results.
+
+    ``vec = 4`` (batched only): 16-byte loads of four words (see :func:`_prologue` for which
+    words a lane owns); the sums run in another order, so results differ in rounding."""
+    if vec != 1 and not batch:
+        raise ValueError("[quant_kernels] 16-byte loads need the batched row loop")
+    loads = _batched_word_loads(mode, mats, vec) + "\n" if batch else ""
+    align = "".join(f"  const bool al{m} = zx_al16({w});\n" for m, (w, _, _) in enumerate(mats))
+    return (
+        (align if vec != 1 else "")
+        + f"""
 #pragma unroll
   for (int r = 0; r < R; ++r) {{
     const int row = row0 + r;
@@ -287,14 +325,15 @@ def _row_loop(
       const size_t gbase = (size_t)({ebase} + row) * NG;
 {loads}#pragma unroll
       for (int j = 0; j < NJ; ++j) {{
-        const int wi = j * 32 + (int)lane;
-        if (NW % 32 == 0 || wi < NW) {{
+        const int wi = ((j / VEC) * 32 + (int)lane) * VEC + j % VEC;
+        if (NW % (32 * VEC) == 0 || wi < NW) {{
 {_word_dot(mode, mats, regs, acc, loaded=batch)}
         }}
       }}
     }}
   }}
 """
+    )
 
 
 def _acc_decl(names: list[str]) -> str:
@@ -361,6 +400,7 @@ def matvec_kernel(
     regs: bool,
     norm: bool = False,
     batch: bool = False,
+    vec: int = 1,
 ) -> Kernel:
     """The matvec kernel of one variant.
 
@@ -376,6 +416,8 @@ def matvec_kernel(
         norm: x is a decoder layer's residual stream: the kernel multiplies the pre-norm
             ``rms_norm(x + xa, nrmw, npr[0])`` (MLX's rounding; needs ``regs``).
         batch: the batched row loop (see :func:`_row_loop`).
+        vec: words per load (1, or 4 with ``batch``: 16-byte loads; rows of a multiple of 4
+            words, see :func:`load_words`).
 
     Template constants: ``T`` (activation dtype), ``D`` (inputs), ``N`` (rows; ``NQ``,
     ``NK``, ``NV`` for q/k/v), ``BITS``, ``GROUP_SIZE``, ``R`` (rows per warp), ``NB``
@@ -416,7 +458,7 @@ def matvec_kernel(
 """
     if norm:
         body += f"  const T* ap = xa + (size_t)({xrow}) * D;\n"
-    body += _prologue("D", regs, mode, norm)
+    body += _prologue("D", regs, mode, norm, vec)
     e = "static_cast<int>(idx[slot])" if gather else "0"
     body += f"  const int ex = {e};\n"
 
@@ -430,7 +472,8 @@ def matvec_kernel(
             lim = {0: "wb < NBQ", 1: "wb < NBQ + NBK", 2: "true"}[m]
             parts.append(f"  {cond} ({lim}) {{")
             parts.append(f"  const int row0 = (wb - ({prev})) * R;")
-            parts.append(_row_loop(mode, [_mat(p, mode)], nn, f"ex * {nn}", regs, "acc", batch))
+            parts.append(_row_loop(mode, [_mat(p, mode)], nn, f"ex * {nn}", regs, "acc", batch,
+                                   vec))  # fmt: skip
             parts.append(_reduce(["acc0"]))
             parts.append(_qkv_store(p, nn, has_bias))
         body += "\n".join(parts) + "\n  }\n"
@@ -439,12 +482,12 @@ def matvec_kernel(
         body += "  const int row0 = wb * R;\n"
         body += _acc_decl(names)
         mats = [_mat(p, mode) for p in joint[kind]]
-        body += _row_loop(mode, mats, "N", "ex * N", regs, "acc", batch)
+        body += _row_loop(mode, mats, "N", "ex * N", regs, "acc", batch, vec)
         body += _reduce(names)
         body += _store(kind, joint[kind], gather, has_bias, has_res)
     return Kernel(
         f"qmv_{kind}_{mode}{'_gather' if gather else ''}{'_prenorm' if norm else ''}"
-        f"{'_batched' if batch else ''}",
+        f"{'_batched' if batch else ''}{f'_v{vec}' if vec != 1 else ''}",
         inputs,
         outputs,
         body,

@@ -1,9 +1,10 @@
-"""``moe_block``: a whole MoE block (router, experts, combine, shared experts) in three launches.
+"""``moe_block``: a whole MoE block (router, experts, combine, shared experts) in four launches.
 
 Matched by structure: a module holding a ``SwitchGLU`` (``switch_mlp`` or ``experts``) with
 quantized experts and a router, in a model family whose routing rule zmlx knows
 (:func:`zmlx.kernels.routers.router_rule`). For up to ``max_tokens`` tokens (decode) the block
-runs :func:`~zmlx.kernels.routers.router_fused` (router matvec + routing),
+runs the router (MLX's matmul, then :func:`~zmlx.kernels.routers.route`; see
+:data:`FUSED_ROUTER`),
 :func:`~zmlx.kernels.moe.gather_qmv_swiglu` (gate, up, activation of the selected experts) and
 :func:`~zmlx.kernels.moe.gather_qmv_combine` (down projection x router weight, summed over
 experts, plus the shared expert); longer inputs (prefill) run the original forward.
@@ -20,6 +21,13 @@ from ...kernels import moe as K
 from ...kernels import routers as R
 from ..base import Context
 from .common import NO, DecodeFused, Pattern, Verdict, match, quantized_params, skip
+
+# The router in one launch (router_fused: matvec and routing) or in two (MLX's matmul, then
+# the routing kernel). One launch is one group per token, so its matvec streams the whole
+# router weight through one SM: 25-46 us a layer on an H100, against 3.5 us for MLX's
+# quantized matmul (kernel_profile_qwen3_h100.json). The folded pre-norm (moe_residual)
+# needs the one-launch form.
+FUSED_ROUTER = False
 
 # Per family: the router's attribute path, where the selection-only bias lives, and how the
 # shared expert joins ("add": y + shared(x); "gated": y + sigmoid(gate(x)) * shared(x)).
@@ -111,7 +119,14 @@ class FusedMoE(DecodeFused):
         rp = quantized_params(router) if cfg["router_quantized"] else None
         # With prenorm the router's launch also writes the normed input for the experts.
         fold = dict(prenorm=prenorm, return_normed=prenorm is not None)
-        if rp is not None:
+        if prenorm is None and not FUSED_ROUTER:
+            quant = rp or {"w": router["weight"], "bias": router.get("bias"), "scales": None,
+                           "biases": None, "group_size": 64, "bits": 8}  # fmt: skip
+            logits = R.router_linear_ref(x, quant["w"], cfg["rule"], quant["bias"],
+                                         quant["scales"], quant["biases"], quant["group_size"],
+                                         quant["bits"])  # fmt: skip
+            routed = R.route(logits, cfg["rule"], sbias)
+        elif rp is not None:
             routed = R.router_fused(x, rp["w"], cfg["rule"], bias=rp["bias"], select_bias=sbias,
                                     scales=rp["scales"], biases=rp["biases"],
                                     group_size=rp["group_size"], bits=rp["bits"],

@@ -1,0 +1,210 @@
+"""Device time of every kernel: Qwen3 MoE blocks chained, and one decode step, on a GPU.
+
+    python benchmarks/kernel_profile.py [--moe-blocks 48] [--family qwen3_moe --num-layers 8]
+                                        [--json OUT]
+
+MLX gives no per-kernel timing; CUPTI does. This reads CUPTI's kernel records through
+PyTorch's profiler (``torch.profiler``, which subscribes to every CUDA context of the
+process, MLX's included), so it needs a CUDA build of PyTorch on the GPU machine; zmlx itself
+never imports it. For each target, evaluated ``--repeats`` times while recording, per
+evaluation: the span from the first kernel's start to the last kernel's end, the time some
+kernel is running (``busy``), and per kernel name its count and device time. ``span - busy``
+is the device idling between dependent kernels (launch latency inside a CUDA graph, and
+waiting for the host).
+
+Targets: ``--moe-blocks N`` chains N Qwen3-30B-A3B MoE blocks at decode (built by
+``launch_cost.py``'s part 3): stock mlx-lm, zmlx's expert kernels after stock's routing ops
+and after fixed routing, and zmlx's whole block under each of ``--variants``; ``--family F``
+profiles one decode step of the full-size model (``--num-layers`` of them), stock mlx-lm
+and zmlx (``patch`` + ``compile_decode``) under each of ``--variants`` (:data:`SETTINGS`:
+zmlx's defaults, or one setting changed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import importlib
+import re
+import statistics
+import sys
+import warnings
+
+import mlx.core as mx
+
+from zmlx.bench import capsule
+from zmlx.core.backend import device_name
+
+
+def _short(name: str) -> str:
+    """A kernel's name without template arguments and argument lists, at most 90 chars."""
+    name = re.sub(r"\(.*", "", name)
+    while True:  # drop innermost <...> until none remain
+        shorter = re.sub(r"<[^<>]*>", "", name)
+        if shorter == name:
+            break
+        name = shorter
+    return name.replace("void ", "").strip()[:90]
+
+
+def profile(run, repeats: int) -> dict:
+    """Kernel records of ``repeats`` calls of ``run()`` (each evaluates one target)."""
+    import torch
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    run()  # warm: compiled, graphs instantiated
+    mx.synchronize()
+    marks = []
+    with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(repeats):
+            mx.synchronize()
+            torch.cuda.synchronize()
+            marks.append(len(marks))
+            run()
+            mx.synchronize()
+    kernels = sorted(
+        (e.time_range.start, e.time_range.end, e.name)
+        for e in prof.events()
+        if e.device_type == torch.autograd.DeviceType.CUDA
+    )
+    if not kernels:
+        raise RuntimeError("[kernel_profile] CUPTI recorded no kernels (is torch CUDA-enabled?)")
+    # Split the records into the repeats at the largest gaps (the host syncs between them).
+    gaps = sorted(range(1, len(kernels)), key=lambda i: kernels[i][0] - kernels[i - 1][1])
+    cuts = sorted(gaps[-(repeats - 1) :]) if repeats > 1 else []
+    groups = [kernels[a:b] for a, b in zip([0, *cuts], [*cuts, len(kernels)])]
+    per = []
+    for g in groups:
+        busy, end = 0.0, g[0][0]
+        for s, e, _ in g:  # union of intervals (kernels of one stream do not overlap)
+            busy += max(0.0, e - max(s, end))
+            end = max(end, e)
+        per.append({"span_us": g[-1][1] - g[0][0], "busy_us": busy, "kernels": len(g)})
+    by_name: dict[str, list] = collections.defaultdict(list)
+    for s, e, n in kernels:
+        by_name[_short(n)].append(e - s)
+    table = sorted(
+        ({"name": n, "per_eval": len(d) / repeats, "mean_us": statistics.mean(d),
+          "total_us": sum(d) / repeats} for n, d in by_name.items()),
+        key=lambda r: -r["total_us"],
+    )  # fmt: skip
+    med = {k: statistics.median(p[k] for p in per) for k in per[0]}
+    return {**med, "repeats": repeats, "evals": per, "by_name": table[:40]}
+
+
+def _print(title: str, p: dict, scale: int = 1) -> None:
+    s = f" (per {'block' if scale > 1 else 'eval'}, /{scale})" if scale > 1 else ""
+    print(f"  {title}: span {p['span_us'] / scale:8.1f} us, busy {p['busy_us'] / scale:8.1f} us, "
+          f"{p['kernels'] / scale:6.1f} kernels{s}", flush=True)  # fmt: skip
+    for r in p["by_name"][:12]:
+        print(f"      {r['total_us'] / scale:8.2f} us  {r['per_eval'] / scale:5.2f} x "
+              f"{r['mean_us']:7.2f} us  {r['name']}", flush=True)  # fmt: skip
+
+
+# zmlx settings a variant runs with ("module.NAME": value), restored after it; "attention" is
+# compile_decode's argument.
+SETTINGS = {
+    "zmlx": {},
+    "zmlx_16B_loads": {"zmlx.kernels.quant_kernels.LOAD_WORDS": 4},
+    "zmlx_batched_loads": {"zmlx.kernels.quant_kernels.BATCH_LOADS": True},
+    "zmlx_fused_router": {"zmlx.patch.patterns.moe_block.FUSED_ROUTER": True},
+    "zmlx_stock_attention": {"attention": "stock"},
+}
+
+
+@contextlib.contextmanager
+def settings(values: dict):
+    old = {}
+    try:
+        for key, v in values.items():
+            if key == "attention":
+                continue
+            mod, name = key.rsplit(".", 1)
+            m = importlib.import_module(mod)
+            old[(m, name)] = getattr(m, name)
+            setattr(m, name, v)
+        yield
+    finally:
+        for (m, name), v in old.items():
+            setattr(m, name, v)
+
+
+def moe_part(n_blocks: int, repeats: int, variants) -> dict:
+    sys.path.insert(0, __file__.rsplit("/", 1)[0])
+    from launch_cost import qwen3_moe_blocks
+
+    x, blocks = qwen3_moe_blocks()
+    out = {"blocks": n_blocks}
+    names = ["stock", "zmlx_stock_router", "zmlx_fixed_routing"]
+    names += [v for v in variants if v != "stock" and "attention" not in SETTINGS[v]]
+    for name in names:
+        block = blocks.get(name, blocks["zmlx"])
+
+        def chain(x, block=block):
+            for _ in range(n_blocks):
+                x = block(x)
+            return x
+
+        with settings(SETTINGS.get(name, {})):
+            compiled = mx.compile(chain)
+            out[name] = profile(lambda compiled=compiled: mx.eval(compiled(x)), repeats)
+        _print(f"moe chain {name}", out[name], n_blocks)
+    return out
+
+
+def decode_part(family: str, num_layers: int | None, repeats: int, variants) -> dict:
+    from zmlx.decode import compile_decode
+    from zmlx.models import build
+    from zmlx.patch import patch, unpatch
+
+    quant = "mxfp4" if family == "gpt_oss" else "4bit"
+    model = build(family, "full", quant=quant, num_layers=num_layers)
+    prompt = mx.random.randint(1, model.args.vocab_size, (64,), key=mx.random.key(7))
+    tok = mx.array([[int(prompt[-1])]], dtype=mx.int32)
+    out = {"model": family, "quant": quant, "layers": len(model.layers)}
+    for variant in variants:
+        conf = SETTINGS.get(variant, {})
+        with settings(conf):
+            if variant != "stock":
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    patch(model)
+                m = compile_decode(model, attention=conf.get("attention", "auto"))
+                cache = m.make_cache()
+            else:
+                from mlx_lm.models.cache import make_prompt_cache
+
+                m, cache = model, make_prompt_cache(model)
+            mx.eval(m(prompt[None], cache=cache))
+            out[variant] = profile(lambda m=m, cache=cache: mx.eval(m(tok, cache=cache)),
+                                   repeats)  # fmt: skip
+            _print(f"{family} step {variant}", out[variant], len(model.layers))
+            unpatch(model)
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--moe-blocks", type=int, default=48, help="0: skip the MoE chain")
+    p.add_argument("--family", default=None)
+    p.add_argument("--num-layers", type=int, default=None)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--variants", nargs="+", default=["stock", "zmlx"],
+                   choices=["stock", *SETTINGS], help="zmlx settings to profile (see SETTINGS)")  # fmt: skip
+    p.add_argument("--json")
+    args = p.parse_args(argv)
+    res = {"device": device_name()}
+    if args.moe_blocks:
+        res["moe_chain"] = moe_part(args.moe_blocks, args.repeats, args.variants)
+    if args.family:
+        res["decode"] = decode_part(args.family, args.num_layers, args.repeats, args.variants)
+    if args.json:
+        capsule.write(capsule.make("kernel_profile", res), args.json)
+        print(f"capsule: {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
