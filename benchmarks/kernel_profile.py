@@ -154,6 +154,63 @@ def moe_part(n_blocks: int, repeats: int, variants) -> dict:
     return out
 
 
+def micro_part(repeats: int) -> dict:
+    """Single launches at Qwen3-30B-A3B's decode shapes, each evaluated on its own: what one
+    kernel costs, against a plain reduction over as many bytes (the memory system's pace),
+    and with the 8 experts all the same (weights in L2: does the kernel wait for DRAM?)."""
+    import numpy as np
+
+    from zmlx.kernels import moe as K
+    from zmlx.kernels import quant as Q
+    from zmlx.kernels.quant_specs import random_qweight
+
+    rng = np.random.default_rng(0)
+    bf = mx.bfloat16
+    d, i_dim, e, k, gs = 2048, 768, 128, 8, 64
+    g = random_qweight(rng, (e, i_dim, d), bf, 4, gs)
+    u = random_qweight(rng, (e, i_dim, d), bf, 4, gs)
+    dn = random_qweight(rng, (e, d, i_dim), bf, 4, gs)
+    wq = random_qweight(rng, (4096, d), bf, 4, gs)
+    flat = mx.random.normal((2 * 8 * i_dim * d // 4,)).astype(bf)  # bytes of 8 experts' gate+up
+    mx.eval(g, u, dn, wq, flat)
+    ids = {"distinct": mx.array([[3, 17, 29, 44, 58, 71, 90, 127]], dtype=mx.uint32),
+           "same": mx.zeros((1, k), dtype=mx.uint32)}  # fmt: skip
+    wts = mx.full((1, k), 1.0 / k, dtype=bf)
+    x = mx.random.normal((1, d)).astype(bf)
+    h = mx.random.normal((1, k, i_dim)).astype(bf)
+    cases = {
+        "sum_12.6MB": lambda: flat.sum(),
+        "stock_qmv_4096x2048": lambda: mx.quantized_matmul(x, *wq, True, gs, 4),
+        "zmlx_qmv_4096x2048": lambda: Q.qmv(x, *wq, gs, 4),
+    }
+    for name, idx in ids.items():
+        cases[f"zmlx_swiglu_{name}"] = lambda idx=idx: K.gather_qmv_swiglu(x, *g, *u, idx, gs, 4)
+        cases[f"zmlx_combine_{name}"] = lambda idx=idx: K.gather_qmv_combine(h, *dn, idx, wts,
+                                                                            gs, 4)  # fmt: skip
+        cases[f"stock_gather_qmm_{name}"] = lambda idx=idx: mx.gather_qmm(
+            x[:, None, None], *g, transpose=True, rhs_indices=idx, group_size=gs, bits=4
+        )
+    for t in (2, 4):
+        xt = mx.random.normal((t, d)).astype(bf)
+        it = mx.array(rng.integers(0, e, (t, k)).astype(np.uint32))
+        cases[f"zmlx_swiglu_T{t}"] = lambda xt=xt, it=it: K.gather_qmv_swiglu(xt, *g, *u, it, gs,
+                                                                             4)  # fmt: skip
+    out = {}
+    for words in (1, 4):
+        for name, fn in cases.items():
+            if words == 4 and not name.startswith("zmlx"):
+                continue
+            key = name + ("_16B" if words == 4 else "")
+            with settings({"zmlx.kernels.quant_kernels.LOAD_WORDS": words}):
+                fn()
+                p = profile(lambda fn=fn: mx.eval(fn()), repeats)
+            out[key] = {"us": p["busy_us"], "kernels": p["kernels"],
+                        "names": [r["name"][:60] for r in p["by_name"][:3]]}  # fmt: skip
+            print(f"  {key:<32} {p['busy_us']:8.2f} us  {p['kernels']:.0f} kernels "
+                  f"{out[key]['names']}", flush=True)  # fmt: skip
+    return out
+
+
 def decode_part(family: str, num_layers: int | None, repeats: int, variants) -> dict:
     from zmlx.decode import compile_decode
     from zmlx.models import build
@@ -189,6 +246,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--moe-blocks", type=int, default=48, help="0: skip the MoE chain")
     p.add_argument("--family", default=None)
+    p.add_argument("--micro", action="store_true", help="single launches at Qwen3 shapes")
     p.add_argument("--num-layers", type=int, default=None)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--variants", nargs="+", default=["stock", "zmlx"],
@@ -198,6 +256,8 @@ def main(argv=None) -> int:
     res = {"device": device_name()}
     if args.moe_blocks:
         res["moe_chain"] = moe_part(args.moe_blocks, args.repeats, args.variants)
+    if args.micro:
+        res["micro"] = micro_part(args.repeats)
     if args.family:
         res["decode"] = decode_part(args.family, args.num_layers, args.repeats, args.variants)
     if args.json:

@@ -168,7 +168,7 @@ KINDS: dict[str, dict[str, Any]] = {
     "kernel_profile": {
         "doc": "device time of each kernel, from CUPTI (benchmarks/kernel_profile.py)",
         "results": {"device": "str"},
-        "optional": {"moe_chain": "dict", "decode": "dict"},
+        "optional": {"moe_chain": "dict", "decode": "dict", "micro": "dict"},
     },
     "zoo_build": {
         "doc": "build time and memory of zoo models (benchmarks/zoo_build.py)",
