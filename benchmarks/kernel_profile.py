@@ -111,6 +111,16 @@ SETTINGS = {
     "zmlx_batched_loads": {"zmlx.kernels.quant_kernels.BATCH_LOADS": True},
     "zmlx_fused_router": {"zmlx.patch.patterns.moe_block.FUSED_ROUTER": True},
     "zmlx_stock_attention": {"attention": "stock"},
+    "zmlx_split_rows": {"zmlx.kernels.quant_kernels.SPLIT_WARPS": 4},
+    "zmlx_split_rows_w8": {"zmlx.kernels.quant_kernels.SPLIT_WARPS": 8},
+    "zmlx_split_rows_r2": {
+        "zmlx.kernels.quant_kernels.SPLIT_WARPS": 4,
+        "zmlx.kernels.quant_kernels.SPLIT_ROWS": 2,
+    },
+    "zmlx_split_rows_r8": {
+        "zmlx.kernels.quant_kernels.SPLIT_WARPS": 4,
+        "zmlx.kernels.quant_kernels.SPLIT_ROWS": 8,
+    },
 }
 
 
@@ -154,7 +164,7 @@ def moe_part(n_blocks: int, repeats: int, variants) -> dict:
     return out
 
 
-def micro_part(repeats: int) -> dict:
+def micro_part(repeats: int, variants) -> dict:
     """Single launches at Qwen3-30B-A3B's decode shapes, each evaluated on its own: what one
     kernel costs, against a plain reduction over as many bytes (the memory system's pace),
     and with the 8 experts all the same (weights in L2: does the kernel wait for DRAM?)."""
@@ -196,12 +206,12 @@ def micro_part(repeats: int) -> dict:
         cases[f"zmlx_swiglu_T{t}"] = lambda xt=xt, it=it: K.gather_qmv_swiglu(xt, *g, *u, it, gs,
                                                                              4)  # fmt: skip
     out = {}
-    for words in (1, 4):
+    for label in ("zmlx", *(v for v in variants if v not in ("stock", "zmlx"))):
         for name, fn in cases.items():
-            if words == 4 and not name.startswith("zmlx"):
+            if label != "zmlx" and not name.startswith("zmlx"):
                 continue
-            key = name + ("_16B" if words == 4 else "")
-            with settings({"zmlx.kernels.quant_kernels.LOAD_WORDS": words}):
+            key = name + ("" if label == "zmlx" else label[4:])
+            with settings(SETTINGS[label]):
                 fn()
                 p = profile(lambda fn=fn: mx.eval(fn()), repeats)
             out[key] = {"us": p["busy_us"], "kernels": p["kernels"],
@@ -257,7 +267,7 @@ def main(argv=None) -> int:
     if args.moe_blocks:
         res["moe_chain"] = moe_part(args.moe_blocks, args.repeats, args.variants)
     if args.micro:
-        res["micro"] = micro_part(args.repeats)
+        res["micro"] = micro_part(args.repeats, args.variants)
     if args.family:
         res["decode"] = decode_part(args.family, args.num_layers, args.repeats, args.variants)
     if args.json:

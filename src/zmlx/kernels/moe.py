@@ -159,6 +159,18 @@ def _gather_launch(op, kind, x, mats, indices, group_size, bits, mode, lins, fp,
     if prenorm is not None and (per_slot or not regs or not prenorm_foldable(x, prenorm)):
         return None  # the caller applies the pre-norm in MLX ops first
     n = mats[0][0].shape[1]
+    split = qk.split_warps(d, bits, group_size) if regs else 0
+    if split and lins is None and fp is None and prenorm is None:
+        kern = qk.split_matvec_kernel(kind, mode, per_slot)
+        ins = [x]
+        for w, s, b in mats:
+            ins += [w, s] + ([b] if mode == "affine" else [])
+        nb = math.ceil(n / qk.SPLIT_ROWS)
+        tmpl = fmt_template(x, d, bits, group_size)
+        tmpl += [("N", n), ("R", qk.SPLIT_ROWS), ("NB", nb), ("K", k), ("W", split)]
+        return kern(*ins, indices, scalar(slots, mx.int32), output_shapes=[lead + (k, n)],
+                    output_dtypes=[x.dtype], grid=(slots * nb * 32 * split, 1, 1),
+                    threadgroup=(32 * split, 1, 1), template=tmpl)[0]  # fmt: skip
     joint = 1 if kind == "plain" else 2
     r = qk.rows_per_warp(slots, n, joint, d)
     nb = math.ceil(n / r)

@@ -47,6 +47,10 @@ BATCH_LOADS = False
 # Packed words per weight load: 4 is one 16-byte load (batched row loop; rows of a multiple of
 # 4 words). Off until timed on a GPU.
 LOAD_WORDS = 1
+# Warps a row of the gathered decode matvecs is split across (split_matvec_kernel; < 2: one
+# warp a row). Off until timed on a GPU.
+SPLIT_WARPS = 0
+SPLIT_ROWS = 4  # rows per group of the split kernel
 
 HEADER = r"""
 // Affine element at bit offset sh of w, as the float 1 + q / 2^BITS (q in the top mantissa bits).
@@ -587,3 +591,115 @@ def dequant_kernel(mode: str) -> Kernel:
   }}
 """
     return Kernel(f"dequantize_{mode}", inputs, ["out"], body, header=HEADER)
+
+
+# ---------------------------------------------------------------------------------------
+# Split rows: the warps of a group share a row's words (decode's gathered matvecs)
+
+
+@cache
+def split_matvec_kernel(kind: str, mode: str, x_per_slot: bool) -> Kernel:
+    """The gathered matvec with each row split across the ``W`` warps of a group.
+
+    Profiled on an H100 (``ncu_qmv_swiglu_h100.txt``), the one-warp-a-row kernel waits on L1
+    for most of its time: each lane holds ``D / 32`` inputs of x, more than the compiler keeps
+    in registers, so it reloads x for every row, and a token's 8 experts give too few warps to
+    hide that. Here warp ``w`` of a group owns words ``[w * NW / W, (w + 1) * NW / W)`` of
+    the group's ``R`` rows: a lane holds ``D / (32 W)`` inputs (16 at D = 2048, 4-bit, W = 4),
+    loads all its words of a row before the math, and the ``W`` partial sums of a row meet in
+    shared memory, added in warp order by the first warp.
+
+    Kinds: ``"plain"`` or a gated activation of :data:`GATED` other than ``swiglu_oai``; no
+    bias, residual or folded norm. Template constants: ``T``, ``D``, ``N``, ``BITS``,
+    ``GROUP_SIZE``, ``K``, ``R`` (rows per group), ``NB`` (groups per slot), ``W`` (warps per
+    group; ``D * BITS / 32`` a multiple of ``32 W`` and ``D / W`` of ``GROUP_SIZE``, see
+    :func:`split_warps`). Runtime: ``rt[0]`` = slots.
+    """
+    parts = ["0"] if kind == "plain" else ["g", "u"]
+    if kind not in ("plain", *GATED) or kind == "swiglu_oai":
+        raise ValueError(f"[quant_kernels] no split-row kernel for {kind!r}")
+    inputs = ["x"]
+    for p in parts:
+        inputs += _qinputs(p, mode)
+    inputs += ["idx", "rt"]
+    nm = len(parts)
+    names = [f"acc{m}" for m in range(nm)]
+    mats = [_mat(p, mode) for p in parts]
+    xrow = "slot" if x_per_slot else "slot / K"
+    sums = mode == "affine"
+    body = f"""
+  ZX_SHARED float red[W * R * {nm}];
+  const int slot = (int)gid / NB;
+  if (slot >= rt[0]) {{
+    return;
+  }}
+  const int row0 = ((int)gid % NB) * R;
+  constexpr int EPW = 32 / BITS;
+  constexpr int NW = D / EPW;
+  constexpr int VEC = 1;
+  constexpr int NJ = NW / (32 * W);
+  constexpr int NG = D / GROUP_SIZE;
+  const T* xp = x + (size_t)({xrow}) * D + (int)warp * (D / W);
+  float xr[NJ * EPW];
+  {"float xs[NJ];" if sums else ""}
+#pragma unroll
+  for (int j = 0; j < NJ; ++j) {{
+    const int wi = j * 32 + (int)lane;
+    float sum = 0.0f;
+#pragma unroll
+    for (int e = 0; e < EPW; ++e) {{
+      const float v = static_cast<float>(xp[wi * EPW + e]);
+      xr[j * EPW + e] = v;
+      sum += v;
+    }}
+    {"xs[j] = sum;" if sums else "(void)sum;"}
+  }}
+  const int ex = static_cast<int>(idx[slot]);
+{_acc_decl(names)}
+#pragma unroll
+  for (int r = 0; r < R; ++r) {{
+    const int row = row0 + r;
+    if (row < N) {{
+      const size_t wbase = (size_t)(ex * N + row) * NW + (int)warp * (NW / W);
+      const size_t gbase = (size_t)(ex * N + row) * NG + (int)warp * (NG / W);
+{_batched_word_loads(mode, mats)}
+#pragma unroll
+      for (int j = 0; j < NJ; ++j) {{
+        const int wi = j * 32 + (int)lane;
+{_word_dot(mode, mats, True, "acc", loaded=True)}
+      }}
+    }}
+  }}
+{_reduce(names)}
+  if (lane == 0u) {{
+#pragma unroll
+    for (int r = 0; r < R; ++r) {{
+"""
+    body += "".join(
+        f"      red[((int)warp * R + r) * {nm} + {m}] = acc{m}[r];\n" for m in range(nm)
+    )
+    body += """    }
+  }
+  zx_barrier();
+  if (warp == 0u) {
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+"""
+    body += "".join(f"      acc{m}[r] = 0.0f;\n" for m in range(nm))
+    body += "      for (int w = 0; w < W; ++w) {\n"
+    body += "".join(f"        acc{m}[r] += red[(w * R + r) * {nm} + {m}];\n" for m in range(nm))
+    body += "      }\n    }\n"
+    body += _store(kind, parts, True, False, False)
+    body += "  }\n"
+    return Kernel(f"qmv_{kind}_{mode}_gather_split", inputs, ["out"], body, header=HEADER)
+
+
+def split_warps(d: int, bits: int, group_size: int) -> int:
+    """Warps a row is split across (:func:`split_matvec_kernel`): :data:`SPLIT_WARPS` when a
+    row of ``d`` inputs divides into whole rounds of lanes and whole groups, else 0 (no
+    split kernel)."""
+    w = SPLIT_WARPS
+    nw = d * bits // 32
+    if w < 2 or nw % (32 * w) or (d // w) % group_size:
+        return 0
+    return w

@@ -1,0 +1,66 @@
+"""The split-row gathered matvec (``quant_kernels.SPLIT_WARPS``): each row's words shared by
+the warps of a group, partial sums added in shared memory.
+
+The sums run in another order than the one-warp-a-row kernel's, so the two are compared within
+a few units in the last place of the output dtype (kernels on the CPU SIMT emulator), for
+gate/up + activation and the plain gathered matvec, in 4- and 8-bit affine and mxfp4, with a
+row count that leaves the last group's rows partly empty, one and several tokens, and x per
+token or per slot. Shapes the split does not divide run the usual kernel.
+"""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import pytest
+
+from kernel_checks import assert_compiles, zero_experts
+from test_batched_loads import DTYPES, IDS, assert_close, both
+from test_quant import fmt
+from zmlx.kernels import moe
+from zmlx.kernels import quant_kernels as qk
+from zmlx.kernels.moe_specs import random_indices
+from zmlx.kernels.quant_specs import random_qweight, random_x
+
+
+def split(monkeypatch, fn, *args, warps=4, **kw):
+    """``fn`` with one warp a row and with rows split across ``warps`` warps."""
+    return both(monkeypatch, fn, *args, attr="SPLIT_WARPS", values=(0, warps), **kw)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
+@pytest.mark.parametrize("name, d, warps", [("a4g64", 1024, 4), ("a8g64", 512, 4),
+                                            ("mxfp4", 1024, 4), ("a4g32", 512, 2)])  # fmt: skip
+@pytest.mark.parametrize("t", [1, 3])
+def test_split_rows_match_one_warp_a_row(name, d, warps, t, dtype, monkeypatch, rng):
+    gs, bits, mode = fmt(name)
+    assert qk.split_warps(d, bits, gs) == 0  # off by default
+    monkeypatch.setattr(qk, "SPLIT_WARPS", warps)
+    assert qk.split_warps(d, bits, gs) == warps
+    e, k, n = 6, 4, 13  # 13 rows: the last group of 4 has one
+    x = random_x(rng, (t, d), dtype)
+    wg = random_qweight(rng, (e, n, d), dtype, bits, gs, mode)
+    wu = random_qweight(rng, (e, n, d), dtype, bits, gs, mode)
+    idx = random_indices(rng, (t,), k, e)
+    assert_close(*split(monkeypatch, moe.gather_qmv_swiglu, x, *wg, *wu, idx, gs, bits, mode,
+                        warps=warps))  # fmt: skip
+    assert_close(*split(monkeypatch, moe.gather_qmv, x, *wg, idx, gs, bits, mode, warps=warps))
+    xs = random_x(rng, (t, k, d), dtype)  # one x row per slot
+    assert_close(*split(monkeypatch, moe.gather_qmv, xs, *wg, idx, gs, bits, mode, warps=warps))
+
+
+def test_split_needs_whole_rounds_and_groups(monkeypatch):
+    monkeypatch.setattr(qk, "SPLIT_WARPS", 4)
+    assert qk.split_warps(2048, 4, 64) == 4
+    assert qk.split_warps(768, 4, 64) == 0  # 96 words a row: not whole rounds of 4 warps
+    assert qk.split_warps(1024, 4, 512) == 0  # a quarter row is half a group
+    with pytest.raises(ValueError, match="no split-row kernel"):
+        qk.split_matvec_kernel("swiglu_oai", "mxfp4", False)
+
+
+def test_qwen3_gate_up_compiles(monkeypatch):
+    monkeypatch.setattr(qk, "SPLIT_WARPS", 4)
+    d, i_dim, e, k, gs, bits = 2048, 768, 128, 8, 64, 4
+    x = mx.zeros((1, d), dtype=mx.bfloat16)
+    idx = mx.zeros((1, k), dtype=mx.uint32)
+    g, u = zero_experts(e, i_dim, d, bits, gs), zero_experts(e, i_dim, d, bits, gs)
+    assert_compiles(lambda x: moe.gather_qmv_swiglu(x, *g, *u, idx, gs, bits, "affine"), x)
