@@ -13,8 +13,10 @@ stock greedy sequence, position by position through the decode path.
 Variants (``--variants``, the last is the headline): ``stock``; ``compiled`` (stock modules,
 decode steps through :func:`zmlx.decode.compile_decode`); ``patched`` (``zmlx.patch``);
 ``zmlx_stock_attention`` (patched and compiled, mlx-lm's attention); ``zmlx`` (patched,
-compiled, zmlx's decode-attention kernel); on request ``zmlx_qkv`` and ``zmlx_residual``
-(``zmlx`` with ``qkv_norm_rope`` or ``moe_residual`` added). Each also gets a one-step profile:
+compiled, ``compile_decode``'s default attention: zmlx's decode-attention kernel on Metal,
+mlx-lm's elsewhere); on request ``zmlx_attention`` (``zmlx`` with zmlx's decode-attention
+kernel), ``zmlx_qkv`` and ``zmlx_residual`` (``zmlx`` with ``qkv_norm_rope`` or
+``moe_residual`` added). Each also gets a one-step profile:
 host time to build the step's graph, and the step's time when evaluated at once.
 """
 
@@ -45,11 +47,13 @@ VARIANTS = {
     "compiled": (False, "stock", ()),
     "patched": (True, None, ()),
     "zmlx_stock_attention": (True, "stock", ()),
-    "zmlx_qkv": (True, "zmlx", ("qkv_norm_rope",)),  # measured on request (--variants)
-    "zmlx_residual": (True, "zmlx", ("moe_residual",)),  # measured on request (--variants)
-    "zmlx": (True, "zmlx", ()),
+    "zmlx_qkv": (True, "auto", ("qkv_norm_rope",)),  # measured on request (--variants)
+    "zmlx_residual": (True, "auto", ("moe_residual",)),  # measured on request (--variants)
+    "zmlx_attention": (True, "zmlx", ()),  # measured on request (--variants)
+    "zmlx": (True, "auto", ()),
 }
-DEFAULT_VARIANTS = [v for v in VARIANTS if v not in ("zmlx_qkv", "zmlx_residual")]
+DEFAULT_VARIANTS = [v for v in VARIANTS if v not in ("zmlx_qkv", "zmlx_residual",
+                                                    "zmlx_attention")]  # fmt: skip
 
 
 def setup_arg_parser() -> argparse.ArgumentParser:

@@ -1,4 +1,4 @@
-"""The split-row gathered matvec (``quant_kernels.SPLIT_WARPS``): each row's words shared by
+"""The split-row gathered matvec (``quant_kernels.SPLIT_WARPS``, 8 by default): each row's words shared by
 the warps of a group, partial sums added in shared memory.
 
 The sums run in another order than the one-warp-a-row kernel's, so the two are compared within
@@ -29,11 +29,11 @@ def split(monkeypatch, fn, *args, warps=4, **kw):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
 @pytest.mark.parametrize("name, d, warps", [("a4g64", 1024, 4), ("a8g64", 512, 4),
-                                            ("mxfp4", 1024, 4), ("a4g32", 512, 2)])  # fmt: skip
+                                            ("mxfp4", 1024, 4), ("a4g32", 512, 2),
+                                            ("a4g64", 2048, 8)])  # fmt: skip
 @pytest.mark.parametrize("t", [1, 3])
 def test_split_rows_match_one_warp_a_row(name, d, warps, t, dtype, monkeypatch, rng):
     gs, bits, mode = fmt(name)
-    assert qk.split_warps(d, bits, gs) == 0  # off by default
     monkeypatch.setattr(qk, "SPLIT_WARPS", warps)
     assert qk.split_warps(d, bits, gs) == warps
     e, k, n = 6, 4, 13  # 13 rows: the last group of 4 has one
@@ -51,14 +51,18 @@ def test_split_rows_match_one_warp_a_row(name, d, warps, t, dtype, monkeypatch, 
 def test_split_needs_whole_rounds_and_groups(monkeypatch):
     monkeypatch.setattr(qk, "SPLIT_WARPS", 4)
     assert qk.split_warps(2048, 4, 64) == 4
+    monkeypatch.setattr(qk, "SPLIT_WARPS", 0)
+    assert qk.split_warps(2048, 4, 64) == 0  # off
+    monkeypatch.setattr(qk, "SPLIT_WARPS", 4)
     assert qk.split_warps(768, 4, 64) == 0  # 96 words a row: not whole rounds of 4 warps
     assert qk.split_warps(1024, 4, 512) == 0  # a quarter row is half a group
     with pytest.raises(ValueError, match="no split-row kernel"):
         qk.split_matvec_kernel("swiglu_oai", "mxfp4", False)
 
 
-def test_qwen3_gate_up_compiles(monkeypatch):
-    monkeypatch.setattr(qk, "SPLIT_WARPS", 4)
+@pytest.mark.parametrize("warps", [4, 8])
+def test_qwen3_gate_up_compiles(warps, monkeypatch):
+    monkeypatch.setattr(qk, "SPLIT_WARPS", warps)
     d, i_dim, e, k, gs, bits = 2048, 768, 128, 8, 64, 4
     x = mx.zeros((1, d), dtype=mx.bfloat16)
     idx = mx.zeros((1, k), dtype=mx.uint32)
