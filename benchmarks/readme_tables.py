@@ -29,6 +29,7 @@ def _cap(name: str) -> dict | None:
 # The four full-size families, stock against zmlx in one process each (the headline table).
 HEADLINE = ["moe_decode_qwen3_lfm2_h200.json", "moe_decode_glm_gptoss_h200.json"]
 DECODE_VARIANTS = [
+    "moe_decode_qwen3_profiled_h100.json",
     *HEADLINE,
     "moe_decode_qwen3_qkv_h100.json",
     "moe_decode_qwen3_residual_h100.json",
@@ -37,7 +38,7 @@ DECODE_VARIANTS = [
     "moe_decode_qwen3_30b_a3b_h100_qk.json",
     "moe_decode_qwen3_30b_a3b_h100_noqk.json",
 ]
-FIXTURE_CAPSULES = ["fixture_decode_128x5_h100.json", "fixture_decode_qkv_128x5_h100.json",
+FIXTURE_CAPSULES = ["fixture_decode_split_rows_128x5_h100.json", "fixture_decode_128x5_h100.json", "fixture_decode_qkv_128x5_h100.json",
                     "fixture_decode_residual_128x5_h100.json",
                     "fixture_decode_g32_h200.json", "fixture_decode_h200.json",
                     "fixture_decode_qwen3_qk_h100.json"]  # fmt: skip
