@@ -134,6 +134,15 @@ def test_traced_mask_and_write_position():
     pos = np.arange(8)
     np.testing.assert_array_equal(mask[0], (pos <= 5) & (pos > 2))  # window of 3
     np.testing.assert_array_equal(mask_full[1], pos <= 6)
+    trace.set(mx.array(5))  # two tokens written in one traced step, then too many
+    try:
+        k, _ = cache.update_and_fetch(3 * mx.ones((1, 1, 2, 2)), mx.ones((1, 1, 2, 2)))
+        assert [float(k[0, 0, i, 0]) for i in (4, 5, 6, 7)] == [0, 3, 3, 0]
+        n = decode.MAX_STEP_TOKENS + 1
+        with pytest.raises(ValueError, match="expected at most 16 tokens"):
+            cache.update_and_fetch(mx.ones((1, 1, n, 2)), mx.ones((1, 1, n, 2)))
+    finally:
+        trace.set(None)
 
 
 def test_unsupported_caches_are_refused_with_the_reason():

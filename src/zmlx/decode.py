@@ -7,9 +7,9 @@ What stops mlx-lm's decode step from being such a graph is the KV cache: its key
 one position a token and its write position is a Python int.
 
 :class:`StaticKVCache` keeps keys and values in a buffer of fixed capacity. Inside a traced
-decode step the write position is an array, the step writes with a scatter (``mx.put_along_axis``) and
-attends over the whole buffer with a boolean mask (positions not yet written are masked), so
-the graph does not change from token to token. :class:`CompiledDecoder` wraps a model: calls
+decode step the write position is an array, the step writes with a scatter
+(``mx.put_along_axis``) and attends over the whole buffer with a boolean mask (positions not
+yet written are masked), so the graph does not change from token to token. :class:`CompiledDecoder` wraps a model: calls
 with one token and static caches run the compiled step (the caches' buffers are its captured
 state); anything else (prompts, other caches) runs the model eagerly, and the static caches then
 behave exactly like mlx-lm's ``KVCache``, so prefill is unchanged.
@@ -139,6 +139,9 @@ class StaticKVCache:
             # launches a dynamic slice update over the whole buffer (a thread per element of
             # the destination; 13 us a layer at 320 positions, growing with the context,
             # kernel_profile_qwen3_h100.json), a scatter over the update only.
+            if n > MAX_STEP_TOKENS:
+                raise ValueError(f"[StaticKVCache] expected at most {MAX_STEP_TOKENS} tokens "
+                                 f"in a traced step, got {n}")  # fmt: skip
             pos = self._trace.pos
             for name, new in (("keys", keys), ("values", values)):
                 idx = mx.broadcast_to(pos[:n].reshape(1, 1, n, 1), new.shape)
