@@ -117,6 +117,16 @@ SETTINGS = {
         "zmlx.kernels.quant_kernels.SPLIT_WARPS": 4,
         "zmlx.kernels.quant_kernels.SPLIT_ROWS": 2,
     },
+    "zmlx_split_experts": {"zmlx.kernels.moe_kernels.SPLIT_EXPERTS": True},
+    "zmlx_split_experts_r2": {
+        "zmlx.kernels.moe_kernels.SPLIT_EXPERTS": True,
+        "zmlx.kernels.moe_kernels.SPLIT_ROWS": 2,
+    },
+    "zmlx_split_experts_r8": {
+        "zmlx.kernels.moe_kernels.SPLIT_EXPERTS": True,
+        "zmlx.kernels.moe_kernels.SPLIT_ROWS": 8,
+    },
+    "zmlx_rows_r2": {"zmlx.kernels.quant_kernels.SPLIT_ROWS": 2},
     "zmlx_split_rows_r8": {
         "zmlx.kernels.quant_kernels.SPLIT_WARPS": 4,
         "zmlx.kernels.quant_kernels.SPLIT_ROWS": 8,

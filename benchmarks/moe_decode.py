@@ -67,6 +67,10 @@ def setup_arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--agreement-positions", type=int, default=256)
     p.add_argument("--patterns", nargs="+", default=PATTERNS)
+    p.add_argument("--set", nargs="+", default=[], metavar="MODULE.NAME=VALUE",
+                   help="set a zmlx module constant for the run, e.g. "
+                        "zmlx.kernels.moe_kernels.SPLIT_EXPERTS=1 (kept in the capsule's "
+                        "command line)")  # fmt: skip
     p.add_argument(
         "--variants",
         nargs="+",
@@ -256,8 +260,28 @@ def run_family(family: str, args) -> dict:
     return result
 
 
+def apply_settings(items: list[str]) -> None:
+    """``MODULE.NAME=VALUE`` settings of zmlx module constants (VALUE: an int, a float, or
+    true/false)."""
+    import importlib
+
+    for item in items:
+        key, _, raw = item.partition("=")
+        mod, _, name = key.rpartition(".")
+        if not mod.startswith("zmlx.") or not raw:
+            raise SystemExit(f"[moe_decode] expected --set zmlx.MODULE.NAME=VALUE, got {item!r}")
+        m = importlib.import_module(mod)
+        if not hasattr(m, name):
+            raise SystemExit(f"[moe_decode] {mod} has no setting {name!r}")
+        low = raw.lower()
+        value = low == "true" if low in ("true", "false") else (float(raw) if "." in raw
+                                                                else int(raw))  # fmt: skip
+        setattr(m, name, value)
+
+
 def main(argv=None) -> int:
     args = setup_arg_parser().parse_args(argv)
+    apply_settings(args.set)
     rows = []
     print(f"device: {device_name()}")
     for fam in args.families:

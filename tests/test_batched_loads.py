@@ -32,12 +32,12 @@ DTYPES = [mx.float32, mx.float16, mx.bfloat16]
 IDS = ["f32", "f16", "bf16"]
 
 
-def both(monkeypatch, fn, *args, attr="BATCH_LOADS", values=(False, True), **kw):
+def both(monkeypatch, fn, *args, attr="BATCH_LOADS", values=(False, True), module=qk, **kw):
     """``fn`` on the emulator with the plain and the batched row loop (or two other values
-    of a ``quant_kernels`` setting)."""
+    of a setting of ``module``, ``quant_kernels`` by default)."""
     out = []
     for v in values:
-        monkeypatch.setattr(qk, attr, v)
+        monkeypatch.setattr(module, attr, v)
         out.append(run_kernel(fn, *args, **kw))
     return out
 

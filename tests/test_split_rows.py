@@ -14,9 +14,11 @@ import mlx.core as mx
 import pytest
 
 from kernel_checks import assert_compiles, zero_experts
-from test_batched_loads import DTYPES, IDS, assert_close, both
+from test_batched_loads import DTYPES, IDS, assert_close, assert_identical, both
 from test_quant import fmt
+from zmlx.core.kernel import capture
 from zmlx.kernels import moe
+from zmlx.kernels import moe_kernels as mk
 from zmlx.kernels import quant_kernels as qk
 from zmlx.kernels.moe_specs import random_indices
 from zmlx.kernels.quant_specs import random_qweight, random_x
@@ -68,3 +70,39 @@ def test_qwen3_gate_up_compiles(warps, monkeypatch):
     idx = mx.zeros((1, k), dtype=mx.uint32)
     g, u = zero_experts(e, i_dim, d, bits, gs), zero_experts(e, i_dim, d, bits, gs)
     assert_compiles(lambda x: moe.gather_qmv_swiglu(x, *g, *u, idx, gs, bits, "affine"), x)
+
+
+def test_qwen3_down_combine_compiles(monkeypatch):
+    monkeypatch.setattr(mk, "SPLIT_EXPERTS", True)
+    d, i_dim, e, k, gs, bits = 2048, 768, 128, 8, 64, 4
+    h = mx.zeros((1, k, i_dim), dtype=mx.bfloat16)
+    idx = mx.zeros((1, k), dtype=mx.uint32)
+    wts = mx.zeros((1, k), dtype=mx.bfloat16)
+    dn = zero_experts(e, d, i_dim, bits, gs)
+    with capture("cuda") as caught:
+        moe.gather_qmv_combine(h, *dn, idx, wts, gs, bits, "affine")
+    assert [c.kernel.name for c in caught] == ["qmv_combine_affine_exact_split"]
+    assert caught[0].threadgroup == (32 * k, 1, 1)
+    assert_compiles(lambda h: moe.gather_qmv_combine(h, *dn, idx, wts, gs, bits, "affine"), h)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
+@pytest.mark.parametrize("name", ["a4g64", "a8g32", "mxfp4"])
+@pytest.mark.parametrize("t, k", [(1, 8), (3, 4)])
+def test_combine_with_experts_side_by_side_is_identical(name, t, k, dtype, monkeypatch, rng):
+    """``moe_kernels.SPLIT_EXPERTS``: each expert's projection is the same warp sum as in the
+    one-warp kernel and the weighted sum runs in the same order, so results are bit-identical,
+    with a bias, a gated shared expert and the residual stream too."""
+    gs, bits, mode = fmt(name)
+    e, d, i = 9, 37, 192  # 37 rows: the last group of 4 has one; 24 or 48 words a row
+    h = random_x(rng, (t, k, i), dtype)
+    wd = random_qweight(rng, (e, d, i), dtype, bits, gs, mode)
+    idx = random_indices(rng, (t,), k, e)
+    wts = mx.softmax(random_x(rng, (t, k), mx.float32), axis=-1).astype(dtype)
+    extra = [{}, {"bias": random_x(rng, (e, d), dtype)},
+             {"shared": random_x(rng, (t, d), dtype), "shared_gate": random_x(rng, (t, 1), dtype)},
+             {"residual": (random_x(rng, (t, d), dtype), random_x(rng, (t, d), dtype))}]  # fmt: skip
+    for kw in extra:
+        got = both(monkeypatch, moe.gather_qmv_combine, h, *wd, idx, wts, gs, bits, mode,
+                   attr="SPLIT_EXPERTS", values=(False, True), module=mk, **kw)  # fmt: skip
+        assert_identical(*got)

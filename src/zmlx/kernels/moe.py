@@ -333,7 +333,21 @@ def gather_qmv_combine(h, w, scales, biases, indices, weights, group_size=64, bi
         for name, a in zip(("residual x", "residual a"), residual):
             check_like(op, name, a, lead + (dout,), h.dtype)
     tokens = math.prod(lead)
-    if tokens and use_kernel(op, h, scales, group_size, bits, mode, tokens, verbose):
+    usable = tokens and use_kernel(op, h, scales, group_size, bits, mode, tokens, verbose)
+    if usable and mk.SPLIT_EXPERTS and i_dim <= qk.X_REG_MAX and k <= 32:
+        kern = mk.split_combine_kernel(mode, bias is not None, shared is not None,
+                                       shared_gate is not None, residual is not None)  # fmt: skip
+        ins = [h, w, scales] + ([biases] if mode == "affine" else []) + [indices, weights]
+        ins += [a for a in (bias, shared, shared_gate) if a is not None]
+        ins += list(residual or ())
+        nb = math.ceil(dout / mk.SPLIT_ROWS)
+        tmpl = [("T", h.dtype), ("P", promote((h.dtype, weights.dtype))), ("I", i_dim),
+                ("D", dout), ("BITS", bits), ("GROUP_SIZE", group_size), ("K", k),
+                ("R", mk.SPLIT_ROWS), ("NB", nb)]  # fmt: skip
+        return kern(*ins, scalar(tokens, mx.int32), output_shapes=[lead + (dout,)],
+                    output_dtypes=[h.dtype], grid=(tokens * nb * 32 * k, 1, 1),
+                    threadgroup=(32 * k, 1, 1), template=tmpl)[0]  # fmt: skip
+    if usable:
         r = qk.rows_per_warp(tokens, dout, 1, i_dim)
         nb = math.ceil(dout / r)
         batch, vec = qk.load_plan(i_dim, bits)

@@ -26,6 +26,40 @@ from .quant_kernels import (
 # Down projection x router weight, summed over the K experts of each token
 
 
+def _epilogue(exact: bool, has_bias: bool, has_shared: bool, has_gate: bool,
+              has_res: bool) -> str:  # fmt: skip
+    """The combine kernels' store, by lane 0 of the warp holding ``tot[r]`` (rows ``row0 ..
+    row0 + R - 1`` of token ``t``): the expert sum rounded to ``T``, then the shared expert
+    (gated) and the residual stream, rounded as mlx-lm's expressions round."""
+    epi = ["  if (lane == 0u) {", "#pragma unroll", "    for (int r = 0; r < R; ++r) {"]
+    epi += ["      const int row = row0 + r;", "      if (row < D) {", "        float v = tot[r];"]
+    if has_bias and not exact:
+        epi += [
+            "        for (int k = 0; k < K; ++k) {",
+            "          const int ex = static_cast<int>(idx[t * K + k]);",
+            "          v += static_cast<float>(wts[t * K + k]) *",
+            "               static_cast<float>(bias[(size_t)ex * D + row]);",
+            "        }",
+        ]
+    epi.append(f"        v = {_to_t('v')};")
+    if has_shared:
+        sh = "static_cast<float>(shared[(size_t)t * D + row])"
+        if has_gate:
+            # qwen3_next: sigmoid(gate) * shared_expert(x), each rounded to T, then added.
+            g = _to_t("zx_sigmoid(static_cast<float>(sgate[t]))")
+            sh = _to_t(f"{g} * {sh}")
+        epi.append(f"        v = v + {sh};")
+    if has_res:
+        if has_shared:
+            epi.append(f"        v = {_to_t('v')};")
+        at = "[(size_t)t * D + row]"
+        epi.append(
+            f"        v = v + {_to_t(f'static_cast<float>(rx{at}) + static_cast<float>(ra{at})')};"
+        )
+    epi += ["        out[(size_t)t * D + row] = static_cast<T>(v);", "      }", "    }", "  }"]
+    return "\n".join(epi) + "\n"
+
+
 @cache
 def gather_combine_kernel(mode: str, has_bias: bool, has_shared: bool, has_gate: bool, regs: bool,
                           exact: bool = True, has_res: bool = False,
@@ -48,16 +82,7 @@ def gather_combine_kernel(mode: str, has_bias: bool, has_shared: bool, has_gate:
     row loop is the batched one (:func:`.quant_kernels._row_loop`); bit-identical results.
     ``vec``: words per weight load (:func:`.quant_kernels.load_words`).
     """
-    inputs = ["h", *_qinputs("0", mode), "idx", "wts"]
-    if has_bias:
-        inputs.append("bias")
-    if has_shared:
-        inputs.append("shared")
-    if has_gate:
-        inputs.append("sgate")
-    if has_res:
-        inputs += ["rx", "ra"]
-    inputs.append("rt")
+    inputs = _combine_inputs(mode, has_bias, has_shared, has_gate, has_res)
     body = """
   const int wid = (int)(gid * (lsize / 32u) + warp);
   const int t = wid / NB;
@@ -110,33 +135,7 @@ def gather_combine_kernel(mode: str, has_bias: bool, has_shared: bool, has_gate:
   }
 """
         body += _reduce(["tot"])
-    epi = ["  if (lane == 0u) {", "#pragma unroll", "    for (int r = 0; r < R; ++r) {"]
-    epi += ["      const int row = row0 + r;", "      if (row < D) {", "        float v = tot[r];"]
-    if has_bias and not exact:
-        epi += [
-            "        for (int k = 0; k < K; ++k) {",
-            "          const int ex = static_cast<int>(idx[t * K + k]);",
-            "          v += static_cast<float>(wts[t * K + k]) *",
-            "               static_cast<float>(bias[(size_t)ex * D + row]);",
-            "        }",
-        ]
-    epi.append(f"        v = {_to_t('v')};")
-    if has_shared:
-        sh = "static_cast<float>(shared[(size_t)t * D + row])"
-        if has_gate:
-            # qwen3_next: sigmoid(gate) * shared_expert(x), each rounded to T, then added.
-            g = _to_t("zx_sigmoid(static_cast<float>(sgate[t]))")
-            sh = _to_t(f"{g} * {sh}")
-        epi.append(f"        v = v + {sh};")
-    if has_res:
-        if has_shared:
-            epi.append(f"        v = {_to_t('v')};")
-        at = "[(size_t)t * D + row]"
-        epi.append(
-            f"        v = v + {_to_t(f'static_cast<float>(rx{at}) + static_cast<float>(ra{at})')};"
-        )
-    epi += ["        out[(size_t)t * D + row] = static_cast<T>(v);", "      }", "    }", "  }"]
-    body += "\n".join(epi) + "\n"
+    body += _epilogue(exact, has_bias, has_shared, has_gate, has_res)
     name = f"qmv_combine_{mode}" + ("_exact" if exact else "") + ("_res" if has_res else "")
     name += ("_batched" if batch else "") + (f"_v{vec}" if vec != 1 else "")
     return Kernel(name, inputs, ["out"], body, header=HEADER)
@@ -182,3 +181,77 @@ def combine_kernel(exact: bool, has_shared: bool, has_gate: bool) -> Kernel:
     body = _COMBINE_BODY.replace("STEP", step).replace("STORE", store)
     name = "moe_combine" + ("_exact" if exact else "")
     return Kernel(name, inputs + ["rt"], ["out"], body)
+
+
+# The down projection + combine with a token's experts side by side (split_combine_kernel),
+# and its rows per group. Off until timed on a GPU.
+SPLIT_EXPERTS = False
+SPLIT_ROWS = 4
+
+
+def _combine_inputs(mode: str, has_bias: bool, has_shared: bool, has_gate: bool,
+                    has_res: bool) -> list[str]:  # fmt: skip
+    inputs = ["h", *_qinputs("0", mode), "idx", "wts"]
+    inputs += [n for n, on in (("bias", has_bias), ("shared", has_shared), ("sgate", has_gate))
+               if on]  # fmt: skip
+    return inputs + (["rx", "ra"] if has_res else []) + ["rt"]
+
+
+@cache
+def split_combine_kernel(mode: str, has_bias: bool, has_shared: bool, has_gate: bool,
+                         has_res: bool = False) -> Kernel:  # fmt: skip
+    """:func:`gather_combine_kernel` (exact rounding) with the ``K`` experts of a token side by
+    side: a group of ``K`` warps owns ``R`` output rows of one token, warp ``k`` computes the
+    rows' projections for expert ``k`` (all its loads of a row issued before the math), rounds
+    each to ``T`` (with its bias) and leaves it in shared memory; the first warp then adds
+    the weighted projections in expert order, rounded as mlx-lm rounds. The one-warp kernel
+    walks the experts one after another in every warp, so a row waits for memory ``K`` times.
+
+    Template constants: ``T``, ``P``, ``I``, ``D``, ``BITS``, ``GROUP_SIZE``, ``K`` (warps
+    per group), ``R``, ``NB`` (groups per token). Runtime: ``rt[0]`` = tokens.
+    """
+    inputs = _combine_inputs(mode, has_bias, has_shared, has_gate, has_res)
+    body = """
+  ZX_SHARED float red[K * R];
+  const int t = (int)gid / NB;
+  if (t >= rt[0]) {
+    return;
+  }
+  const int row0 = ((int)gid % NB) * R;
+  const int slot = t * K + (int)warp;
+  const int ex = static_cast<int>(idx[slot]);
+  const T* xp = h + (size_t)slot * I;
+"""
+    body += _prologue("I", True, mode)
+    body += _acc_decl(["acc0"])
+    body += _row_loop(mode, [_mat("0", mode)], "D", "ex * D", True, "acc", True)
+    add_bias = ""
+    if has_bias:
+        bias = "static_cast<float>(bias[(size_t)ex * D + row0 + r])"
+        add_bias = f" if (row0 + r < D) {{ y = {_to_t('y + ' + bias)}; }}"
+    body += f"""
+#pragma unroll
+  for (int r = 0; r < R; ++r) {{
+    float y = {_to_t("zx_warp_sum(acc0[r])")};{add_bias}
+    if (lane == 0u) {{
+      red[(int)warp * R + r] = y;
+    }}
+  }}
+  zx_barrier();
+  if (warp != 0u) {{
+    return;
+  }}
+"""
+    body += _acc_decl(["tot"])
+    body += f"""
+  for (int k = 0; k < K; ++k) {{
+    const float wk = static_cast<float>(wts[t * K + k]);
+#pragma unroll
+    for (int r = 0; r < R; ++r) {{
+      {exact_accumulate("tot[r]", "red[k * R + r]", "wk")}
+    }}
+  }}
+"""
+    body += _epilogue(True, has_bias, has_shared, has_gate, has_res)
+    name = f"qmv_combine_{mode}_exact" + ("_res" if has_res else "") + "_split"
+    return Kernel(name, inputs, ["out"], body, header=HEADER)
