@@ -29,6 +29,7 @@ def _cap(name: str) -> dict | None:
 # The four full-size families, stock against zmlx in one process each (the headline table).
 HEADLINE = ["moe_decode_qwen3_lfm2_h200.json", "moe_decode_glm_gptoss_h200.json"]
 DECODE_VARIANTS = [
+    "moe_decode_qwen3_split_experts_h100.json",
     "moe_decode_qwen3_profiled_h100.json",
     *HEADLINE,
     "moe_decode_qwen3_qkv_h100.json",
@@ -58,6 +59,19 @@ VARIANT_TEXT = {
 }
 
 
+def _settings(command: str) -> str:
+    """The ``--set`` settings of a moe_decode command line, as text for a table heading."""
+    words = command.split()
+    if "--set" not in words:
+        return ""
+    vals = []
+    for w in words[words.index("--set") + 1 :]:
+        if w.startswith("--"):
+            break
+        vals.append(f"`{w.removeprefix('zmlx.')}`")
+    return ", settings " + ", ".join(vals)
+
+
 def _variants() -> list[str]:
     out = []
     for name in DECODE_VARIANTS:
@@ -69,7 +83,8 @@ def _variants() -> list[str]:
                 continue
             fid = r["fidelity"]
             pats = ", ".join(f"`{p}`" for p in sorted(r["patch_report"]["patterns"]))
-            out += [f"**{r['model']}** ({r['quant']}, random weights, patterns {pats}), "
+            sets = _settings(cap.get("command", ""))
+            out += [f"**{r['model']}** ({r['quant']}, random weights, patterns {pats}{sets}), "
                     f"{cap['env']['device']}, "
                     f"median of {len(r['variants']['stock']['decode']['runs'])} runs of "
                     f"{r['decode_tokens']} tokens (capsule `benchmarks/capsules/{name}`; "

@@ -24,6 +24,7 @@ import pytest
 from kernel_checks import assert_compiles, zero_experts
 from test_quant import fmt, run_kernel
 from zmlx.kernels import moe, quant
+from zmlx.kernels import moe_kernels as mk
 from zmlx.kernels import quant_kernels as qk
 from zmlx.kernels.moe_specs import random_indices
 from zmlx.kernels.quant_specs import random_qweight, random_x
@@ -90,6 +91,7 @@ def test_dense_ops_identical(name, d, n, dtype, monkeypatch, rng):
 @pytest.mark.parametrize("name", ["a4g64", "a8g64", "mxfp4"])
 @pytest.mark.parametrize("t", [1, 3])
 def test_expert_ops_identical(name, t, dtype, monkeypatch, rng):
+    monkeypatch.setattr(mk, "SPLIT_EXPERTS", False)  # the one-warp combine kernel
     gs, bits, mode = fmt(name)
     e, k, d, n = 6, 4, 192, 64
     x = random_x(rng, (t, d), dtype)
@@ -119,6 +121,8 @@ def test_streamed_rows_identical(monkeypatch, rng):
 def test_qwen3_decode_shapes_compile(words, monkeypatch):
     monkeypatch.setattr(qk, "BATCH_LOADS", True)
     monkeypatch.setattr(qk, "LOAD_WORDS", words)
+    monkeypatch.setattr(qk, "SPLIT_WARPS", 0)  # the one-warp-a-row kernels
+    monkeypatch.setattr(mk, "SPLIT_EXPERTS", False)
     d, i_dim, e, k = 2048, 768, 128, 8
     gs, bits, mode = 64, 4, "affine"
 
@@ -153,6 +157,7 @@ def test_dense_ops_with_16_byte_loads(name, dtype, monkeypatch, rng):
 @pytest.mark.parametrize("dtype", [mx.float32, mx.bfloat16], ids=["f32", "bf16"])
 @pytest.mark.parametrize("name", ["a4g64", "a8g64", "mxfp4"])
 def test_expert_ops_with_16_byte_loads(name, dtype, monkeypatch, rng):
+    monkeypatch.setattr(mk, "SPLIT_EXPERTS", False)  # the one-warp combine kernel
     gs, bits, mode = fmt(name)
     e, k, t, d, n = 6, 4, 3, 192, 64
     x = random_x(rng, (t, d), dtype)
