@@ -185,9 +185,11 @@ def _full_source(on: bool):
 def qwen3_moe_blocks() -> tuple[mx.array, dict]:
     """A decode input and Qwen3-30B-A3B MoE blocks over the same random 4-bit experts and
     8-bit router: ``stock`` (mlx-lm's: quantized router matmul, softmax, argpartition,
-    ``SwitchGLU``, combine), ``zmlx`` (router, gate/up + SwiGLU, down + combine: three
-    launches), ``zmlx_stock_router`` (stock's routing ops, then zmlx's two expert launches)
-    and ``zmlx_fixed_routing`` (no router: the experts the first token chose)."""
+    ``SwitchGLU``, combine), ``zmlx`` (as the ``moe_block`` pattern: MLX's router matmul, the
+    routing kernel, gate/up + SwiGLU, down + combine), ``zmlx_fused_router`` (the router in
+    one launch, ``router_fused``), ``zmlx_stock_router`` (stock's routing ops, then zmlx's two
+    expert launches) and ``zmlx_fixed_routing`` (no router: the experts the first token
+    chose)."""
     from mlx_lm.models.switch_layers import SwitchGLU
 
     from zmlx.kernels import moe as K
@@ -212,19 +214,21 @@ def qwen3_moe_blocks() -> tuple[mx.array, dict]:
     inds0, w0 = R.router_fused(x, rw, rule, scales=rs, biases=rb, group_size=64, bits=8)
     mx.eval(inds0, w0)
 
-    def stock_block(x):
-        inds, scores = stock_route(x)
-        y = glu(x, inds)
-        return (y * scores[..., None]).sum(axis=-2).astype(y.dtype)
-
     def stock_route(x):
         gates = mx.softmax(gate(x), axis=-1, precise=True)
         inds = mx.stop_gradient(mx.argpartition(-gates, kth=k - 1, axis=-1)[..., :k])
         scores = mx.take_along_axis(gates, inds, axis=-1)
         return inds, scores / scores.sum(axis=-1, keepdims=True)
 
+    def stock_block(x):
+        inds, scores = stock_route(x)
+        y = glu(x, inds)
+        return (y * scores[..., None]).sum(axis=-2).astype(y.dtype)
+
     def zmlx_block(x, route="zmlx"):
-        if route == "zmlx":
+        if route == "zmlx":  # as moe_block routes: MLX's matmul, then the routing kernel
+            inds, w = R.route(gate(x), rule)
+        elif route == "fused":
             inds, w = R.router_fused(x, rw, rule, scales=rs, biases=rb, group_size=64, bits=8)
         elif route == "stock":
             inds, w = stock_route(x)
@@ -236,6 +240,7 @@ def qwen3_moe_blocks() -> tuple[mx.array, dict]:
     blocks = {
         "stock": stock_block,
         "zmlx": zmlx_block,
+        "zmlx_fused_router": lambda x: zmlx_block(x, route="fused"),
         "zmlx_stock_router": lambda x: zmlx_block(x, route="stock"),
         "zmlx_fixed_routing": lambda x: zmlx_block(x, route="fixed"),
     }
@@ -246,12 +251,14 @@ def moe_chain_part(n_blocks: int, repeats: int = 5) -> dict:
     """Part 3: ``n_blocks`` Qwen3-30B-A3B MoE blocks at decode chained (each block's output is
     the next one's input, as layers are) and compiled, so the device runs them one after
     another. Variants, rotated so drift hits all: stock mlx-lm (quantized router matmul,
-    softmax, argpartition, ``SwitchGLU``, combine); zmlx's three launches (router, gate/up +
-    SwiGLU, down + combine) with the sources zmlx sends MLX and with the whole commented
-    source; with the batched row loop (``quant_kernels.BATCH_LOADS``); with 16 words per
-    lane in flight in the router (``router_kernels.FUSED_WU``, 8 by default); and without the
-    router (routing fixed). Per block: total; per zmlx launch (3 a block): build, encode and
-    total."""
+    softmax, argpartition, ``SwitchGLU``, combine); zmlx's block as ``moe_block`` runs it
+    (router matmul, routing, gate/up + SwiGLU, down + combine) with the sources zmlx sends
+    MLX and with the whole commented source; with the batched row loop
+    (``quant_kernels.BATCH_LOADS``); with the router in one launch (``router_fused``), also
+    with 16 words per lane in flight there (``router_kernels.FUSED_WU``, 8 by default); with
+    stock's routing ops; and without the router (routing fixed). Per block: total; and, per
+    third of a block (the three launches of the one-launch-router form, a fixed unit across
+    variants), build, encode and total."""
     from zmlx.kernels import quant_kernels as qk
     from zmlx.kernels import router_kernels as RK
 
@@ -260,7 +267,8 @@ def moe_chain_part(n_blocks: int, repeats: int = 5) -> dict:
         "stock": base["stock"],
         "zmlx": base["zmlx"],
         "zmlx_batched_loads": base["zmlx"],
-        "zmlx_router_wu16": base["zmlx"],
+        "zmlx_fused_router": base["zmlx_fused_router"],
+        "zmlx_router_wu16": base["zmlx_fused_router"],
         "zmlx_full_source": base["zmlx"],
         "zmlx_stock_router": base["zmlx_stock_router"],
         "zmlx_fixed_routing": base["zmlx_fixed_routing"],

@@ -23,9 +23,16 @@ How the matvec kernels stream weights (decode is memory-bound):
   (``BATCH_LOADS``) issues a row's loads first.
 
 Rows per warp: ``R = 4`` (``2`` when two weights share the row loop) when that still leaves
-1024 or more warps, else fewer: 1024 warps are about 8 per SM on a 132-SM H100, enough bytes
-in flight to cover memory latency; larger ``R`` amortises the activation load. Groups are 128
-threads (4 warps) so small launches still spread over many SMs. Not yet tuned on hardware.
+1024 or more warps, else fewer; larger ``R`` amortises the activation load. Groups are 128
+threads (4 warps) so small launches still spread over many SMs.
+
+What bounds them at decode (an H100, Qwen3-30B-A3B's shapes): not memory. The gate/up kernel
+takes as long with all 8 experts in L2 as with them in DRAM, Nsight Compute shows its warps
+waiting on L1 most of the time at about one instruction a cycle per SM
+(``benchmarks/capsules/ncu_qmv_swiglu_h100.txt``), and a lane's ``D / 32`` inputs of x are
+more than the compiler keeps in registers, so they are reloaded for every row. The gathered
+matvecs therefore split each row across the warps of a group when the row divides evenly
+(:func:`split_matvec_kernel`, :data:`SPLIT_WARPS`), so a lane holds ``D / (32 W)`` inputs.
 """
 
 from __future__ import annotations
@@ -42,10 +49,12 @@ MAX_ROWS = 16  # token rows (T) the decode kernels take; more take the reference
 X_REG_MAX = 4096  # inputs per row held in registers (D / 32 floats per lane); longer rows stream x
 GROUP = 128  # threads per group
 # Batched row loop: each lane issues all loads of a row (words, scales, biases) before the
-# math (see _row_loop). Off until timed on a GPU; results are bit-identical either way.
+# math (see _row_loop); results are bit-identical either way. Off: in a Qwen3 decode step on an
+# H100 it gave 28.9 against 29.8 us for gate/up and 35.4 against 31.7 us for the down
+# projection (kernel_profile_qwen3_variants_h100.json).
 BATCH_LOADS = False
 # Packed words per weight load: 4 is one 16-byte load (batched row loop; rows of a multiple of
-# 4 words). Off until timed on a GPU.
+# 4 words). Off: 34.2 against 29.8 us for gate/up in the same profile (128 registers).
 LOAD_WORDS = 1
 # Warps a row of the gathered decode matvecs is split across (split_matvec_kernel; < 2: one
 # warp a row). On an H100 at Qwen3-30B-A3B's gate/up shape: 22.4 us against 25.5 us for one
@@ -151,9 +160,10 @@ def _prologue(d: str, regs: bool, mode: str, norm: bool = False, vec: int = 1) -
     """Constants for rows of ``d`` inputs, and the lane's slice of x (``xp``) in registers;
     with ``norm``, of the pre-norm of ``xp + ap`` (see :data:`_PRENORM`; needs ``regs``).
 
-    ``vec`` words per load: the lane's ``j``-th word is word ``WI(j)`` of a row (``VEC = 1``:
-    ``j * 32 + lane``; ``VEC = 4``: four consecutive words per 16-byte load, lanes side by
-    side). ``NJ`` words per lane; ``WOK(wi)``: word ``wi`` exists (rows of ``NW`` words)."""
+    ``vec`` words per load: the lane's ``j``-th word (of ``NJ``) is word
+    ``((j / VEC) * 32 + lane) * VEC + j % VEC`` of a row (``VEC = 1``: ``j * 32 + lane``;
+    ``VEC = 4``: four consecutive words per 16-byte load, lanes side by side); words past the
+    row's ``NW`` are skipped."""
     text = f"""
   constexpr int EPW = 32 / BITS;
   constexpr int NW = {d} / EPW;

@@ -33,7 +33,9 @@ FUSED_MAX_DIM = 7168  # x row in shared memory: 28 KiB + logits, under Metal's 3
 FUSED_THREADS = 512
 # Words each lane of the fused router loads before using them (its memory-level parallelism:
 # the one group per token walks E / (FUSED_THREADS / 32) experts per warp, D / (32 * WU)
-# rounds to memory each). Not yet tuned on hardware.
+# rounds to memory each). 16 took a chained Qwen3 MoE block from 107 to 100 us on an H100
+# (launch_cost_moe_chain_h100.json), but the one-group router is slow either way (25-46 us a
+# layer, kernel_profile_qwen3_h100.json): moe_block routes in two launches by default.
 FUSED_WU = 8
 _ROUTE_WARPS = 4  # tokens per group in the logits -> routing kernel
 
