@@ -188,3 +188,31 @@ def test_a_call_shaped_unlike_the_routed_specs_stock_runs_the_kernel(table, rng)
         mx.eval(got)
         assert launch_count() > before
         assert_close(got, gated.swiglu_ref(g, u, bg, bu), atol=1e-5, rtol=1e-5)
+
+
+def test_a_routed_call_still_gets_the_ops_own_errors(table, rng):
+    """Stock MLX does not check what zmlx checks (``mx.gather_qmm`` takes a 2-d weight for a
+    stacked one): a routed call runs the op's checks first, without launching anything."""
+    from test_quant import fmt
+    from zmlx.kernels import moe
+    from zmlx.kernels.moe_specs import random_indices
+    from zmlx.kernels.quant_specs import random_qweight, random_x
+
+    spec = next(s for s in catalog.specs() if s.name == "gather_qmv")
+    routes.write([{"op": "gather_qmv", "backend": "cuda", "dtype": "bfloat16",
+                   "min_elements": 0, "max_elements": None}], table)  # fmt: skip
+    assert routes.install(spec)
+    gs, bits, mode = fmt("a4g64")
+    w = random_qweight(rng, (4, 16, 64), mx.bfloat16, bits, gs, mode)
+    x = random_x(rng, (2, 64), mx.bfloat16)
+    idx = random_indices(rng, (2,), 2, 4)
+    with emulator():
+        before = launch_count()
+        for _ in range(2):  # the second call of a shape is not checked again
+            got = moe.gather_qmv(x, *w, idx, gs, bits, mode)
+            mx.eval(got)
+        assert launch_count() == before  # routed: stock ran, the check launched nothing
+        assert_close(got, moe.gather_qmv_ref(x, *w, idx, gs, bits, mode))
+        with pytest.raises(ValueError, match=r"\[gather_qmv\] expected 'w' to be a 3-d uint32"):
+            moe.gather_qmv(x, w[0][0], w[1][0], w[2][0], idx)
+        assert launch_count() == before

@@ -78,6 +78,26 @@ def capturing() -> bool:
     return _CAPTURE.get() is not None
 
 
+class _Unrecorded(list):
+    """The launch list of :func:`dry_run`: launches neither kept nor counted."""
+
+    def append(self, item) -> None:  # noqa: D102
+        pass
+
+
+@contextlib.contextmanager
+def dry_run(backend_name: str) -> Iterator[None]:
+    """Run ops for ``backend_name`` without launching or counting anything: their argument
+    checks run (and raise), kernel launches return zero-filled outputs. Used to give a call
+    routed to stock MLX the op's own errors."""
+    token = _CAPTURE.set(_Unrecorded())
+    try:
+        with force_backend(backend_name):  # type: ignore[arg-type]
+            yield
+    finally:
+        _CAPTURE.reset(token)
+
+
 @contextlib.contextmanager
 def capture(backend_name: str) -> Iterator[list[Launch]]:
     """Record kernel launches for ``backend_name`` instead of running them.
@@ -247,6 +267,8 @@ class Kernel:
             if isinstance(tval, int) and not isinstance(tval, bool) and tval < 0:
                 # A negative value would give MLX an invalid kernel identifier.
                 raise ValueError(f"[{self.name}] template {tname} must be >= 0, got {tval}")
+        if isinstance(_CAPTURE.get(), _Unrecorded):  # dry_run: checks only
+            return [mx.zeros(tuple(sh), dtype=dt) for sh, dt in zip(output_shapes, output_dtypes)]
         if _emulate.active():
             self.stats.launches += 1
             self.stats.backends.add("emulated")

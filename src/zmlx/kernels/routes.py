@@ -19,6 +19,8 @@ stock MLX inside a routed range; outside every range the kernel runs.
 * The shipped table holds timings of real GPUs: under the CPU kernel emulator (whose backend
   reads "cuda") and while launches are captured (:func:`zmlx.core.kernel.capture`) only a
   table named by ``ZMLX_STOCK_ROUTES`` routes.
+* A routed call still gets the op's own argument errors: the op runs once per call shape
+  without launching anything (:func:`zmlx.core.kernel.dry_run`) before stock MLX runs it.
 * The benchmark times eager calls, whose Python overhead a compiled decode step does not pay
   again. So routes apply to calls a user makes; inside :func:`bypass` (every module
   ``zmlx.patch`` swaps in, and the compiled decoder's attention) the kernel always runs: those
@@ -43,7 +45,7 @@ import mlx.core as mx
 
 from ..core import emulate
 from ..core.backend import backend as current_backend
-from ..core.kernel import capturing
+from ..core.kernel import capturing, dry_run
 
 SCHEMA = "zmlx.stock_routes"
 DEFAULT_TABLE = Path(__file__).resolve().parent / "overrides" / "stock_routes.json"
@@ -154,7 +156,9 @@ def install(spec: Any) -> bool:
 
     @functools.wraps(fn)
     def routed_op(*args, **kwargs):
-        if routed(spec.name, current_backend(), args) is not None:
+        b = current_backend()
+        if routed(spec.name, b, args) is not None:
+            _check_call(spec.name, fn, b, args, kwargs)
             if accepts is None:
                 try:
                     return stock(*args, **kwargs)
@@ -167,6 +171,39 @@ def install(spec: Any) -> bool:
     setattr(module, name, routed_op)
     _INSTALLED[spec.name] = (module, name, fn)
     return True
+
+
+_CHECKED: set = set()
+
+
+def _arg_key(a: Any) -> Any:
+    """What an op's argument checks can depend on: an array's shape and dtype, a plain
+    value; None when neither (the call is then always checked)."""
+    if isinstance(a, mx.array):
+        return ("array", tuple(a.shape), str(a.dtype))
+    if a is None or isinstance(a, (bool, int, float, str)):
+        return a
+    if isinstance(a, (tuple, list)):
+        keys = tuple(_arg_key(x) for x in a)
+        return None if any(k is None and x is not None for k, x in zip(keys, a)) else keys
+    return None
+
+
+def _check_call(op: str, fn: Callable, backend: str, args: tuple, kwargs: dict) -> None:
+    """Give a call routed to stock the op's own argument errors: run the op once for this
+    call's shapes, dtypes and options without launching anything (:func:`dry_run`). Stock MLX
+    checks less, or fails deep inside, or not at all (a 2-d weight given to ``gather_qmv``)."""
+    key = (op, _arg_key(args), _arg_key(tuple(sorted(kwargs.items()))))
+    if None in key[1:]:
+        key = None
+    if key is not None and key in _CHECKED:
+        return
+    with dry_run(backend):
+        fn(*args, **kwargs)
+    if key is not None:
+        if len(_CHECKED) > 4096:
+            _CHECKED.clear()
+        _CHECKED.add(key)
 
 
 def _binds(accepts: Callable, args: tuple, kwargs: dict) -> bool:
