@@ -127,6 +127,9 @@ SETTINGS = {
         "zmlx.kernels.moe_kernels.SPLIT_ROWS": 8,
     },
     "zmlx_rows_r2": {"zmlx.kernels.quant_kernels.SPLIT_ROWS": 2},
+    "zmlx_rows_r1": {"zmlx.kernels.quant_kernels.SPLIT_ROWS": 1},
+    "zmlx_one_warp_combine": {"zmlx.kernels.moe_kernels.SPLIT_EXPERTS": False},
+    "zmlx_one_warp_rows": {"zmlx.kernels.quant_kernels.SPLIT_WARPS": 0},
     "zmlx_split_rows_r8": {
         "zmlx.kernels.quant_kernels.SPLIT_WARPS": 4,
         "zmlx.kernels.quant_kernels.SPLIT_ROWS": 8,

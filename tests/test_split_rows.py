@@ -106,3 +106,21 @@ def test_combine_with_experts_side_by_side_is_identical(name, t, k, dtype, monke
         got = both(monkeypatch, moe.gather_qmv_combine, h, *wd, idx, wts, gs, bits, mode,
                    attr="SPLIT_EXPERTS", values=(False, True), module=mk, **kw)  # fmt: skip
         assert_identical(*got)
+
+
+@pytest.mark.parametrize("rows", [1, 2, 8])
+def test_other_rows_per_group(rows, monkeypatch, rng):
+    """The rows a group owns (``SPLIT_ROWS`` of both kernels) change nothing but the launch."""
+    gs, bits, mode = fmt("a4g64")
+    e, k, t, d, i = 6, 4, 2, 1024, 192
+    monkeypatch.setattr(qk, "SPLIT_WARPS", 4)
+    x = random_x(rng, (t, d), mx.bfloat16)
+    wg = random_qweight(rng, (e, 13, d), mx.bfloat16, bits, gs, mode)
+    idx = random_indices(rng, (t,), k, e)
+    assert_identical(*both(monkeypatch, moe.gather_qmv, x, *wg, idx, gs, bits, mode,
+                           attr="SPLIT_ROWS", values=(4, rows)))  # fmt: skip
+    h = random_x(rng, (t, k, i), mx.bfloat16)
+    wd = random_qweight(rng, (e, 37, i), mx.bfloat16, bits, gs, mode)
+    wts = mx.softmax(random_x(rng, (t, k), mx.float32), axis=-1).astype(mx.bfloat16)
+    assert_identical(*both(monkeypatch, moe.gather_qmv_combine, h, *wd, idx, wts, gs, bits, mode,
+                           attr="SPLIT_ROWS", values=(4, rows), module=mk))  # fmt: skip
