@@ -71,6 +71,12 @@ def profile(run, repeats: int) -> dict:
     )
     if not kernels:
         raise RuntimeError("[kernel_profile] CUPTI recorded no kernels (is torch CUDA-enabled?)")
+    return summarize(kernels, repeats)
+
+
+def summarize(kernels: list[tuple[float, float, str]], repeats: int) -> dict:
+    """Per-evaluation span, busy time and kernel count (medians) and per-name totals of
+    ``kernels`` (sorted ``(start_us, end_us, name)`` records of ``repeats`` evaluations)."""
     # Split the records into the repeats at the largest gaps (the host syncs between them).
     gaps = sorted(range(1, len(kernels)), key=lambda i: kernels[i][0] - kernels[i - 1][1])
     cuts = sorted(gaps[-(repeats - 1) :]) if repeats > 1 else []

@@ -1,0 +1,58 @@
+"""benchmarks/kernel_profile.py's bookkeeping (the CUPTI records themselves need a GPU) and
+moe_decode's ``--set``."""
+
+from __future__ import annotations
+
+import pytest
+
+from scripts import load_benchmark
+
+kp = load_benchmark("kernel_profile")
+
+
+def test_kernel_names_lose_templates_and_arguments():
+    assert kp._short("void mlx::core::cu::gemv<__nv_bfloat16, 32, 4>(float const*, int)") == (
+        "mlx::core::cu::gemv"
+    )
+    assert kp._short("custom_kernel_zx_qmv_split_ab12_bfloat16_t_2048") == (
+        "custom_kernel_zx_qmv_split_ab12_bfloat16_t_2048"
+    )
+
+
+def test_records_split_into_evaluations_at_the_host_syncs():
+    # Two evaluations of three kernels, 100 us apart; the second has a 2 us gap between its
+    # first two kernels and two overlapping kernels.
+    recs = [(0.0, 5.0, "a<1>(int)"), (5.5, 8.0, "b"), (8.0, 9.0, "a<2>(int)"),
+            (109.0, 114.0, "a<1>(int)"), (116.0, 120.0, "b"), (118.0, 121.0, "c")]  # fmt: skip
+    p = kp.summarize(recs, 2)
+    assert [e["kernels"] for e in p["evals"]] == [3, 3]
+    assert [e["span_us"] for e in p["evals"]] == [9.0, 12.0]
+    assert [e["busy_us"] for e in p["evals"]] == [8.5, 10.0]  # the overlap counted once
+    assert p["busy_us"] == 9.25 and p["kernels"] == 3
+    top = p["by_name"][0]
+    assert top["name"] == "a" and top["per_eval"] == 1.5 and top["total_us"] == 5.5
+
+
+def test_settings_are_restored():
+    from zmlx.kernels import quant_kernels as qk
+
+    before = qk.SPLIT_WARPS
+    with kp.settings({"zmlx.kernels.quant_kernels.SPLIT_WARPS": 0, "attention": "stock"}):
+        assert qk.SPLIT_WARPS == 0
+    assert qk.SPLIT_WARPS == before
+
+
+def test_moe_decode_set_parses_and_refuses_bad_settings(monkeypatch):
+    md = load_benchmark("moe_decode")
+    from zmlx.kernels import moe_kernels as mk
+    from zmlx.kernels import quant_kernels as qk
+
+    monkeypatch.setattr(mk, "SPLIT_EXPERTS", True)
+    monkeypatch.setattr(qk, "SPLIT_ROWS", 4)
+    md.apply_settings(["zmlx.kernels.moe_kernels.SPLIT_EXPERTS=false",
+                       "zmlx.kernels.quant_kernels.SPLIT_ROWS=2"])  # fmt: skip
+    assert mk.SPLIT_EXPERTS is False and qk.SPLIT_ROWS == 2
+    with pytest.raises(SystemExit, match="no setting"):
+        md.apply_settings(["zmlx.kernels.moe_kernels.NOPE=1"])
+    with pytest.raises(SystemExit, match="expected --set"):
+        md.apply_settings(["numpy.pi=3"])
