@@ -28,6 +28,20 @@ from .quant_kernels import (
 # Down projection x router weight, summed over the K experts of each token
 
 
+def _projection(mode: str, regs: bool, batch: bool, vec: int) -> str:
+    """Lane partial sums ``acc0[r]`` of expert ``ex``'s rows ``row0 ..`` times ``xp``."""
+    return (_prologue("I", regs, mode, vec=vec) + _acc_decl(["acc0"])
+            + _row_loop(mode, [_mat("0", mode)], "D", "ex * D", regs, "acc", batch, vec))  # fmt: skip
+
+
+def _add_bias(has_bias: bool) -> str:
+    """``y`` (an expert's projection of row ``row0 + r``) plus its bias, rounded to ``T``."""
+    if not has_bias:
+        return ""
+    bias = "static_cast<float>(bias[(size_t)ex * D + row0 + r])"
+    return f" if (row0 + r < D) {{ y = {_to_t('y + ' + bias)}; }}"
+
+
 def _epilogue(exact: bool, has_bias: bool, has_shared: bool, has_gate: bool,
               has_res: bool) -> str:  # fmt: skip
     """The combine kernels' store, by lane 0 of the warp holding ``tot[r]`` (rows ``row0 ..
@@ -112,14 +126,9 @@ def gather_combine_kernel(mode: str, has_bias: bool, has_shared: bool, has_gate:
     const float wk = {wk};
     const T* xp = h + (size_t)slot * I;
 """
-    body += _prologue("I", regs, mode, vec=vec)
-    body += _acc_decl(["acc0"])
-    body += _row_loop(mode, [_mat("0", mode)], "D", "ex * D", regs, "acc", batch, vec)
+    body += _projection(mode, regs, batch, vec)
     if exact:
-        add_bias = ""
-        if has_bias:
-            bias = "static_cast<float>(bias[(size_t)ex * D + row0 + r])"
-            add_bias = f" if (row0 + r < D) {{ y = {_to_t('y + ' + bias)}; }}"
+        add_bias = _add_bias(has_bias)
         body += f"""
 #pragma unroll
     for (int r = 0; r < R; ++r) {{
@@ -225,13 +234,8 @@ def split_combine_kernel(mode: str, has_bias: bool, has_shared: bool, has_gate: 
   const int ex = static_cast<int>(idx[slot]);
   const T* xp = h + (size_t)slot * I;
 """
-    body += _prologue("I", True, mode)
-    body += _acc_decl(["acc0"])
-    body += _row_loop(mode, [_mat("0", mode)], "D", "ex * D", True, "acc", True)
-    add_bias = ""
-    if has_bias:
-        bias = "static_cast<float>(bias[(size_t)ex * D + row0 + r])"
-        add_bias = f" if (row0 + r < D) {{ y = {_to_t('y + ' + bias)}; }}"
+    body += _projection(mode, True, True, 1)
+    add_bias = _add_bias(has_bias)
     body += f"""
 #pragma unroll
   for (int r = 0; r < R; ++r) {{
