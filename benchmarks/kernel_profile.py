@@ -30,6 +30,7 @@ import re
 import statistics
 import sys
 import warnings
+from pathlib import Path
 
 import mlx.core as mx
 
@@ -161,7 +162,7 @@ def settings(values: dict):
 
 
 def moe_part(n_blocks: int, repeats: int, variants) -> dict:
-    sys.path.insert(0, __file__.rsplit("/", 1)[0])
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
     from launch_cost import qwen3_moe_blocks
 
     x, blocks = qwen3_moe_blocks()

@@ -79,10 +79,8 @@ def capturing() -> bool:
 
 
 class _Unrecorded(list):
-    """The launch list of :func:`dry_run`: launches neither kept nor counted."""
-
-    def append(self, item) -> None:  # noqa: D102
-        pass
+    """Marks :func:`dry_run` in the capture slot: ``Kernel.__call__`` returns before it would
+    record, count or emulate a launch."""
 
 
 @contextlib.contextmanager
