@@ -111,7 +111,7 @@ def _print(title: str, p: dict, scale: int = 1) -> None:
 
 
 # zmlx settings a variant runs with ("module.NAME": value), restored after it; "attention" is
-# compile_decode's argument.
+# compile_decode's argument, "patterns" patch()'s (default: the safety table's).
 SETTINGS = {
     "zmlx": {},
     "zmlx_16B_loads": {"zmlx.kernels.quant_kernels.LOAD_WORDS": 4},
@@ -137,6 +137,14 @@ SETTINGS = {
     "zmlx_rows_r1": {"zmlx.kernels.quant_kernels.SPLIT_ROWS": 1},
     "zmlx_one_warp_combine": {"zmlx.kernels.moe_kernels.SPLIT_EXPERTS": False},
     "zmlx_one_warp_rows": {"zmlx.kernels.quant_kernels.SPLIT_WARPS": 0},
+    "zmlx_no_tile": {"zmlx.kernels.quant_kernels.TILE": False},
+    "zmlx_linear": {"patterns": ["moe_block", "qk_norm_rope", "quantized_linear"]},
+    "zmlx_qkv_linear": {"patterns": ["moe_block", "qkv_norm_rope", "quantized_linear"]},
+    "zmlx_tile_r2": {"zmlx.kernels.quant_kernels.TILE_ROWS": 2},
+    "zmlx_tile_r1": {"zmlx.kernels.quant_kernels.TILE_ROWS": 1},
+    "zmlx_tile_w8": {"zmlx.kernels.quant_kernels.TILE_WARPS": 8},
+    "zmlx_tile_w2": {"zmlx.kernels.quant_kernels.TILE_WARPS": 2},
+    "zmlx_tile_minw2048": {"zmlx.kernels.quant_kernels.TILE_MIN_WARPS": 2048},
     "zmlx_split_rows_r8": {
         "zmlx.kernels.quant_kernels.SPLIT_WARPS": 4,
         "zmlx.kernels.quant_kernels.SPLIT_ROWS": 8,
@@ -149,7 +157,7 @@ def settings(values: dict):
     old = {}
     try:
         for key, v in values.items():
-            if key == "attention":
+            if key in ("attention", "patterns"):
                 continue
             mod, name = key.rsplit(".", 1)
             m = importlib.import_module(mod)
@@ -192,6 +200,7 @@ def micro_part(repeats: int, variants) -> dict:
 
     from zmlx.kernels import moe as K
     from zmlx.kernels import quant as Q
+    from zmlx.kernels import routes
     from zmlx.kernels.quant_specs import random_qweight
 
     rng = np.random.default_rng(0)
@@ -201,18 +210,27 @@ def micro_part(repeats: int, variants) -> dict:
     u = random_qweight(rng, (e, i_dim, d), bf, 4, gs)
     dn = random_qweight(rng, (e, d, i_dim), bf, 4, gs)
     wq = random_qweight(rng, (4096, d), bf, 4, gs)
+    wk = random_qweight(rng, (512, d), bf, 4, gs)
+    wo = random_qweight(rng, (d, 4096), bf, 4, gs)
+    wr = random_qweight(rng, (e, d), bf, 8, gs)  # the router, 8-bit
+    wl = random_qweight(rng, (151936, d), bf, 4, gs)  # lm_head
     flat = mx.random.normal((2 * 8 * i_dim * d // 4,)).astype(bf)  # bytes of 8 experts' gate+up
-    mx.eval(g, u, dn, wq, flat)
+    mx.eval(g, u, dn, wq, wk, wo, wr, wl, flat)
     ids = {"distinct": mx.array([[3, 17, 29, 44, 58, 71, 90, 127]], dtype=mx.uint32),
            "same": mx.zeros((1, k), dtype=mx.uint32)}  # fmt: skip
     wts = mx.full((1, k), 1.0 / k, dtype=bf)
     x = mx.random.normal((1, d)).astype(bf)
     h = mx.random.normal((1, k, i_dim)).astype(bf)
-    cases = {
-        "sum_12.6MB": lambda: flat.sum(),
-        "stock_qmv_4096x2048": lambda: mx.quantized_matmul(x, *wq, True, gs, 4),
-        "zmlx_qmv_4096x2048": lambda: Q.qmv(x, *wq, gs, 4),
-    }
+    xo = mx.random.normal((1, 4096)).astype(bf)
+    cases = {"sum_12.6MB": lambda: flat.sum()}
+    for name, (xi, wi, bits) in {"q_4096x2048": (x, wq, 4), "k_512x2048": (x, wk, 4),
+                                 "o_2048x4096": (xo, wo, 4), "router8_128x2048": (x, wr, 8),
+                                 "lm_head_151936x2048": (x, wl, 4)}.items():  # fmt: skip
+        cases[f"stock_qmv_{name}"] = lambda xi=xi, wi=wi, bits=bits: mx.quantized_matmul(
+            xi, *wi, True, gs, bits)
+        cases[f"zmlx_qmv_{name}"] = lambda xi=xi, wi=wi, bits=bits: Q.qmv(xi, *wi, gs, bits)
+    cases["stock_qkv_3x"] = lambda: [mx.quantized_matmul(x, *w, True, gs, 4) for w in (wq, wk, wk)]
+    cases["zmlx_qkv_proj"] = lambda: Q.qkv_proj(x, *wq, *wk, *wk, gs, 4)
     for name, idx in ids.items():
         cases[f"zmlx_swiglu_{name}"] = lambda idx=idx: K.gather_qmv_swiglu(x, *g, *u, idx, gs, 4)
         cases[f"zmlx_combine_{name}"] = lambda idx=idx: K.gather_qmv_combine(h, *dn, idx, wts,
@@ -231,7 +249,7 @@ def micro_part(repeats: int, variants) -> dict:
             if label != "zmlx" and not name.startswith("zmlx"):
                 continue
             key = name + ("" if label == "zmlx" else label[4:])
-            with settings(SETTINGS[label]):
+            with settings(SETTINGS[label]), routes.bypass():  # the kernels, never routed
                 fn()
                 p = profile(lambda fn=fn: mx.eval(fn()), repeats)
             out[key] = {"us": p["busy_us"], "kernels": p["kernels"],
@@ -257,7 +275,7 @@ def decode_part(family: str, num_layers: int | None, repeats: int, variants) -> 
             if variant != "stock":
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    patch(model)
+                    patch(model, patterns=conf.get("patterns"))
                 m = compile_decode(model, attention=conf.get("attention", "auto"))
                 cache = m.make_cache()
             else:

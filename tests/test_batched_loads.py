@@ -69,6 +69,12 @@ def assert_identical(a, b):
                               equal_nan=True)  # fmt: skip
 
 
+@pytest.fixture(autouse=True)
+def _word_kernels(monkeypatch):
+    """These kernels are what the tile kernel replaces where it applies (TILE): off here."""
+    monkeypatch.setattr(qk, "TILE", False)
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
 @pytest.mark.parametrize("name", ["a4g64", "a8g32", "a4g128", "mxfp4"])
 @pytest.mark.parametrize("d, n", [(256, 24), (320, 13)])

@@ -29,6 +29,12 @@ def split(monkeypatch, fn, *args, warps=4, **kw):
     return both(monkeypatch, fn, *args, attr="SPLIT_WARPS", values=(0, warps), **kw)
 
 
+@pytest.fixture(autouse=True)
+def _word_kernels(monkeypatch):
+    """These kernels are what the tile kernel replaces where it applies (TILE): off here."""
+    monkeypatch.setattr(qk, "TILE", False)
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
 @pytest.mark.parametrize("name, d, warps", [("a4g64", 1024, 4), ("a8g64", 512, 4),
                                             ("mxfp4", 1024, 4), ("a4g32", 512, 2),

@@ -159,6 +159,24 @@ def _gather_launch(op, kind, x, mats, indices, group_size, bits, mode, lins, fp,
     if prenorm is not None and (per_slot or not regs or not prenorm_foldable(x, prenorm)):
         return None  # the caller applies the pre-norm in MLX ops first
     n = mats[0][0].shape[1]
+    joint = 1 if kind == "plain" else 2
+    plan = qk.tile_plan(d, bits, group_size, joint, n, slots) if prenorm is None else None
+    if plan is not None:
+        vw, r = plan
+        per = qk.TILE_WARPS * r
+        nb = math.ceil(n / per)
+        kern = qk.tile_matvec_kernel(kind, mode, True, per_slot, lins is not None, False)
+        ins = [x]
+        for w, s, b in mats:
+            ins += [w, s] + ([b] if mode == "affine" else [])
+        ins.append(indices)
+        ins += list(lins) if lins is not None else []
+        ins += [fp] if fp is not None else []
+        tmpl = fmt_template(x, d, bits, group_size)
+        tmpl += [("N", n), ("R", r), ("VW", vw), ("WB", qk.TILE_WARPS), ("NB", nb), ("K", k)]
+        return kern(*ins, scalar(slots, mx.int32), output_shapes=[lead + (k, n)],
+                    output_dtypes=[x.dtype], grid=(slots * nb * qk.TILE_WARPS * 32, 1, 1),
+                    threadgroup=(qk.TILE_WARPS * 32, 1, 1), template=tmpl)[0]  # fmt: skip
     split = qk.split_warps(d, bits, group_size) if regs else 0
     if split and lins is None and fp is None and prenorm is None:
         kern = qk.split_matvec_kernel(kind, mode, per_slot)
@@ -171,7 +189,6 @@ def _gather_launch(op, kind, x, mats, indices, group_size, bits, mode, lins, fp,
         return kern(*ins, indices, scalar(slots, mx.int32), output_shapes=[lead + (k, n)],
                     output_dtypes=[x.dtype], grid=(slots * nb * 32 * split, 1, 1),
                     threadgroup=(32 * split, 1, 1), template=tmpl)[0]  # fmt: skip
-    joint = 1 if kind == "plain" else 2
     r = qk.rows_per_warp(slots, n, joint, d)
     nb = math.ceil(n / r)
     kern = qk.matvec_kernel(kind, mode, True, per_slot, lins is not None, False, regs,

@@ -171,6 +171,9 @@ def _dense(op, kind, x, mats, group_size, bits, mode, lin=None, res=None, verbos
         return None
     ns = [m[0].shape[0] for m in mats]
     joint = 1 if kind in ("plain", "qkv") else 2
+    plan = qk.tile_plan(d, bits, group_size, joint, sum(ns) if kind == "qkv" else ns[0], rows)
+    if plan is not None:
+        return _dense_tile(kind, x, mats, group_size, bits, mode, plan, ns, rows, lin, res)
     r = qk.rows_per_warp(rows, max(ns), joint, d)
     batch, vec = qk.load_plan(d, bits)
     kern = qk.matvec_kernel(
@@ -212,6 +215,34 @@ def _dense(op, kind, x, mats, group_size, bits, mode, lin=None, res=None, verbos
         template=tmpl + [("NB", nb)],
     )
     return outs
+
+
+def _dense_tile(kind, x, mats, group_size, bits, mode, plan, ns, rows, lin, res):
+    """:func:`_dense` with the tile kernel (``plan``: ``(VW, R)`` of ``qk.tile_plan``)."""
+    d = x.shape[-1]
+    vw, r = plan
+    per = qk.TILE_WARPS * r  # rows per group
+    kern = qk.tile_matvec_kernel(kind, mode, False, False, lin is not None, res is not None)
+    ins = [x]
+    for w, s, b in mats:
+        ins += [w, s] + ([b] if mode == "affine" else [])
+    if lin is not None:
+        ins += list(lin)
+    if res is not None:
+        ins.append(res)
+    tmpl = fmt_template(x, d, bits, group_size) + [("R", r), ("VW", vw), ("WB", qk.TILE_WARPS)]
+    if kind == "qkv":
+        nbs = [math.ceil(n / per) for n in ns]
+        nb = sum(nbs)
+        tmpl += [("NQ", ns[0]), ("NK", ns[1]), ("NV", ns[2]), ("NBQ", nbs[0]), ("NBK", nbs[1])]
+        shapes = [x.shape[:-1] + (n,) for n in ns]
+    else:
+        nb = math.ceil(ns[0] / per)
+        tmpl += [("N", ns[0])]
+        shapes = [x.shape[:-1] + (ns[0],)]
+    return kern(*ins, scalar(rows, mx.int32), output_shapes=shapes,
+                output_dtypes=[x.dtype] * len(shapes), grid=(rows * nb * qk.TILE_WARPS * 32, 1, 1),
+                threadgroup=(qk.TILE_WARPS * 32, 1, 1), template=tmpl + [("NB", nb)])  # fmt: skip
 
 
 def qmv(x, w, scales, biases=None, group_size=64, bits=4, mode="affine", *, verbose=False):

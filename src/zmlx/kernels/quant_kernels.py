@@ -714,3 +714,211 @@ def split_warps(d: int, bits: int, group_size: int) -> int:
     if w < 2 or nw % (32 * w) or (d // w) % group_size:
         return 0
     return w
+
+
+# ---------------------------------------------------------------------------------------
+# Tiles: 16-byte weight loads, x staged once per group in shared memory (decode's matvecs)
+
+# Use the tile kernel for the matvecs it covers (dense and gathered; see tile_plan).
+TILE = True
+TILE_WARPS = 4  # warps per group; all of a group's warps work on one slot
+TILE_ROWS = 4  # most rows a warp owns
+TILE_MIN_WARPS = 1024  # fewer rows per warp until a launch has this many warps (or R = 1)
+TILE_MAX_WORDS = 64  # weight words a lane holds at once (R * NCL * VW * weights)
+TILE_MAX_D = 8192  # inputs a group stages in shared memory (float32: 32 KB)
+
+
+def tile_plan(d: int, bits: int, group_size: int, mats: int, n: int, slots: int
+              ) -> tuple[int, int] | None:  # fmt: skip
+    """``(VW, R)`` of the tile kernel for rows of ``d`` inputs, or None when it does not
+    take them: ``VW`` words per load (4 when a row is whole 16-byte chunks, else 2 or 1;
+    a chunk never spans two quantization groups) and ``R`` rows per warp (at most
+    :data:`TILE_ROWS`, fewer when a lane would hold more than :data:`TILE_MAX_WORDS` words or
+    the launch would have fewer than :data:`TILE_MIN_WARPS` warps)."""
+    if not TILE or d > TILE_MAX_D or (d * bits) % 32:
+        return None
+    nw = d * bits // 32
+    epw = 32 // bits
+    vw = next(v for v in (4, 2, 1) if nw % v == 0 and group_size % (v * epw) == 0)
+    ncl = math.ceil(nw // vw / 32)
+    per_row = ncl * vw * mats
+    if per_row > TILE_MAX_WORDS:
+        return None
+    r = max(1, min(TILE_ROWS, TILE_MAX_WORDS // per_row))
+    while r > 1 and slots * math.ceil(n / r) < TILE_MIN_WARPS:
+        r //= 2
+    return vw, r
+
+
+def _tile_rows(mode: str, mats: list[tuple[str, str, str]], n: str, ebase: str) -> str:
+    """Accumulate rows ``row0 .. row0 + R - 1`` (of ``n``; rows past it read row ``n - 1``
+    and are not stored) of each weight into ``acc<m>[r]``: every weight load of the warp's rows
+    issued first, then x staged in ``xsh`` (by the whole group, after its loads), then the
+    math, chunk by chunk, with the chunk's ``EPC`` inputs of x read once for all rows."""
+    affine = mode == "affine"
+    out = []
+    for m in range(len(mats)):
+        out.append(f"  uint qw{m}[R][NCL * VW];")
+        out.append(f"  float sc{m}[R][NCL];")
+        if affine:
+            out.append(f"  float bi{m}[R][NCL];")
+    out += [
+        "#pragma unroll",
+        "  for (int r = 0; r < R; ++r) {",
+        f"    const int row = zx_imin(row0 + r, {n} - 1);",
+        f"    const size_t wrow = (size_t)({ebase} + row) * NW;",
+        f"    const size_t grow = (size_t)({ebase} + row) * NG;",
+        "#pragma unroll",
+        "    for (int c = 0; c < NCL; ++c) {",
+        "      const int ci = zx_imin(c * 32 + (int)lane, NC - 1);",
+        "      const int g = (ci * EPC) / GROUP_SIZE;",
+    ]
+    for m, (w, s, b) in enumerate(mats):
+        if True:
+            out += [
+                "      if (VW == 4) {",
+                f"        const zx_u4 v = zx_ld4({w} + wrow + (size_t)ci * 4, al{m});",
+                f"        qw{m}[r][c * VW] = v.x;",
+                f"        qw{m}[r][(c * VW + 1) % (NCL * VW)] = v.y;",
+                f"        qw{m}[r][(c * VW + 2) % (NCL * VW)] = v.z;",
+                f"        qw{m}[r][(c * VW + 3) % (NCL * VW)] = v.w;",
+                "      } else {",
+                "#pragma unroll",
+                "        for (int v = 0; v < VW; ++v) {",
+                f"          qw{m}[r][c * VW + v] = {w}[wrow + (size_t)ci * VW + v];",
+                "        }",
+                "      }",
+            ]
+        if affine:
+            out.append(f"      sc{m}[r][c] = static_cast<float>({s}[grow + g]) * (float)(1 << BITS);")
+            out.append(f"      bi{m}[r][c] = static_cast<float>({b}[grow + g]);")
+        else:
+            out.append(f"      sc{m}[r][c] = zx_e8m0(static_cast<uint>({s}[grow + g]));")
+    out += ["    }", "  }"]
+    out += [
+        "  for (int i = (int)lid; i < D; i += (int)lsize) {",
+        "    xsh[i] = static_cast<float>(xp[i]);",
+        "  }",
+        "  zx_barrier();",
+        "#pragma unroll",
+        "  for (int c = 0; c < NCL; ++c) {",
+        "    const int ci = c * 32 + (int)lane;",
+        "    if (NC % 32 == 0 || ci < NC) {",
+        "      float xv[EPC];",
+        "      float xsum = 0.0f;",
+        "#pragma unroll",
+        "      for (int e = 0; e < EPC; ++e) {",
+        "        xv[e] = xsh[ci * EPC + e];",
+        "        xsum += xv[e];",
+        "      }",
+        "#pragma unroll",
+        "      for (int r = 0; r < R; ++r) {",
+    ]
+    for m in range(len(mats)):
+        unit = "zx_q_unit<BITS>" if affine else "zx_fp4"
+        out += [
+            f"        float dq{m} = {'-xsum' if affine else '0.0f'};",
+            "#pragma unroll",
+            "        for (int v = 0; v < VW; ++v) {",
+            f"          const uint q = qw{m}[r][c * VW + v];",
+            "#pragma unroll",
+            "          for (int e = 0; e < EPW; ++e) {",
+            f"            dq{m} += xv[v * EPW + e] * {unit}(q, e * BITS);",
+            "          }",
+            "        }",
+        ]
+        if affine:
+            out.append(f"        acc{m}[r] += sc{m}[r][c] * dq{m} + bi{m}[r][c] * xsum;")
+        else:
+            out.append(f"        acc{m}[r] += sc{m}[r][c] * dq{m};")
+    out += ["      }", "    }", "  }"]
+    return "\n".join(out) + "\n"
+
+
+@cache
+def tile_matvec_kernel(kind: str, mode: str, gather: bool, x_per_slot: bool, has_bias: bool,
+                       has_res: bool) -> Kernel:  # fmt: skip
+    """The tile matvec: what :func:`matvec_kernel` computes (same kinds, inputs and
+    outputs, no folded norm), with fewer, wider loads and more of them in flight.
+
+    A group of ``WB`` warps works on one slot (a token, or a token's expert), each warp on
+    ``R`` consecutive rows. A row is ``NC`` chunks of ``VW`` words (16 bytes at ``VW = 4``,
+    32 inputs at 4 bits), lane ``l`` owning chunks ``l, l + 32, ...``; a chunk lies in one
+    quantization group, so it has one scale (and bias). Each lane first issues the loads of
+    all its chunks of all ``R`` rows (with their scales), then the group stages the slot's
+    x in shared memory as float32, and each chunk's inputs are read once from there for all
+    ``R`` rows and every weight. The affine sum per chunk uses the one-word kernels' decoding
+    (``x * (1 + q / 2^BITS)`` summed, less the inputs' sum); float32 throughout, and the
+    lanes' partial sums meet in one warp reduction per row.
+
+    Template constants: ``T``, ``D``, ``N`` (``NQ``, ``NK``, ``NV`` and group counts
+    ``NBQ``, ``NBK`` for q/k/v), ``BITS``, ``GROUP_SIZE``, ``R``, ``VW``, ``WB`` (warps per
+    group), ``NB`` (groups per slot), ``K`` (slots per token, gathered). Runtime: ``rt[0]`` =
+    slots.
+    """
+    if kind not in ("plain", "qkv", *GATED):
+        raise ValueError(f"[quant_kernels] no tile kernel for {kind!r}")
+    joint = {"plain": ["0"], "qkv": ["q"], **{k: ["g", "u"] for k in GATED}}
+    inputs = ["x"]
+    for p in (("q", "k", "v") if kind == "qkv" else joint[kind]):
+        inputs += _qinputs(p, mode)
+    if gather:
+        inputs.append("idx")
+    if has_bias:
+        inputs += (
+            ["bias_q", "bias_k", "bias_v"] if kind == "qkv" else [f"bias_{p}" for p in joint[kind]]
+        )
+    if has_res:
+        inputs.append("res")
+    if kind == "swiglu_oai":
+        inputs.append("fp")
+    inputs.append("rt")
+    outputs = ["q_out", "k_out", "v_out"] if kind == "qkv" else ["out"]
+    xrow = "slot" if (x_per_slot or not gather) else "slot / K"
+    e = "static_cast<int>(idx[slot])" if gather else "0"
+    body = f"""
+  ZX_SHARED float xsh[D];
+  constexpr int EPW = 32 / BITS;
+  constexpr int NW = D / EPW;
+  constexpr int EPC = VW * EPW;
+  constexpr int NC = NW / VW;
+  constexpr int NCL = (NC + 31) / 32;
+  constexpr int NG = D / GROUP_SIZE;
+  const int slot = (int)gid / NB;
+  if (slot >= rt[0]) {{
+    return;
+  }}
+  const int gb = (int)gid % NB;
+  const T* xp = x + (size_t)({xrow}) * D;
+  const int ex = {e};
+"""
+    if kind == "qkv":
+        body += _acc_decl(["acc0"]) + "\n"
+        for m, (p, nn, prev) in enumerate(
+            (("q", "NQ", "0"), ("k", "NK", "NBQ"), ("v", "NV", "NBQ + NBK"))
+        ):
+            cond = "if" if m == 0 else "} else if"
+            lim = {0: "gb < NBQ", 1: "gb < NBQ + NBK", 2: "true"}[m]
+            body += f"  {cond} ({lim}) {{\n"
+            body += f"  const int row0 = ((gb - ({prev})) * WB + (int)warp) * R;\n"
+            body += f"  const bool al0 = zx_al16(w{p});\n"
+            body += _tile_rows(mode, [_mat(p, mode)], nn, f"ex * {nn}")
+            body += _reduce(["acc0"]) + "\n"
+            body += _qkv_store(p, nn, has_bias) + "\n"
+        body += "  }\n"
+    else:
+        names = [f"acc{m}" for m in range(len(joint[kind]))]
+        mats = [_mat(p, mode) for p in joint[kind]]
+        body += "  const int row0 = (gb * WB + (int)warp) * R;\n"
+        body += "".join(f"  const bool al{m} = zx_al16({w});\n" for m, (w, _, _) in enumerate(mats))
+        body += _acc_decl(names) + "\n"
+        body += _tile_rows(mode, mats, "N", "ex * N")
+        body += _reduce(names) + "\n"
+        body += _store(kind, joint[kind], gather, has_bias, has_res)
+    return Kernel(
+        f"qmv_{kind}_{mode}{'_gather' if gather else ''}_tile",
+        inputs,
+        outputs,
+        body,
+        header=HEADER + "ZX_INLINE int zx_imin(int a, int b) { return a < b ? a : b; }\n",
+    )

@@ -5,6 +5,7 @@ from .moe_block import MoEBlockPattern
 from .moe_residual import MoEResidualPattern
 from .norms import LayerNormPattern, RMSNormPattern
 from .qk_norm_attention import QKNormAttentionPattern, QKVNormAttentionPattern
+from .quantized_linear import QuantizedLinearPattern
 from .swiglu_mlp import SwiGLUMLPPattern
 from .switch_glu import SwitchGLUPattern
 
@@ -12,7 +13,7 @@ PATTERNS = {
     p.name: p
     for p in (MoEResidualPattern(), MoEBlockPattern(), SwitchGLUPattern(), SwiGLUMLPPattern(),
               QKVNormAttentionPattern(), QKNormAttentionPattern(), RMSNormPattern(),
-              LayerNormPattern())
+              LayerNormPattern(), QuantizedLinearPattern())
 }  # fmt: skip
 
 __all__ = ["PATTERNS"]
