@@ -345,6 +345,7 @@ def row_group_size(d: int, per_thread: int = 4, lo: int = 32, hi: int = 1024) ->
 
 
 _VECTORS: dict[tuple, mx.array] = {}
+MIN_VECTOR_BYTES = 16
 
 
 def vector(values: Sequence[float | int], dtype: mx.Dtype) -> mx.array:
@@ -358,7 +359,15 @@ def vector(values: Sequence[float | int], dtype: mx.Dtype) -> mx.array:
     if arr is None:
         if len(_VECTORS) > 4096:
             _VECTORS.clear()
-        arr = mx.array(list(values), dtype=dtype)
+        vals = list(values)
+        # Padded to more than MIN_VECTOR_BYTES: MLX's CUDA allocator puts arrays of 8 bytes
+        # or less in a pool of unified memory that stays on the host (the GPU reads it
+        # across the bus at every access), while larger arrays made on the host move to the
+        # GPU at their first use there and stay (they are never written again).
+        pad = max(0, -(-MIN_VECTOR_BYTES // dtype.size) - len(vals))
+        arr = mx.array(vals + [0] * pad, dtype=dtype)
+        if pad:
+            arr = arr[: len(vals)]  # a view of the padded buffer
         _VECTORS[key] = arr
     return arr
 
