@@ -50,10 +50,12 @@ VARIANTS = {
     "zmlx_qkv": (True, "auto", ("qkv_norm_rope",)),  # measured on request (--variants)
     "zmlx_residual": (True, "auto", ("moe_residual",)),  # measured on request (--variants)
     "zmlx_attention": (True, "zmlx", ()),  # measured on request (--variants)
+    "zmlx_linear": (True, "auto", ("quantized_linear",)),  # measured on request (--variants)
+    "zmlx_qkv_linear": (True, "auto", ("qkv_norm_rope", "quantized_linear")),  # on request
     "zmlx": (True, "auto", ()),
 }
-DEFAULT_VARIANTS = [v for v in VARIANTS if v not in ("zmlx_qkv", "zmlx_residual",
-                                                    "zmlx_attention")]  # fmt: skip
+DEFAULT_VARIANTS = [v for v in VARIANTS if v not in ("zmlx_qkv", "zmlx_residual", "zmlx_attention",
+                                                    "zmlx_linear", "zmlx_qkv_linear")]  # fmt: skip
 
 
 def setup_arg_parser() -> argparse.ArgumentParser:

@@ -6,8 +6,8 @@ run in another order than the one-word kernels': every op that takes it is compa
 one-word kernel within a few units in the last place of the output dtype (kernels on the CPU
 SIMT emulator, or the GPU), in every kernel format and dtype, dense and gathered, with
 awkward shapes: rows whose chunks leave lanes idle (24 chunks for 32 lanes), row counts
-that leave a group's last warps past the end, and several tokens. The float64 checks of ``test_quant`` and ``test_moe`` run with the tile on
-(its default), so they check it against the references too.
+that leave a group's last warps past the end, and several tokens, and against float64.
+The tile is off by default (slower on an H100, see ``quant_kernels.TILE``); it is on here.
 """
 
 from __future__ import annotations
@@ -24,6 +24,11 @@ from zmlx.kernels import moe, quant
 from zmlx.kernels import quant_kernels as qk
 from zmlx.kernels.moe_specs import random_indices
 from zmlx.kernels.quant_specs import random_qweight, random_x
+
+
+@pytest.fixture(autouse=True)
+def _tile_on(monkeypatch):
+    monkeypatch.setattr(qk, "TILE", True)
 
 
 def tiled(monkeypatch, fn, *args, **kw):

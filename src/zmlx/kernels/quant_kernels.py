@@ -719,8 +719,11 @@ def split_warps(d: int, bits: int, group_size: int) -> int:
 # ---------------------------------------------------------------------------------------
 # Tiles: 16-byte weight loads, x staged once per group in shared memory (decode's matvecs)
 
-# Use the tile kernel for the matvecs it covers (dense and gathered; see tile_plan).
-TILE = True
+# Use the tile kernel for the matvecs it covers (dense and gathered; see tile_plan). Off: on an
+# H100 at Qwen3-30B-A3B's decode shapes it was slower than the one-word kernels in every case
+# (kernel_profile_vec16_micro_h100.json: q_proj 7.8 against 4.5 us, o_proj 12.2 against 8.3,
+# lm_head 124 against 96, gathered gate/up 13.1 against 11.8 for the split-row kernel).
+TILE = False
 TILE_WARPS = 4  # warps per group; all of a group's warps work on one slot
 TILE_ROWS = 4  # most rows a warp owns
 TILE_MIN_WARPS = 1024  # fewer rows per warp until a launch has this many warps (or R = 1)
