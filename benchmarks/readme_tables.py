@@ -242,9 +242,11 @@ def _catalog() -> list[str]:
         out.append(f"| {dtype} | {', '.join(sorted(devices[dtype]))} | {len(mine)} | "
                    f"{len({r['op'] for r in mine})} | {len(faster)} | "
                    f"{len({r['op'] for r in faster})} | {top} |")  # fmt: skip
-    return out + ["", "Where stock ran faster, the op calls stock there (per dtype and size, "
-                  "`zmlx/kernels/overrides/stock_routes.json`); `patch` and `compile_decode` run "
-                  "their kernels regardless (their speed is measured end to end).", ""]  # fmt: skip
+    return out + ["", "Where stock ran faster, `ZMLX_STOCK_ROUTES=shipped` makes the op call "
+                  "stock there (per dtype and size, `zmlx/kernels/overrides/stock_routes.json`). "
+                  "It is off by default: some stock counterparts do not keep the op's contract "
+                  "(dtype, float32 sums, masked rows; `zmlx.kernels.routes`). `patch` and "
+                  "`compile_decode` run their kernels regardless.", ""]  # fmt: skip
 
 
 def _launches() -> list[str]:

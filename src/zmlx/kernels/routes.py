@@ -8,8 +8,13 @@ zmlx was slower into *routes*: ``(op, backend, dtype, element range) -> stock``,
 evidence. The op's public function then checks its routes on every call and hands the call to
 stock MLX inside a routed range; outside every range the kernel runs.
 
-* The table is ``zmlx/kernels/overrides/stock_routes.json``; ``ZMLX_STOCK_ROUTES=PATH`` reads
-  another file and ``ZMLX_STOCK_ROUTES=off`` ignores every route.
+* Routes are off unless ``ZMLX_STOCK_ROUTES`` names a table: ``shipped`` (the measured
+  ``zmlx/kernels/overrides/stock_routes.json``) or a file path (``off``: none). Off by
+  default because a stock counterpart does not always keep the op's contract: run on an
+  H100, routed calls of the shipped table raised (``rms_norm`` without its ``eps``), returned
+  another dtype (``z_loss``), summed half-precision inputs in half precision (indexing sums)
+  or differed in masked rows and gradients (masked softmax, top-k)
+  (``benchmarks/capsules/gpu_tests_vec16_h100.json``).
 * A call's size is the element count of its first array argument and its dtype that array's;
   a measured case's range reaches halfway (geometrically) to its measured neighbours, so the
   ranges of one ``(op, backend, dtype)`` tile the sizes the benchmark covered and beyond.
@@ -67,11 +72,11 @@ def bypass() -> Iterator[None]:
 
 
 def table_path() -> Path | None:
-    """The table file in use (None when ``ZMLX_STOCK_ROUTES=off``)."""
+    """The table file in use: None unless ``ZMLX_STOCK_ROUTES`` is ``shipped`` or a path."""
     env = os.environ.get("ZMLX_STOCK_ROUTES")
-    if env == "off":
+    if not env or env == "off":
         return None
-    return Path(env) if env else DEFAULT_TABLE
+    return DEFAULT_TABLE if env == "shipped" else Path(env)
 
 
 def read(path: str | os.PathLike) -> list[dict[str, Any]]:
