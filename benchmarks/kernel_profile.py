@@ -141,8 +141,10 @@ SETTINGS = {
     "zmlx_linear": {"patterns": ["moe_block", "qk_norm_rope", "quantized_linear"]},
     "zmlx_qkv_linear": {"patterns": ["moe_block", "qkv_norm_rope", "quantized_linear"]},
     "zmlx_qkv": {"patterns": ["moe_block", "qkv_norm_rope"]},
-    "zmlx_linear_tile": {"patterns": ["moe_block", "qk_norm_rope", "quantized_linear"],
-                         "zmlx.kernels.quant_kernels.TILE": True},
+    "zmlx_linear_tile": {
+        "patterns": ["moe_block", "qk_norm_rope", "quantized_linear"],
+        "zmlx.kernels.quant_kernels.TILE": True,
+    },
     "zmlx_tile_r2": {"zmlx.kernels.quant_kernels.TILE_ROWS": 2},
     "zmlx_tile_r1": {"zmlx.kernels.quant_kernels.TILE_ROWS": 1},
     "zmlx_tile_w8": {"zmlx.kernels.quant_kernels.TILE_WARPS": 8},
@@ -230,7 +232,8 @@ def micro_part(repeats: int, variants) -> dict:
                                  "o_2048x4096": (xo, wo, 4), "router8_128x2048": (x, wr, 8),
                                  "lm_head_151936x2048": (x, wl, 4)}.items():  # fmt: skip
         cases[f"stock_qmv_{name}"] = lambda xi=xi, wi=wi, bits=bits: mx.quantized_matmul(
-            xi, *wi, True, gs, bits)
+            xi, *wi, True, gs, bits
+        )
         cases[f"zmlx_qmv_{name}"] = lambda xi=xi, wi=wi, bits=bits: Q.qmv(xi, *wi, gs, bits)
     cases["stock_qkv_3x"] = lambda: [mx.quantized_matmul(x, *w, True, gs, 4) for w in (wq, wk, wk)]
     cases["zmlx_qkv_proj"] = lambda: Q.qkv_proj(x, *wq, *wk, *wk, gs, 4)

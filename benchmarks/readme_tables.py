@@ -27,11 +27,19 @@ def _cap(name: str) -> dict | None:
 
 
 # The four full-size families, stock against zmlx in one process each (the headline table).
-HEADLINE = ["moe_decode_qwen3_lfm2_h200.json", "moe_decode_glm_gptoss_h200.json"]
+HEADLINE = [
+    "moe_decode_qwen3_linear_h100.json",
+    "moe_decode_lfm2_moe_vec16_h100.json",
+    "moe_decode_glm4_moe_lite_vec16_h100.json",
+    "moe_decode_gpt_oss_vec16_h100.json",
+]
 DECODE_VARIANTS = [
+    "moe_decode_qwen3_linear_h100.json",
+    "moe_decode_qwen3_vec16_h100.json",
     "moe_decode_qwen3_split_experts_h100.json",
     "moe_decode_qwen3_profiled_h100.json",
-    *HEADLINE,
+    "moe_decode_qwen3_lfm2_h200.json",
+    "moe_decode_glm_gptoss_h200.json",
     "moe_decode_qwen3_qkv_h100.json",
     "moe_decode_qwen3_residual_h100.json",
     "moe_decode_qwen3_30b_a3b_h200.json",
@@ -39,7 +47,8 @@ DECODE_VARIANTS = [
     "moe_decode_qwen3_30b_a3b_h100_qk.json",
     "moe_decode_qwen3_30b_a3b_h100_noqk.json",
 ]
-FIXTURE_CAPSULES = ["fixture_decode_split_rows_128x5_h100.json", "fixture_decode_128x5_h100.json", "fixture_decode_qkv_128x5_h100.json",
+FIXTURE_CAPSULES = ["fixture_decode_vec16_128x5_h100.json", "fixture_decode_linear_128x5_h100.json",
+                    "fixture_decode_split_rows_128x5_h100.json", "fixture_decode_128x5_h100.json", "fixture_decode_qkv_128x5_h100.json",
                     "fixture_decode_residual_128x5_h100.json",
                     "fixture_decode_g32_h200.json", "fixture_decode_h200.json",
                     "fixture_decode_qwen3_qk_h100.json"]  # fmt: skip
@@ -50,6 +59,8 @@ CATALOG_CAPSULES = ["catalog_bench_h200.json", "catalog_bench_quant_h200.json",
                     "catalog_bench_f16_h100.json", "catalog_bench_f32_h100.json"]  # fmt: skip
 VARIANT_TEXT = {
     "zmlx_qkv": "`patch` (with `qkv_norm_rope`) + `compile_decode`",
+    "zmlx_linear": "`patch` (with `quantized_linear`) + `compile_decode`",
+    "zmlx_qkv_linear": "`patch` (with `qkv_norm_rope`, `quantized_linear`) + `compile_decode`",
     "zmlx_residual": "`patch` (with `moe_residual`) + `compile_decode`",
     "stock": "mlx-lm as is",
     "compiled": "`compile_decode` only",
@@ -144,11 +155,12 @@ def _headline() -> list[str]:
            "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]  # fmt: skip
     for name, cap, r in rows:
         v = r["variants"]
-        floor = v.get("compiled", {}).get("top1_agree", float("nan"))
+        floor = v.get("compiled", {}).get("top1_agree")
+        floor = "-" if floor is None else f"{100 * floor:.1f}%"
         out.append(f"| {r['model']} ({r['quant']}) | {cap['env']['device']} | "
                    f"{v['stock']['decode']['median']:.1f} | {v['zmlx']['decode']['median']:.1f} | "
                    f"{v['zmlx']['decode_speedup']:.2f}x | {v['zmlx']['prefill_speedup']:.2f}x | "
-                   f"{100 * v['zmlx']['top1_agree']:.1f}% | {100 * floor:.1f}% | `{name}` |")  # fmt: skip
+                   f"{100 * v['zmlx']['top1_agree']:.1f}% | {floor} | `{name}` |")  # fmt: skip
     return out + [""]
 
 

@@ -8,6 +8,7 @@ import mlx.core as mx
 import pytest
 
 from scripts import load_benchmark
+from zmlx.core.backend import gpu_backend
 
 pytest.importorskip("mlx_lm")
 
@@ -16,6 +17,7 @@ def _script():
     return load_benchmark("fixture_layers")
 
 
+@pytest.mark.skipif(gpu_backend() != "cpu", reason="one backend: the stock run is the CPU run")
 def test_records_every_layer_and_moe_block(tmp_path):
     fl = _script()
     out = tmp_path / "layers.json"

@@ -26,11 +26,15 @@ Rows per warp: ``R = 4`` (``2`` when two weights share the row loop) when that s
 1024 or more warps, else fewer; larger ``R`` amortises the activation load. Groups are 128
 threads (4 warps) so small launches still spread over many SMs.
 
-What bounds them at decode (an H100, Qwen3-30B-A3B's shapes): not memory. The gate/up kernel
-takes as long with all 8 experts in L2 as with them in DRAM, Nsight Compute shows its warps
-waiting on L1 most of the time at about one instruction a cycle per SM
-(``benchmarks/capsules/ncu_qmv_swiglu_h100.txt``), and a lane's ``D / 32`` inputs of x are
-more than the compiler keeps in registers, so they are reloaded for every row. The gathered
+What bounded them at decode (an H100, Qwen3-30B-A3B's shapes) was first the runtime-parameter
+read: the slot count ``rt`` lived in MLX's host-resident pool of small unified-memory arrays,
+and every warp's read of it crossed the bus (18-21 us for a 512x2048 matvec,
+``kernel_profile_tile_micro_h100.json``; 3.7 us once in device memory,
+``kernel_profile_vec16_micro_h100.json``; see :func:`zmlx.core.kernel.vector`). The earlier
+Nsight Compute profile (``benchmarks/capsules/ncu_qmv_swiglu_h100.txt``: warps waiting on L1
+most of the time, as slow with the experts in L2 as in DRAM) was taken with that read in
+place. A lane's ``D / 32`` inputs of x are also more than the compiler keeps in registers, so
+they are reloaded for every row. The gathered
 matvecs therefore split each row across the warps of a group when the row divides evenly
 (:func:`split_matvec_kernel`, :data:`SPLIT_WARPS`), so a lane holds ``D / (32 W)`` inputs.
 """
@@ -793,7 +797,9 @@ def _tile_rows(mode: str, mats: list[tuple[str, str, str]], n: str, ebase: str) 
                 "      }",
             ]
         if affine:
-            out.append(f"      sc{m}[r][c] = static_cast<float>({s}[grow + g]) * (float)(1 << BITS);")
+            out.append(
+                f"      sc{m}[r][c] = static_cast<float>({s}[grow + g]) * (float)(1 << BITS);"
+            )
             out.append(f"      bi{m}[r][c] = static_cast<float>({b}[grow + g]);")
         else:
             out.append(f"      sc{m}[r][c] = zx_e8m0(static_cast<uint>({s}[grow + g]));")
@@ -863,7 +869,7 @@ def tile_matvec_kernel(kind: str, mode: str, gather: bool, x_per_slot: bool, has
         raise ValueError(f"[quant_kernels] no tile kernel for {kind!r}")
     joint = {"plain": ["0"], "qkv": ["q"], **{k: ["g", "u"] for k in GATED}}
     inputs = ["x"]
-    for p in (("q", "k", "v") if kind == "qkv" else joint[kind]):
+    for p in ("q", "k", "v") if kind == "qkv" else joint[kind]:
         inputs += _qinputs(p, mode)
     if gather:
         inputs.append("idx")
