@@ -32,16 +32,16 @@ class Rule:
 _CPU_FIDELITY = "tests/test_patch.py::test_fixture_decode_is_token_identical"
 _EMULATED = "tests/test_patch.py::test_fixture_decode_on_kernel_emulator"
 _NO_GAIN = "the CPU runs the reference ops: correct but not faster than stock"
-# CUDA: the fixtures decode token-identically patched + compiled against stock on an H200
+# CUDA: the fixtures decode token-identically patched + compiled against stock on an H100
 # (quantized in groups of 32, see zmlx.models.build.backend_group_size), and the full-size
 # models decode faster with the same patterns under compile_decode, in the same process as
 # stock. Families without a speed capsule get no entry (patch() leaves them alone).
-_GPU_FIXTURES = "benchmarks/capsules/fixture_decode_g32_h200.json"
+_GPU_FIXTURES = "benchmarks/capsules/fixture_decode_vec16_128x5_h100.json"
 _SPEED = {
-    "qwen3_moe": "benchmarks/capsules/moe_decode_qwen3_lfm2_h200.json",
-    "lfm2_moe": "benchmarks/capsules/moe_decode_qwen3_lfm2_h200.json",
-    "glm4_moe_lite": "benchmarks/capsules/moe_decode_glm_gptoss_h200.json",
-    "gpt_oss": "benchmarks/capsules/moe_decode_glm_gptoss_h200.json",
+    "qwen3_moe": "benchmarks/capsules/moe_decode_qwen3_linear_h100.json",
+    "lfm2_moe": "benchmarks/capsules/moe_decode_lfm2_moe_vec16_h100.json",
+    "glm4_moe_lite": "benchmarks/capsules/moe_decode_glm4_moe_lite_vec16_h100.json",
+    "gpt_oss": "benchmarks/capsules/moe_decode_gpt_oss_vec16_h100.json",
 }
 _CUDA_PATTERNS = {
     "qwen3_moe": ("moe_block", "qk_norm_rope"),
