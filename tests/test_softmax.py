@@ -147,6 +147,23 @@ def test_extreme_values_and_nan_rows():
     assert np.isnan(y[0]).all() and not np.isnan(y[1]).any()
 
 
+@pytest.mark.parametrize("d", [3, 40, 300])
+@pytest.mark.parametrize("at", [0, 1, -1])
+def test_nan_rows_on_the_emulator(d, at):
+    """A NaN anywhere in a row (a lane's first value, or one merged into an empty state) makes
+    the whole row NaN, in every op that sums exponentials online; other rows are unaffected."""
+    x = mx.random.normal((3, d), key=mx.random.key(d)) * 3
+    x = mx.concatenate([x[:1], mx.full((1, d), -np.inf), x[2:]])
+    x[0, at] = np.nan
+    with emulator():
+        outs = [S.softmax(x), S.log_softmax(x), S.logsumexp(x)]
+        mx.eval(outs)
+    for got, ref in zip(outs, [S.softmax_ref(x), S.log_softmax_ref(x), S.logsumexp_ref(x)]):
+        got, ref = np.array(got), np.array(ref)
+        assert np.isnan(got[0]).all() and np.isnan(ref[0]).all()
+        np.testing.assert_allclose(got[2], ref[2], rtol=1e-5, atol=1e-6)
+
+
 def test_extreme_values_on_the_emulator():
     x = mx.array([[1e4, -1e4, 0.0, 1e4] * 10, [0.0, -np.inf, 0.0, 0.0] * 10])
     m = mx.array([[True] * 40, [False] * 40])

@@ -35,13 +35,18 @@ HEADER = r"""
 // Online logsumexp state: running max m and sum of exp(v - m) (s == 0 for an empty state).
 struct ZxLse { float m; float s; };
 ZX_INLINE ZxLse zx_lse(float m, float s) { ZxLse r; r.m = m; r.s = s; return r; }
+// A NaN input makes the state NaN in both fields (m and s), so merges keep it whatever the
+// other side holds, and the row's results are NaN, as the reference's are.
 ZX_INLINE ZxLse zx_lse_push(ZxLse a, float v) {
-  if (v == ZX_NEG_INF) { return a; }  // masked: adds nothing (and avoids -inf - -inf)
+  if (zx_isnan(v)) { return zx_lse(v, v); }
+  if (zx_isnan(a.s) || v == ZX_NEG_INF) { return a; }  // masked: adds nothing
   if (v > a.m) { a.s = a.s * zx_exp(a.m - v) + 1.0f; a.m = v; }
-  else { a.s += zx_exp(v - a.m); }     // a NaN v makes s NaN, as the reference does
+  else { a.s += zx_exp(v - a.m); }
   return a;
 }
 ZX_INLINE ZxLse zx_lse_merge(ZxLse a, ZxLse b) {
+  if (zx_isnan(a.s)) { return a; }
+  if (zx_isnan(b.s)) { return b; }
   const float m = a.m > b.m ? a.m : b.m;
   if (m == ZX_NEG_INF) { return a; }
   const float sa = a.m == ZX_NEG_INF ? 0.0f : a.s * zx_exp(a.m - m);

@@ -88,13 +88,17 @@ def _forward_body(mask_kind, log: bool) -> str:
     if log:
         write = "out[o_b + j] = static_cast<O>(v - lse_r);"
     else:
-        write = "out[o_b + j] = static_cast<O>(v == ZX_NEG_INF ? 0.0f : zx_exp(v - st.m) * inv);"
+        write = (
+            "out[o_b + j] = static_cast<O>(zx_isnan(inv) ? inv : "
+            "(v == ZX_NEG_INF ? 0.0f : zx_exp(v - st.m) * inv));"
+        )
     return (
         _prologue(mask_kind)
         + f"""  ZxLse st = zx_lse(ZX_NEG_INF, 0.0f);
   for (uint j = r_lid; j < D; j += r_step) {{ st = zx_lse_push(st, {load}); }}
   st = zx_row_lse(st, zx_buf, zx_buf2, r_lid, r_step);
-  const float inv = st.s > 0.0f ? 1.0f / st.s : 0.0f;  // an all -inf row gives zeros
+  // an all -inf row gives zeros, a row with a NaN NaNs
+  const float inv = st.s > 0.0f ? 1.0f / st.s : (zx_isnan(st.s) ? st.s : 0.0f);
   const float lse_r = st.m + zx_log(st.s);
   if (r_lid == 0u) {{ lse[row] = lse_r; }}
   const long o_b = (long)row * (long)D;
