@@ -738,15 +738,14 @@ TILE_MAX_D = 8192  # inputs a group stages in shared memory (float32: 32 KB)
 def tile_plan(d: int, bits: int, group_size: int, mats: int, n: int, slots: int
               ) -> tuple[int, int] | None:  # fmt: skip
     """``(VW, R)`` of the tile kernel for rows of ``d`` inputs, or None when it does not
-    take them: ``VW`` words per load (4 when a row is whole 16-byte chunks, else 2 or 1;
-    a chunk never spans two quantization groups) and ``R`` rows per warp (at most
-    :data:`TILE_ROWS`, fewer when a lane would hold more than :data:`TILE_MAX_WORDS` words or
-    the launch would have fewer than :data:`TILE_MIN_WARPS` warps)."""
-    if not TILE or d > TILE_MAX_D or (d * bits) % 32:
+    take them: ``VW = 4`` words per load (rows must be whole 16-byte chunks, and a chunk
+    lies in one quantization group: true of every kernel format) and ``R`` rows per warp (at
+    most :data:`TILE_ROWS`, fewer when a lane would hold more than :data:`TILE_MAX_WORDS`
+    words or the launch would have fewer than :data:`TILE_MIN_WARPS` warps)."""
+    vw, epw = 4, 32 // bits
+    if not TILE or d > TILE_MAX_D or d % (vw * epw) or group_size % (vw * epw):
         return None
     nw = d * bits // 32
-    epw = 32 // bits
-    vw = next(v for v in (4, 2, 1) if nw % v == 0 and group_size % (v * epw) == 0)
     ncl = math.ceil(nw // vw / 32)
     per_row = ncl * vw * mats
     if per_row > TILE_MAX_WORDS:
@@ -781,21 +780,15 @@ def _tile_rows(mode: str, mats: list[tuple[str, str, str]], n: str, ebase: str) 
         "      const int g = (ci * EPC) / GROUP_SIZE;",
     ]
     for m, (w, s, b) in enumerate(mats):
-        if True:
-            out += [
-                "      if (VW == 4) {",
-                f"        const zx_u4 v = zx_ld4({w} + wrow + (size_t)ci * 4, al{m});",
-                f"        qw{m}[r][c * VW] = v.x;",
-                f"        qw{m}[r][(c * VW + 1) % (NCL * VW)] = v.y;",
-                f"        qw{m}[r][(c * VW + 2) % (NCL * VW)] = v.z;",
-                f"        qw{m}[r][(c * VW + 3) % (NCL * VW)] = v.w;",
-                "      } else {",
-                "#pragma unroll",
-                "        for (int v = 0; v < VW; ++v) {",
-                f"          qw{m}[r][c * VW + v] = {w}[wrow + (size_t)ci * VW + v];",
-                "        }",
-                "      }",
-            ]
+        out += [
+            "      {",
+            f"        const zx_u4 v = zx_ld4({w} + wrow + (size_t)ci * 4, al{m});",
+            f"        qw{m}[r][c * 4] = v.x;",
+            f"        qw{m}[r][c * 4 + 1] = v.y;",
+            f"        qw{m}[r][c * 4 + 2] = v.z;",
+            f"        qw{m}[r][c * 4 + 3] = v.w;",
+            "      }",
+        ]
         if affine:
             out.append(
                 f"      sc{m}[r][c] = static_cast<float>({s}[grow + g]) * (float)(1 << BITS);"
@@ -851,7 +844,7 @@ def tile_matvec_kernel(kind: str, mode: str, gather: bool, x_per_slot: bool, has
     outputs, no folded norm), with fewer, wider loads and more of them in flight.
 
     A group of ``WB`` warps works on one slot (a token, or a token's expert), each warp on
-    ``R`` consecutive rows. A row is ``NC`` chunks of ``VW`` words (16 bytes at ``VW = 4``,
+    ``R`` consecutive rows. A row is ``NC`` chunks of ``VW = 4`` words (16 bytes,
     32 inputs at 4 bits), lane ``l`` owning chunks ``l, l + 32, ...``; a chunk lies in one
     quantization group, so it has one scale (and bias). Each lane first issues the loads of
     all its chunks of all ``R`` rows (with their scales), then the group stages the slot's
@@ -861,9 +854,9 @@ def tile_matvec_kernel(kind: str, mode: str, gather: bool, x_per_slot: bool, has
     lanes' partial sums meet in one warp reduction per row.
 
     Template constants: ``T``, ``D``, ``N`` (``NQ``, ``NK``, ``NV`` and group counts
-    ``NBQ``, ``NBK`` for q/k/v), ``BITS``, ``GROUP_SIZE``, ``R``, ``VW``, ``WB`` (warps per
-    group), ``NB`` (groups per slot), ``K`` (slots per token, gathered). Runtime: ``rt[0]`` =
-    slots.
+    ``NBQ``, ``NBK`` for q/k/v), ``BITS``, ``GROUP_SIZE``, ``R``, ``VW`` (4, see
+    :func:`tile_plan`), ``WB`` (warps per group), ``NB`` (groups per slot), ``K`` (slots per
+    token, gathered). Runtime: ``rt[0]`` = slots.
     """
     if kind not in ("plain", "qkv", *GATED):
         raise ValueError(f"[quant_kernels] no tile kernel for {kind!r}")
