@@ -349,7 +349,7 @@ MIN_VECTOR_BYTES = 16
 
 
 def _cuda() -> bool:
-    return mx.cuda.is_available()
+    return hasattr(mx, "cuda") and mx.cuda.is_available()
 
 
 def vector(values: Sequence[float | int], dtype: mx.Dtype) -> mx.array:
