@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import contextlib
-import importlib
 import re
 import statistics
 import sys
@@ -35,6 +33,7 @@ from pathlib import Path
 import mlx.core as mx
 
 from zmlx.bench import capsule
+from zmlx.bench import settings as bench_settings
 from zmlx.core.backend import device_name
 
 
@@ -157,21 +156,10 @@ SETTINGS = {
 }
 
 
-@contextlib.contextmanager
 def settings(values: dict):
-    old = {}
-    try:
-        for key, v in values.items():
-            if key in ("attention", "patterns"):
-                continue
-            mod, name = key.rsplit(".", 1)
-            m = importlib.import_module(mod)
-            old[(m, name)] = getattr(m, name)
-            setattr(m, name, v)
-        yield
-    finally:
-        for (m, name), v in old.items():
-            setattr(m, name, v)
+    """A variant's zmlx settings for a block (its ``attention``/``patterns`` are not module
+    constants and are left to the caller)."""
+    return bench_settings.applied(values)
 
 
 def moe_part(n_blocks: int, repeats: int, variants) -> dict:

@@ -32,6 +32,7 @@ import warnings
 import mlx.core as mx
 
 from zmlx.bench import capsule
+from zmlx.bench import settings as bench_settings
 from zmlx.bench.lm import teacher_forced
 from zmlx.core.backend import device_name
 from zmlx.decode import compile_decode
@@ -264,21 +265,11 @@ def run_family(family: str, args) -> dict:
 
 def apply_settings(items: list[str]) -> None:
     """``MODULE.NAME=VALUE`` settings of zmlx module constants (VALUE: an int, a float, or
-    true/false)."""
-    import importlib
-
-    for item in items:
-        key, _, raw = item.partition("=")
-        mod, _, name = key.rpartition(".")
-        if not mod.startswith("zmlx.") or not raw:
-            raise SystemExit(f"[moe_decode] expected --set zmlx.MODULE.NAME=VALUE, got {item!r}")
-        m = importlib.import_module(mod)
-        if not hasattr(m, name):
-            raise SystemExit(f"[moe_decode] {mod} has no setting {name!r}")
-        low = raw.lower()
-        value = low == "true" if low in ("true", "false") else (float(raw) if "." in raw
-                                                                else int(raw))  # fmt: skip
-        setattr(m, name, value)
+    true/false), for the whole run (:mod:`zmlx.bench.settings`)."""
+    try:
+        bench_settings.apply(bench_settings.parse(items))
+    except ValueError as e:
+        raise SystemExit(f"[moe_decode] {e}") from None
 
 
 def main(argv=None) -> int:

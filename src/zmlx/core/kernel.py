@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import mlx.core as mx
 
 from . import emulate as _emulate
-from .backend import backend, force_backend
+from .backend import backend, force_backend, gpu_backend
 from .dialect import DIALECTS, compact, render_body, render_header
 
 TemplateValue = bool | int | mx.Dtype
@@ -348,10 +348,6 @@ _VECTORS: dict[tuple, mx.array] = {}
 MIN_VECTOR_BYTES = 16
 
 
-def _cuda() -> bool:
-    return hasattr(mx, "cuda") and mx.cuda.is_available()
-
-
 def vector(values: Sequence[float | int], dtype: mx.Dtype) -> mx.array:
     """A cached small array carrying runtime parameters (sizes, offsets, hyper-parameters).
 
@@ -372,7 +368,7 @@ def vector(values: Sequence[float | int], dtype: mx.Dtype) -> mx.array:
         # memory; the vector is a view of that copy.
         pad = max(0, -(-MIN_VECTOR_BYTES // dtype.size) - len(vals))
         arr = mx.array(vals + [0] * pad, dtype=dtype)
-        if mx.default_device() == mx.gpu and _cuda():
+        if mx.default_device() == mx.gpu and gpu_backend() == "cuda":
             arr = arr + mx.array(0, dtype=dtype)
             mx.eval(arr)
         if pad:

@@ -38,6 +38,7 @@ from .quant import (
     gelu_kind,
     swiglu_ref,
     use_kernel,
+    weight_inputs,
 )
 
 # ---------------------------------------------------------------------------------------
@@ -160,52 +161,37 @@ def _gather_launch(op, kind, x, mats, indices, group_size, bits, mode, lins, fp,
         return None  # the caller applies the pre-norm in MLX ops first
     n = mats[0][0].shape[1]
     joint = 1 if kind == "plain" else 2
-    plan = qk.tile_plan(d, bits, group_size, joint, n, slots) if prenorm is None else None
-    if plan is not None:
-        vw, r = plan
-        per = qk.TILE_WARPS * r
-        nb = math.ceil(n / per)
-        kern = qk.tile_matvec_kernel(kind, mode, True, per_slot, lins is not None, False)
-        ins = [x]
-        for w, s, b in mats:
-            ins += [w, s] + ([b] if mode == "affine" else [])
-        ins.append(indices)
-        ins += list(lins) if lins is not None else []
-        ins += [fp] if fp is not None else []
-        tmpl = fmt_template(x, d, bits, group_size)
-        tmpl += [("N", n), ("R", r), ("VW", vw), ("WB", qk.TILE_WARPS), ("NB", nb), ("K", k)]
-        return kern(*ins, scalar(slots, mx.int32), output_shapes=[lead + (k, n)],
-                    output_dtypes=[x.dtype], grid=(slots * nb * qk.TILE_WARPS * 32, 1, 1),
-                    threadgroup=(qk.TILE_WARPS * 32, 1, 1), template=tmpl)[0]  # fmt: skip
     split = qk.split_warps(d, bits, group_size) if regs else 0
-    if split and lins is None and fp is None and prenorm is None:
+    plan = qk.tile_plan(d, bits, group_size, joint, n, slots) if prenorm is None else None
+    if plan is None and split and lins is None and fp is None and prenorm is None:
         kern = qk.split_matvec_kernel(kind, mode, per_slot)
-        ins = [x]
-        for w, s, b in mats:
-            ins += [w, s] + ([b] if mode == "affine" else [])
+        ins = [x] + weight_inputs(mats, mode)
         nb = math.ceil(n / qk.SPLIT_ROWS)
         tmpl = fmt_template(x, d, bits, group_size)
         tmpl += [("N", n), ("R", qk.SPLIT_ROWS), ("NB", nb), ("K", k), ("W", split)]
         return kern(*ins, indices, scalar(slots, mx.int32), output_shapes=[lead + (k, n)],
                     output_dtypes=[x.dtype], grid=(slots * nb * 32 * split, 1, 1),
                     threadgroup=(32 * split, 1, 1), template=tmpl)[0]  # fmt: skip
-    r = qk.rows_per_warp(slots, n, joint, d)
-    nb = math.ceil(n / r)
-    kern = qk.matvec_kernel(kind, mode, True, per_slot, lins is not None, False, regs,
-                            prenorm is not None, *qk.load_plan(d, bits))  # fmt: skip
-    ins = [x]
-    for w, s, b in mats:
-        ins += [w, s] + ([b] if mode == "affine" else [])
-    ins.append(indices)
+    tmpl = fmt_template(x, d, bits, group_size) + [("N", n), ("K", k)]
+    if plan is not None:
+        vw, r = plan
+        nb = math.ceil(n / (qk.TILE_WARPS * r))
+        kern = qk.tile_matvec_kernel(kind, mode, True, per_slot, lins is not None, False)
+        tmpl += [("VW", vw), ("WB", qk.TILE_WARPS)]
+        grid, tg = (slots * nb * qk.TILE_WARPS * 32, 1, 1), (qk.TILE_WARPS * 32, 1, 1)
+    else:
+        r = qk.rows_per_warp(slots, n, joint, d)
+        nb = math.ceil(n / r)
+        kern = qk.matvec_kernel(kind, mode, True, per_slot, lins is not None, False, regs,
+                                prenorm is not None, *qk.load_plan(d, bits))  # fmt: skip
+        grid, tg = qk.launch_shape(slots * nb)
+    ins = [x] + weight_inputs(mats, mode) + [indices]
     if lins is not None:
         ins += lins
     if fp is not None:
         ins.append(fp)
     if prenorm is not None:
         ins += [prenorm[0], prenorm[1], scalar(prenorm[2], mx.float32)]
-    grid, tg = qk.launch_shape(slots * nb)
-    tmpl = fmt_template(x, d, bits, group_size)
-    tmpl += [("N", n), ("R", r), ("NB", nb), ("K", k)]
     return kern(
         *ins,
         scalar(slots, mx.int32),
@@ -213,7 +199,7 @@ def _gather_launch(op, kind, x, mats, indices, group_size, bits, mode, lins, fp,
         output_dtypes=[x.dtype],
         grid=grid,
         threadgroup=tg,
-        template=tmpl,
+        template=tmpl + [("R", r), ("NB", nb)],
     )[0]
 
 
@@ -350,35 +336,27 @@ def gather_qmv_combine(h, w, scales, biases, indices, weights, group_size=64, bi
         for name, a in zip(("residual x", "residual a"), residual):
             check_like(op, name, a, lead + (dout,), h.dtype)
     tokens = math.prod(lead)
-    usable = tokens and use_kernel(op, h, scales, group_size, bits, mode, tokens, verbose)
-    if usable and mk.SPLIT_EXPERTS and i_dim <= qk.X_REG_MAX and k <= 32:
-        kern = mk.split_combine_kernel(mode, bias is not None, shared is not None,
-                                       shared_gate is not None, residual is not None)  # fmt: skip
-        ins = [h, w, scales] + ([biases] if mode == "affine" else []) + [indices, weights]
+    if tokens and use_kernel(op, h, scales, group_size, bits, mode, tokens, verbose):
+        flags = (bias is not None, shared is not None, shared_gate is not None)
+        if mk.SPLIT_EXPERTS and i_dim <= qk.X_REG_MAX and k <= 32:
+            kern = mk.split_combine_kernel(mode, *flags, residual is not None)
+            r = mk.SPLIT_ROWS  # rows per group of K warps
+            nb = math.ceil(dout / r)
+            grid, tg = (tokens * nb * 32 * k, 1, 1), (32 * k, 1, 1)
+        else:
+            r = qk.rows_per_warp(tokens, dout, 1, i_dim)
+            nb = math.ceil(dout / r)
+            batch, vec = qk.load_plan(i_dim, bits)
+            kern = mk.gather_combine_kernel(mode, *flags, i_dim <= qk.X_REG_MAX,
+                                            has_res=residual is not None, batch=batch,
+                                            vec=vec)  # fmt: skip
+            grid, tg = qk.launch_shape(tokens * nb)
+        ins = [h] + weight_inputs([(w, scales, biases)], mode) + [indices, weights]
         ins += [a for a in (bias, shared, shared_gate) if a is not None]
         ins += list(residual or ())
-        nb = math.ceil(dout / mk.SPLIT_ROWS)
         tmpl = [("T", h.dtype), ("P", promote((h.dtype, weights.dtype))), ("I", i_dim),
-                ("D", dout), ("BITS", bits), ("GROUP_SIZE", group_size), ("K", k),
-                ("R", mk.SPLIT_ROWS), ("NB", nb)]  # fmt: skip
-        return kern(*ins, scalar(tokens, mx.int32), output_shapes=[lead + (dout,)],
-                    output_dtypes=[h.dtype], grid=(tokens * nb * 32 * k, 1, 1),
-                    threadgroup=(32 * k, 1, 1), template=tmpl)[0]  # fmt: skip
-    if usable:
-        r = qk.rows_per_warp(tokens, dout, 1, i_dim)
-        nb = math.ceil(dout / r)
-        batch, vec = qk.load_plan(i_dim, bits)
-        kern = mk.gather_combine_kernel(mode, bias is not None, shared is not None,
-                                        shared_gate is not None, i_dim <= qk.X_REG_MAX,
-                                        has_res=residual is not None, batch=batch,
-                                        vec=vec)  # fmt: skip
-        ins = [h, w, scales] + ([biases] if mode == "affine" else []) + [indices, weights]
-        ins += [a for a in (bias, shared, shared_gate) if a is not None]
-        ins += list(residual or ())
-        grid, tg = qk.launch_shape(tokens * nb)
-        tmpl = [("T", h.dtype), ("P", promote((h.dtype, weights.dtype))), ("I", i_dim),
-                ("D", dout), ("BITS", bits)]  # fmt: skip
-        tmpl += [("GROUP_SIZE", group_size), ("K", k), ("R", r), ("NB", nb)]
+                ("D", dout), ("BITS", bits), ("GROUP_SIZE", group_size), ("K", k), ("R", r),
+                ("NB", nb)]  # fmt: skip
         return kern(*ins, scalar(tokens, mx.int32), output_shapes=[lead + (dout,)],
                     output_dtypes=[h.dtype], grid=grid, threadgroup=tg,
                     template=tmpl)[0]  # fmt: skip

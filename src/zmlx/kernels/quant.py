@@ -163,8 +163,19 @@ def fmt_template(x, d, bits, group_size) -> list:
 # Public ops
 
 
+def weight_inputs(mats, mode) -> list:
+    """Kernel inputs of quantized weights ``mats`` (``(w, scales, biases)`` each): w, scales
+    and, for affine, biases."""
+    ins = []
+    for w, s, b in mats:
+        ins += [w, s] + ([b] if mode == "affine" else [])
+    return ins
+
+
 def _dense(op, kind, x, mats, group_size, bits, mode, lin=None, res=None, verbose=False):
-    """Run a dense matvec kernel (``mats``: list of (w, scales, biases)) or return None."""
+    """Run a dense matvec kernel (``mats``: list of (w, scales, biases)) or return None: the
+    tile kernel where :func:`~zmlx.kernels.quant_kernels.tile_plan` takes the rows, else the
+    one-word kernel."""
     d = x.shape[-1]
     rows = x.size // d if d else 0
     if rows == 0 or not use_kernel(op, x, mats[0][1], group_size, bits, mode, rows, verbose):
@@ -172,65 +183,22 @@ def _dense(op, kind, x, mats, group_size, bits, mode, lin=None, res=None, verbos
     ns = [m[0].shape[0] for m in mats]
     joint = 1 if kind in ("plain", "qkv") else 2
     plan = qk.tile_plan(d, bits, group_size, joint, sum(ns) if kind == "qkv" else ns[0], rows)
+    flags = (lin is not None, res is not None)
     if plan is not None:
-        return _dense_tile(kind, x, mats, group_size, bits, mode, plan, ns, rows, lin, res)
-    r = qk.rows_per_warp(rows, max(ns), joint, d)
-    batch, vec = qk.load_plan(d, bits)
-    kern = qk.matvec_kernel(
-        kind,
-        mode,
-        False,
-        False,
-        lin is not None,
-        res is not None,
-        d <= qk.X_REG_MAX,
-        batch=batch,
-        vec=vec,
-    )
-    ins = [x]
-    for w, s, b in mats:
-        ins += [w, s] + ([b] if mode == "affine" else [])
-    if lin is not None:
-        ins += list(lin)
-    if res is not None:
-        ins.append(res)
-    tmpl = fmt_template(x, d, bits, group_size) + [("R", r)]
-    if kind == "qkv":
-        nbs = [math.ceil(n / r) for n in ns]
-        nb = sum(nbs)
-        tmpl += [("NQ", ns[0]), ("NK", ns[1]), ("NV", ns[2]), ("NBQ", nbs[0]), ("NBK", nbs[1])]
-        shapes = [x.shape[:-1] + (n,) for n in ns]
+        vw, r = plan
+        kern = qk.tile_matvec_kernel(kind, mode, False, False, *flags)
+        per = qk.TILE_WARPS * r  # rows per group
+        tmpl = [("R", r), ("VW", vw), ("WB", qk.TILE_WARPS)]
     else:
-        nb = math.ceil(ns[0] / r)
-        tmpl += [("N", ns[0])]
-        shapes = [x.shape[:-1] + (ns[0],)]
-    grid, tg = qk.launch_shape(rows * nb)
-    outs = kern(
-        *ins,
-        scalar(rows, mx.int32),
-        output_shapes=shapes,
-        output_dtypes=[x.dtype] * len(shapes),
-        grid=grid,
-        threadgroup=tg,
-        template=tmpl + [("NB", nb)],
-    )
-    return outs
-
-
-def _dense_tile(kind, x, mats, group_size, bits, mode, plan, ns, rows, lin, res):
-    """:func:`_dense` with the tile kernel (``plan``: ``(VW, R)`` of ``qk.tile_plan``)."""
-    d = x.shape[-1]
-    vw, r = plan
-    per = qk.TILE_WARPS * r  # rows per group
-    kern = qk.tile_matvec_kernel(kind, mode, False, False, lin is not None, res is not None)
-    ins = [x]
-    for w, s, b in mats:
-        ins += [w, s] + ([b] if mode == "affine" else [])
-    if lin is not None:
-        ins += list(lin)
-    if res is not None:
-        ins.append(res)
-    tmpl = fmt_template(x, d, bits, group_size) + [("R", r), ("VW", vw), ("WB", qk.TILE_WARPS)]
+        r = qk.rows_per_warp(rows, max(ns), joint, d)
+        batch, vec = qk.load_plan(d, bits)
+        kern = qk.matvec_kernel(kind, mode, False, False, *flags, d <= qk.X_REG_MAX,
+                                batch=batch, vec=vec)  # fmt: skip
+        per = r  # rows per warp
+        tmpl = [("R", r)]
+    ins = [x] + weight_inputs(mats, mode) + (list(lin) if lin is not None else [])
+    ins += [res] if res is not None else []
+    tmpl = fmt_template(x, d, bits, group_size) + tmpl
     if kind == "qkv":
         nbs = [math.ceil(n / per) for n in ns]
         nb = sum(nbs)
@@ -240,9 +208,13 @@ def _dense_tile(kind, x, mats, group_size, bits, mode, plan, ns, rows, lin, res)
         nb = math.ceil(ns[0] / per)
         tmpl += [("N", ns[0])]
         shapes = [x.shape[:-1] + (ns[0],)]
+    if plan is not None:
+        grid, tg = (rows * nb * qk.TILE_WARPS * 32, 1, 1), (qk.TILE_WARPS * 32, 1, 1)
+    else:
+        grid, tg = qk.launch_shape(rows * nb)
     return kern(*ins, scalar(rows, mx.int32), output_shapes=shapes,
-                output_dtypes=[x.dtype] * len(shapes), grid=(rows * nb * qk.TILE_WARPS * 32, 1, 1),
-                threadgroup=(qk.TILE_WARPS * 32, 1, 1), template=tmpl + [("NB", nb)])  # fmt: skip
+                output_dtypes=[x.dtype] * len(shapes), grid=grid, threadgroup=tg,
+                template=tmpl + [("NB", nb)])  # fmt: skip
 
 
 def qmv(x, w, scales, biases=None, group_size=64, bits=4, mode="affine", *, verbose=False):

@@ -408,6 +408,33 @@ GATED = {
 }
 
 
+# The weights a matvec kind multiplies by, named by their input prefixes ("qkv" loads "q" in
+# each of its three branches).
+_JOINT = {"plain": ["0"], "qkv": ["q"], **{k: ["g", "u"] for k in GATED}}
+
+
+def _matvec_signature(kind: str, mode: str, gather: bool, has_bias: bool, has_res: bool,
+                      norm: bool = False) -> tuple[list[str], list[str]]:  # fmt: skip
+    """Input and output names of a matvec kernel (one-word or tile) of this variant."""
+    inputs = ["x"]
+    for p in ("q", "k", "v") if kind == "qkv" else _JOINT[kind]:
+        inputs += _qinputs(p, mode)
+    if gather:
+        inputs.append("idx")
+    if has_bias:
+        inputs += (
+            ["bias_q", "bias_k", "bias_v"] if kind == "qkv" else [f"bias_{p}" for p in _JOINT[kind]]
+        )
+    if has_res:
+        inputs.append("res")
+    if kind == "swiglu_oai":
+        inputs.append("fp")
+    if norm:
+        inputs += ["xa", "nrmw", "npr"]
+    inputs.append("rt")
+    return inputs, (["q_out", "k_out", "v_out"] if kind == "qkv" else ["out"])
+
+
 @cache
 def matvec_kernel(
     kind: str,
@@ -442,28 +469,7 @@ def matvec_kernel(
     ``NK``, ``NV`` for q/k/v), ``BITS``, ``GROUP_SIZE``, ``R`` (rows per warp), ``NB``
     (warps per slot), ``K`` (slots per token). Runtime: ``rt[0]`` = number of slots.
     """
-    joint = {"plain": ["0"], "qkv": ["q"], **{k: ["g", "u"] for k in GATED}}
-    inputs = ["x"]
-    if kind == "qkv":
-        for p in ("q", "k", "v"):
-            inputs += _qinputs(p, mode)
-    else:
-        for p in joint[kind]:
-            inputs += _qinputs(p, mode)
-    if gather:
-        inputs.append("idx")
-    if has_bias:
-        inputs += (
-            ["bias_q", "bias_k", "bias_v"] if kind == "qkv" else [f"bias_{p}" for p in joint[kind]]
-        )
-    if has_res:
-        inputs.append("res")
-    if kind == "swiglu_oai":
-        inputs.append("fp")
-    if norm:
-        inputs += ["xa", "nrmw", "npr"]
-    inputs.append("rt")
-    outputs = ["q_out", "k_out", "v_out"] if kind == "qkv" else ["out"]
+    inputs, outputs = _matvec_signature(kind, mode, gather, has_bias, has_res, norm)
 
     xrow = "slot" if (x_per_slot or not gather) else "slot / K"
     body = f"""
@@ -497,13 +503,13 @@ def matvec_kernel(
             parts.append(_qkv_store(p, nn, has_bias))
         body += "\n".join(parts) + "\n  }\n"
     else:
-        names = [f"acc{m}" for m in range(len(joint[kind]))]
+        names = [f"acc{m}" for m in range(len(_JOINT[kind]))]
         body += "  const int row0 = wb * R;\n"
         body += _acc_decl(names)
-        mats = [_mat(p, mode) for p in joint[kind]]
+        mats = [_mat(p, mode) for p in _JOINT[kind]]
         body += _row_loop(mode, mats, "N", "ex * N", regs, "acc", batch, vec)
         body += _reduce(names)
-        body += _store(kind, joint[kind], gather, has_bias, has_res)
+        body += _store(kind, _JOINT[kind], gather, has_bias, has_res)
     return Kernel(
         f"qmv_{kind}_{mode}{'_gather' if gather else ''}{'_prenorm' if norm else ''}"
         f"{'_batched' if batch else ''}{f'_v{vec}' if vec != 1 else ''}",
@@ -860,22 +866,7 @@ def tile_matvec_kernel(kind: str, mode: str, gather: bool, x_per_slot: bool, has
     """
     if kind not in ("plain", "qkv", *GATED):
         raise ValueError(f"[quant_kernels] no tile kernel for {kind!r}")
-    joint = {"plain": ["0"], "qkv": ["q"], **{k: ["g", "u"] for k in GATED}}
-    inputs = ["x"]
-    for p in ("q", "k", "v") if kind == "qkv" else joint[kind]:
-        inputs += _qinputs(p, mode)
-    if gather:
-        inputs.append("idx")
-    if has_bias:
-        inputs += (
-            ["bias_q", "bias_k", "bias_v"] if kind == "qkv" else [f"bias_{p}" for p in joint[kind]]
-        )
-    if has_res:
-        inputs.append("res")
-    if kind == "swiglu_oai":
-        inputs.append("fp")
-    inputs.append("rt")
-    outputs = ["q_out", "k_out", "v_out"] if kind == "qkv" else ["out"]
+    inputs, outputs = _matvec_signature(kind, mode, gather, has_bias, has_res)
     xrow = "slot" if (x_per_slot or not gather) else "slot / K"
     e = "static_cast<int>(idx[slot])" if gather else "0"
     body = f"""
@@ -909,14 +900,14 @@ def tile_matvec_kernel(kind: str, mode: str, gather: bool, x_per_slot: bool, has
             body += _qkv_store(p, nn, has_bias) + "\n"
         body += "  }\n"
     else:
-        names = [f"acc{m}" for m in range(len(joint[kind]))]
-        mats = [_mat(p, mode) for p in joint[kind]]
+        names = [f"acc{m}" for m in range(len(_JOINT[kind]))]
+        mats = [_mat(p, mode) for p in _JOINT[kind]]
         body += "  const int row0 = (gb * WB + (int)warp) * R;\n"
         body += "".join(f"  const bool al{m} = zx_al16({w});\n" for m, (w, _, _) in enumerate(mats))
         body += _acc_decl(names) + "\n"
         body += _tile_rows(mode, mats, "N", "ex * N")
         body += _reduce(names) + "\n"
-        body += _store(kind, joint[kind], gather, has_bias, has_res)
+        body += _store(kind, _JOINT[kind], gather, has_bias, has_res)
     return Kernel(
         f"qmv_{kind}_{mode}{'_gather' if gather else ''}_tile",
         inputs,

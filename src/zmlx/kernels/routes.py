@@ -21,9 +21,6 @@ stock MLX inside a routed range; outside every range the kernel runs.
 * Only ops with a route are wrapped (:func:`install`, when the catalog registers the op), so
   an empty table costs nothing. ``KernelSpec.op`` stays the kernel itself, which the catalog's
   tests check against the reference.
-* The shipped table holds timings of real GPUs: under the CPU kernel emulator (whose backend
-  reads "cuda") and while launches are captured (:func:`zmlx.core.kernel.capture`) only a
-  table named by ``ZMLX_STOCK_ROUTES`` routes.
 * A routed call still gets the op's own argument errors: the op runs once per call shape
   without launching anything (:func:`zmlx.core.kernel.dry_run`) before stock MLX runs it.
 * The benchmark times eager calls, whose Python overhead a compiled decode step does not pay
@@ -48,9 +45,8 @@ from typing import Any
 
 import mlx.core as mx
 
-from ..core import emulate
 from ..core.backend import backend as current_backend
-from ..core.kernel import capturing, dry_run
+from ..core.kernel import dry_run
 
 SCHEMA = "zmlx.stock_routes"
 DEFAULT_TABLE = Path(__file__).resolve().parent / "overrides" / "stock_routes.json"
@@ -125,8 +121,6 @@ def routed(op: str, backend: str, args: Iterable[Any]) -> dict[str, Any] | None:
     entries = _table().get(op)
     if not entries or _BYPASS.get():
         return None
-    if os.environ.get("ZMLX_STOCK_ROUTES") is None and (emulate.active() or capturing()):
-        return None  # the shipped table times real GPUs; the emulator and capture test kernels
     x = first_array(args)
     if x is None:
         return None

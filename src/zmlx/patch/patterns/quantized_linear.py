@@ -28,9 +28,9 @@ class FusedQuantizedLinear(DecodeFused):
         if not self.zmlx_fused(x):
             return super().__call__(x)
         p = quantized_params(self)
-        fmt = dict(group_size=p["group_size"], bits=p["bits"], mode=p["mode"])
         if p["bias"] is not None and p["bias"].dtype != x.dtype:
             return super().__call__(x)  # the kernel adds a bias of x's dtype
+        fmt = dict(group_size=p["group_size"], bits=p["bits"], mode=p["mode"])
         if p["bias"] is not None:
             return Q.qmv_bias(x, p["w"], p["scales"], p["biases"], p["bias"], **fmt)
         return Q.qmv(x, p["w"], p["scales"], p["biases"], **fmt)

@@ -1,0 +1,58 @@
+"""zmlx module constants (kernel switches, rows per group, ...) set for a benchmark run.
+
+A setting is ``"zmlx.MODULE.NAME": value``; :func:`parse` reads them from ``--set`` items
+(``MODULE.NAME=VALUE``), :func:`apply` sets them for the process and :func:`applied` for a
+block. Keys outside ``zmlx.`` (a benchmark's own options in the same dict) are left alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+
+def parse(items: Iterable[str]) -> dict[str, Any]:
+    """``MODULE.NAME=VALUE`` items as settings (VALUE: an int, a float, or true/false).
+
+    Raises:
+        ValueError: an item outside ``zmlx.``, without a value, or naming no such constant.
+    """
+    out = {}
+    for item in items:
+        key, _, raw = item.partition("=")
+        mod, _, name = key.rpartition(".")
+        if not mod.startswith("zmlx.") or not raw:
+            raise ValueError(f"[settings] expected --set zmlx.MODULE.NAME=VALUE, got {item!r}")
+        if not hasattr(importlib.import_module(mod), name):
+            raise ValueError(f"[settings] {mod} has no setting {name!r}")
+        low = raw.lower()
+        out[key] = low == "true" if low in ("true", "false") else (float(raw) if "." in raw
+                                                                   else int(raw))  # fmt: skip
+    return out
+
+
+def apply(values: dict[str, Any]) -> dict[tuple[Any, str], Any]:
+    """Set the ``zmlx.`` settings of ``values``; returns the old values by (module, name)."""
+    old = {}
+    for key, v in values.items():
+        if not key.startswith("zmlx."):
+            continue
+        mod, name = key.rsplit(".", 1)
+        m = importlib.import_module(mod)
+        old[(m, name)] = getattr(m, name)
+        setattr(m, name, v)
+    return old
+
+
+@contextlib.contextmanager
+def applied(values: dict[str, Any]) -> Iterator[None]:
+    """:func:`apply` for the block, the old values restored after it."""
+    old = {}
+    try:
+        old = apply(values)
+        yield
+    finally:
+        for (m, name), v in old.items():
+            setattr(m, name, v)
