@@ -117,6 +117,7 @@ SETTINGS = {
     "zmlx_batched_loads": {"zmlx.kernels.quant_kernels.BATCH_LOADS": True},
     "zmlx_fused_router": {"zmlx.patch.patterns.moe_block.FUSED_ROUTER": True},
     "zmlx_stock_attention": {"attention": "stock"},
+    "zmlx_attention": {"attention": "zmlx"},
     "zmlx_split_rows": {"zmlx.kernels.quant_kernels.SPLIT_WARPS": 4},
     "zmlx_split_rows_w8": {"zmlx.kernels.quant_kernels.SPLIT_WARPS": 8},
     "zmlx_split_rows_r2": {

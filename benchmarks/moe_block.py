@@ -12,12 +12,20 @@ measured in the same process (a large device copy).
 Each timed run evaluates ``--batch`` independent blocks in one graph, which the device may
 run overlapped: the times are throughput, not the latency of one layer's block in a model
 (for that, ``benchmarks/launch_cost.py --moe-blocks N`` chains blocks as layers are).
+
+``--device-time N`` measures device time instead, as a model's layers run: ``N`` blocks with
+weights of their own (so the selected experts stream from DRAM, not L2) chained, each block's
+output the next one's input, evaluated at once; CUPTI's kernel records (through PyTorch's
+profiler, as ``kernel_profile.py`` reads them) give the time some kernel of the chain is
+running, per block. The copy bandwidth is then a large copy's device time, read the same way.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
+from pathlib import Path
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -63,6 +71,13 @@ def setup_arg_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="tuning: the batched row loop (quant_kernels.BATCH_LOADS)",
     )
+    p.add_argument(
+        "--device-time",
+        type=int,
+        default=0,
+        metavar="N",
+        help="device time (CUPTI) of N chained blocks with distinct weights, not wall time",
+    )
     p.add_argument("--json", help="write the capsule here")
     return p
 
@@ -105,7 +120,9 @@ def _switch_glu(d, i, e, q, bias=False, activation=None):
     return glu
 
 
-def run_case(name, d, i, e, k, quant, t, args, rng) -> dict:
+def _case_parts(name, d, i, e, k, quant, t, rng):
+    """One block's pieces: ``(stock, fused, glu, x, inds, scores)``, where ``stock`` and
+    ``fused`` map ``(x, inds, scores)`` to the block's output."""
     q = QUANT[quant]
     oai = name.startswith("gpt_oss")
     act = None
@@ -135,21 +152,78 @@ def run_case(name, d, i, e, k, quant, t, args, rng) -> dict:
                                 activation="swiglu_oai" if oai else "swiglu", **q)  # fmt: skip
         return K.gather_qmv_combine(h, *qp(dn), inds, scores, bias=dn.get("bias"), **q)
 
+    return stock, fused, glu, x, inds, scores
+
+
+def _expert_bytes(glu, e: int) -> int:
+    """Bytes of one expert's gate, up and down weights (with scales, biases)."""
+    return sum(
+        sum(a.nbytes for a in (layer["weight"], layer["scales"], layer.get("biases"))
+            if a is not None) // e
+        for layer in (glu["gate_proj"], glu["up_proj"], glu["down_proj"])
+    )  # fmt: skip
+
+
+def _profiler():
+    """``kernel_profile.profile``: CUPTI kernel records of a callable (needs CUDA PyTorch)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from kernel_profile import profile
+
+    return profile
+
+
+def device_time_case(name, d, i, e, k, quant, t, n_blocks, repeats, rng) -> dict:
+    """``n_blocks`` blocks with their own weights and routing, chained; device time per block
+    of stock and zmlx (CUPTI busy time of the whole chain / ``n_blocks``)."""
+    profile = _profiler()
+    parts = [_case_parts(name, d, i, e, k, quant, t, rng) for _ in range(n_blocks)]
+    x0 = parts[0][3]
+    for stock, fused, _, x, inds, scores in parts[:2]:
+        assert_close(fused(x, inds, scores), stock(x, inds, scores), atol=3e-2, rtol=3e-2,
+                     name=f"{name} T={t}")  # fmt: skip
+
+    def chain(which):
+        def run():
+            y = x0
+            for p in parts:
+                y = p[which](y, p[4], p[5])
+            mx.eval(y)
+
+        return run
+
+    out = {}
+    for label, which in (("mlx_switchglu", 0), ("zmlx", 1)):
+        prof = profile(chain(which), repeats)
+        out[label] = {"block_us": prof["busy_us"] / n_blocks, "span_us": prof["span_us"] / n_blocks,
+                      "kernels": prof["kernels"] / n_blocks,
+                      "by_name": prof["by_name"][:8]}  # fmt: skip
+    unique = [len(np.unique(np.array(p[4]))) for p in parts]
+    nbytes = statistics.mean(unique) * _expert_bytes(parts[0][2], e)
+    for tm in out.values():
+        tm["gbps"] = nbytes / (tm["block_us"] * 1e-6) / 1e9
+    out["zmlx"]["speedup"] = out["mlx_switchglu"]["block_us"] / out["zmlx"]["block_us"]
+    return {"model": name, "tokens": t, "d": d, "i": i, "experts": e, "k": k, "quant": quant,
+            "blocks": n_blocks, "unique_experts": statistics.mean(unique),
+            "weight_bytes": nbytes, "device_time": out}  # fmt: skip
+
+
+def copy_bandwidth_device(repeats: int, nbytes: int = 1 << 30) -> float:
+    """Device copy bandwidth in GB/s (read + write) from CUPTI's record of a large copy."""
+    profile = _profiler()
+    x = mx.zeros((nbytes // 2,), dtype=mx.float16)
+    mx.eval(x)
+    prof = profile(lambda: mx.eval(x + 0), repeats)
+    return 2 * nbytes / (prof["busy_us"] * 1e-6) / 1e9
+
+
+def run_case(name, d, i, e, k, quant, t, args, rng) -> dict:
+    stock, fused, glu, x, inds, scores = _case_parts(name, d, i, e, k, quant, t, rng)
     want, got = stock(x, inds, scores), fused(x, inds, scores)
     assert_close(got, want, atol=3e-2, rtol=3e-2, name=f"{name} T={t}")
     timings = compare({"mlx_switchglu": stock, "zmlx": fused}, (x, inds, scores),
                       repeats=args.repeats, batch=args.batch)  # fmt: skip
     unique = len(np.unique(np.array(inds)))
-    per_expert = sum(
-        sum(
-            a.nbytes
-            for a in (layer["weight"], layer["scales"], layer.get("biases"))
-            if a is not None
-        )
-        // e
-        for layer in (g, u, dn)
-    )
-    nbytes = unique * per_expert
+    nbytes = unique * _expert_bytes(glu, e)
     for tm in timings.values():
         tm["gbps"] = nbytes / (tm["median_us"] * 1e-6) / 1e9
         tm["eval_gbps"] = nbytes / (tm["median_eval_us"] * 1e-6) / 1e9
@@ -161,6 +235,8 @@ def main(argv=None) -> int:
     args = setup_arg_parser().parse_args(argv)
     tuning = apply_tuning(args)
     rng = np.random.default_rng(0)
+    if args.device_time:
+        return device_time_main(args, tuning, rng)
     bw = copy_bandwidth(1 << 30 if args.scale == 1.0 else 1 << 24)
     rows = []
     print(f"device: {device_name()}   copy bandwidth: {bw:.0f} GB/s")
@@ -182,6 +258,35 @@ def main(argv=None) -> int:
                   f"{100 * r['fraction_of_copy']:>6.1f}%")  # fmt: skip
     if args.json:
         results = {"copy_bandwidth_gbps": bw, "rows": rows, "tuning": tuning}
+        capsule.write(capsule.make("moe_block_bench", results), args.json)
+        print(f"capsule: {args.json}")
+    return 0
+
+
+def device_time_main(args, tuning, rng) -> int:
+    """``--device-time``: chained blocks, CUPTI device time (see the module docstring)."""
+    bw = copy_bandwidth_device(args.repeats)
+    print(f"device: {device_name()}   copy bandwidth (device time): {bw:.0f} GB/s")
+    print(f"per block, device time of {args.device_time} chained blocks with their own weights")
+    print(f"{'model':<15} {'T':>3} {'stock us':>9} {'zmlx us':>8} {'speedup':>8} {'GB/s':>6} "
+          f"{'% copy':>7}")  # fmt: skip
+    rows = []
+    for name in args.models:
+        d, i, e, k, quant = MODELS[name]
+        if args.scale != 1.0:
+            d, i = max(64, int(d * args.scale) // 64 * 64), max(64, int(i * args.scale) // 64 * 64)
+        for t in args.tokens:
+            r = device_time_case(name, d, i, e, k, quant, t, args.device_time, args.repeats, rng)
+            z, s = r["device_time"]["zmlx"], r["device_time"]["mlx_switchglu"]
+            r["fraction_of_copy"] = z["gbps"] / bw
+            rows.append(r)
+            print(f"{name:<15} {t:>3} {s['block_us']:>9.1f} {z['block_us']:>8.1f} "
+                  f"{z['speedup']:>7.2f}x {z['gbps']:>6.0f} {100 * r['fraction_of_copy']:>6.1f}%",
+                  flush=True)  # fmt: skip
+            mx.clear_cache()
+    if args.json:
+        results = {"copy_bandwidth_gbps": bw, "timing": "device (CUPTI)", "rows": rows,
+                   "tuning": tuning}  # fmt: skip
         capsule.write(capsule.make("moe_block_bench", results), args.json)
         print(f"capsule: {args.json}")
     return 0

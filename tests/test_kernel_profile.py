@@ -56,3 +56,29 @@ def test_moe_decode_set_parses_and_refuses_bad_settings(monkeypatch):
         md.apply_settings(["zmlx.kernels.moe_kernels.NOPE=1"])
     with pytest.raises(SystemExit, match="expected --set"):
         md.apply_settings(["numpy.pi=3"])
+
+
+def test_moe_block_device_time_bookkeeping(monkeypatch):
+    """``moe_block.py --device-time``: the chain runs both forms (checked against each other
+    first) and per-block figures are the chain's divided by its length."""
+    import numpy as np
+
+    mb = load_benchmark("moe_block")
+    calls = []
+
+    def fake_profile(run, repeats):
+        calls.append(repeats)
+        run()
+        busy = 600.0 if len(calls) % 2 else 200.0  # stock's chain, then zmlx's
+        return {"busy_us": busy, "span_us": busy + 30.0, "kernels": 9.0, "by_name": []}
+
+    monkeypatch.setattr(mb, "_profiler", lambda: fake_profile)
+    r = mb.device_time_case("qwen3_30b_a3b", 128, 64, 16, 4, "4bit", 1, 3, 2,
+                            np.random.default_rng(1))  # fmt: skip
+    dt = r["device_time"]
+    assert calls == [2, 2] and r["blocks"] == 3 and r["unique_experts"] == 4
+    assert dt["mlx_switchglu"]["block_us"] == 200.0 and dt["zmlx"]["block_us"] == 200.0 / 3
+    assert dt["zmlx"]["speedup"] == 3.0
+    assert dt["zmlx"]["gbps"] == r["weight_bytes"] / (200.0 / 3 * 1e-6) / 1e9
+    # one expert's gate, up (64 x 128) and down (128 x 64), 4-bit, group 64, with scales and biases
+    assert r["weight_bytes"] == 4 * 3 * (64 * 128 // 2 + 2 * 2 * 64 * 128 // 64)
