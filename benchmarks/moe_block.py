@@ -287,7 +287,7 @@ def device_time_main(args, tuning, rng) -> int:
     if args.json:
         results = {"copy_bandwidth_gbps": bw, "timing": "device (CUPTI)", "rows": rows,
                    "tuning": tuning}  # fmt: skip
-        capsule.write(capsule.make("moe_block_bench", results), args.json)
+        capsule.write(capsule.make("moe_block_device", results), args.json)
         print(f"capsule: {args.json}")
     return 0
 

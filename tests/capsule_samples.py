@@ -97,6 +97,23 @@ RESULTS = {
             }
         ],
     },  # fmt: skip
+    "moe_block_device": {
+        "copy_bandwidth_gbps": 3000.0,
+        "timing": "device (CUPTI)",
+        "rows": [
+            {
+                "model": "qwen3_30b_a3b",
+                "tokens": 1,
+                "blocks": 8,
+                "weight_bytes": 21233664,
+                "fraction_of_copy": 0.4,
+                "device_time": {
+                    "mlx_switchglu": {"block_us": 72.0, "gbps": 295.0},
+                    "zmlx": {"block_us": 18.0, "gbps": 1180.0, "speedup": 4.0},
+                },
+            }
+        ],
+    },  # fmt: skip
     "gpu_tests": {
         "passed": 10,
         "failed": 1,

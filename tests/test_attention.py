@@ -74,9 +74,11 @@ def _many_chunks(monkeypatch):
 @pytest.mark.no_emulate  # it enters the emulator itself
 @pytest.mark.skipif(not emulate.available(), reason="needs a C++ compiler")
 @pytest.mark.parametrize("dtype", [mx.float32, mx.bfloat16], ids=["f32", "bf16"])
-def test_split_k_path_on_emulator(dtype, monkeypatch, rng):
-    _many_chunks(monkeypatch)
-    assert AK.chunking(100, 2, 8, 0) == (32, 4)
+@pytest.mark.parametrize("forced", [True, False], ids=["chunks32", "default"])
+def test_split_k_path_on_emulator(dtype, forced, monkeypatch, rng):
+    if forced:
+        _many_chunks(monkeypatch)
+    assert AK.chunking(100, 2, 8, 0) == ((32, 4) if forced else (16, 7))
     q, k, v = _arr(rng, 1, 8, 1, 64, dtype=dtype), _arr(rng, 1, 2, 100, 64, dtype=dtype), None
     v = _arr(rng, 1, 2, 100, 64, dtype=dtype)
     mask = mx.array(rng.random((1, 8, 1, 100)) < 0.8)
@@ -96,12 +98,17 @@ def test_split_k_path_on_emulator(dtype, monkeypatch, rng):
 
 
 def test_chunking_choices():
-    # Qwen3-30B (4 kv heads): S = 4096 in 64 chunks of 64 keys, S = 16384 in 128 of 128;
-    # short caches stay one chunk (no combine launch).
-    assert AK.chunking(4096, 4, 8, 0) == (64, 64)
+    # Qwen3-30B (4 kv heads): 512 groups at S = 4096 (128 chunks of 32 keys) and 16384
+    # (128 of 128); short caches are split too (32 chunks of 16 at S = 512), as 4 groups
+    # would leave most of the GPU idle.
+    assert AK.chunking(4096, 4, 8, 0) == (32, 128)
     assert AK.chunking(16384, 4, 8, 0) == (128, 128)
-    assert AK.chunking(128, 8, 8, 0) == (128, 1)
+    assert AK.chunking(512, 4, 8, 0) == (16, 32)
+    # One chunk (no combine launch) where the heads alone give groups enough, or few keys.
+    assert AK.chunking(128, 64, 8, 0) == (128, 1)
+    assert AK.chunking(128, 8, 8, 0) == (16, 8)
     assert AK.chunking(1, 1, 8, 0) == (32, 1)
+    assert AK.chunking(16, 1, 8, 0) == (32, 1)
     # MLA: q in shared memory limits the tile.
     gp, hb = AK.head_block(20, 18, True)
     assert (gp, hb) == (8, 8)

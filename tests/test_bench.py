@@ -114,6 +114,8 @@ def test_reports_show_the_numbers():
     k = text("kernel_bench")
     assert "x * sigmoid(x)" in k and "n=4096 float16" in k and "2.00x" in k
     assert "3.3" in k  # GB/s from bytes_moved: 16384 B / 5 us
+    mb = text("moe_block_device")
+    assert "4.00x" in mb and "40.0%" in mb and "72.0" in mb and "3,000 GB/s" in mb
     v = text("validate")
     assert "5/5 prompts" in v and "100.00%" in v and "PASS" in v and "1.300x" in v
     assert "moe_block" in v and "0.0125" in v and "no gain" in v

@@ -159,6 +159,19 @@ def moe_block_bench(res: dict[str, Any]) -> list[Table]:
     return [Table(title, KERNEL_HEADERS, rows)]
 
 
+def moe_block_device(res: dict[str, Any]) -> list[Table]:
+    rows = []
+    for r in res["rows"]:
+        st, zx = r["device_time"]["mlx_switchglu"], r["device_time"]["zmlx"]
+        rows.append([r["model"], str(r["tokens"]), num(st["block_us"], 1), num(zx["block_us"], 1),
+                     num(st["block_us"] / zx["block_us"], 2) + "x", num(zx["gbps"], 0),
+                     num(100 * r["fraction_of_copy"], 1) + "%"])  # fmt: skip
+    title = (f"MoE block experts, device time per block (copy bandwidth "
+             f"{num(res['copy_bandwidth_gbps'], 0)} GB/s)")  # fmt: skip
+    cols = ["model", "T", "stock us", "zmlx us", "speed-up", "zmlx GB/s", "% of copy"]
+    return [Table(title, cols, rows)]
+
+
 def generic(res: dict[str, Any]) -> list[Table]:
     """Any other kind: its scalar fields, then each list of objects as a table."""
     scalars = [[k, str(v)] for k, v in res.items() if not isinstance(v, (dict, list))]
@@ -203,6 +216,7 @@ RENDERERS: dict[str, Callable[[dict[str, Any]], list[Table]]] = {
     "validate": validate,
     "model_decode": model_decode,
     "moe_block_bench": moe_block_bench,
+    "moe_block_device": moe_block_device,
     "zoo_build": zoo_build,
     "gpu_tests": gpu_tests,
 }

@@ -138,6 +138,22 @@ KINDS: dict[str, dict[str, Any]] = {
             "rows[].timings{}": TIMING,
         },
     },
+    "moe_block_device": {
+        "doc": "device time (CUPTI) of chained MoE blocks' experts at decode, zmlx vs mlx-lm's "
+        "SwitchGLU (benchmarks/moe_block.py --device-time)",
+        "results": {"copy_bandwidth_gbps": "number", "rows": "list"},
+        "items": {
+            "rows[]": {
+                "model": "str",
+                "tokens": "int",
+                "blocks": "int",
+                "weight_bytes": "number",
+                "fraction_of_copy": "number",
+                "device_time": "dict",
+            },
+            "rows[].device_time{}": {"block_us": "number", "gbps": "number"},
+        },
+    },
     "sharded_decode": {
         "doc": "patched decoding of a model sharded over ranks (benchmarks/sharded_decode.py)",
         "results": {

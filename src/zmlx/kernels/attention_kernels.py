@@ -26,11 +26,14 @@ import mlx.core as mx
 from ..core.kernel import Kernel, scalar
 from ._common import vector
 
-# Not yet tuned on a GPU: ~4 groups per SM of an H100 (132 SMs), and enough loads in flight
-# per warp (KU keys) and per thread (PVU values) to cover memory latency.
+# Split so the groups fill the GPU: an H100 has 132 SMs, and a decode step has few groups
+# otherwise (Qwen3-30B: 4 kv heads, so one chunk per head is 4 groups, 20 us a layer at 512
+# keys, kernel_profile_attention_qwen3_h100.json). One chunk (no combine launch) only where
+# the heads alone give SINGLE_CHUNK_GROUPS groups, or the keys fit one MIN_CHUNK.
 TARGET_GROUPS = 512
-SINGLE_CHUNK_KEYS = 256  # up to this many keys, one chunk (no combine launch)
-MIN_CHUNK = 64
+SINGLE_CHUNK_KEYS = 256  # up to this many keys, one chunk when there are groups enough
+SINGLE_CHUNK_GROUPS = 64
+MIN_CHUNK = 16
 MAX_CHUNKS = 1024
 SHARED_BYTES = 30 * 1024  # under Metal's 32 KiB of threadgroup memory
 
@@ -268,7 +271,10 @@ def chunking(n_keys: int, base_groups: int, gp: int, q_bytes: int) -> tuple[int,
     cmax = 512
     while cmax > 32 and gp * cmax * 4 + q_bytes > SHARED_BYTES:
         cmax //= 2
-    if n_keys <= SINGLE_CHUNK_KEYS and pow2ceil(n_keys) <= cmax:
+    one = n_keys <= MIN_CHUNK or (
+        n_keys <= SINGLE_CHUNK_KEYS and base_groups >= SINGLE_CHUNK_GROUPS
+    )
+    if one and pow2ceil(n_keys) <= cmax:
         return max(32, pow2ceil(n_keys)), 1
     want = max(1, math.ceil(TARGET_GROUPS / base_groups))
     c = min(max(pow2ceil(math.ceil(n_keys / want)), MIN_CHUNK), cmax)
