@@ -213,19 +213,21 @@ COMBINE_BODY = r"""
   const long row = gid;
   ZX_SHARED float wc[MAXC];
   ZX_SHARED float red[2];
-  if (lid == 0u) {
+  if (warp == 0u) {  // the chunks' weights: one warp, a chunk per lane at a time
     float M = ZX_NEG_INF;
-    for (int c = 0; c < NC; ++c) { M = zx_max(M, ml[(row * NC + c) * 2]); }
+    for (int c = (int)lane; c < NC; c += 32) { M = zx_max(M, ml[(row * NC + c) * 2]); }
+    M = zx_warp_max(M);
     float sk = ZX_NEG_INF;
     if (SINKS) { sk = zx_rnd<O>(static_cast<float>(sinks[row % HQ])); M = zx_max(M, sk); }
     float L = 0.0f;
-    for (int c = 0; c < NC; ++c) {
+    for (int c = (int)lane; c < NC; c += 32) {
       const float w = zx_exp(ml[(row * NC + c) * 2] - M);
       wc[c] = w;
       L += ml[(row * NC + c) * 2 + 1] * w;
     }
+    L = zx_warp_sum(L);
     if (SINKS) { L += zx_exp(sk - M); }
-    red[0] = L > 0.0f ? 1.0f / L : 0.0f;
+    if (lane == 0u) { red[0] = L > 0.0f ? 1.0f / L : 0.0f; }
   }
   zx_barrier();
   const float inv = red[0];
