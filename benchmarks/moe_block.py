@@ -32,6 +32,7 @@ import mlx.nn as nn
 import numpy as np
 
 from zmlx.bench import capsule, compare
+from zmlx.bench import settings as bench_settings
 from zmlx.core.backend import device_name
 from zmlx.kernels import moe as K
 from zmlx.testing import assert_close
@@ -78,6 +79,9 @@ def setup_arg_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="device time (CUPTI) of N chained blocks with distinct weights, not wall time",
     )
+    p.add_argument("--set", nargs="+", default=[], metavar="MODULE.NAME=VALUE",
+                   help="set a zmlx module constant for the run, e.g. "
+                        "zmlx.kernels.moe_kernels.SPLIT_ROWS=2 (kept in the capsule)")  # fmt: skip
     p.add_argument("--json", help="write the capsule here")
     return p
 
@@ -234,6 +238,9 @@ def run_case(name, d, i, e, k, quant, t, args, rng) -> dict:
 def main(argv=None) -> int:
     args = setup_arg_parser().parse_args(argv)
     tuning = apply_tuning(args)
+    sets = bench_settings.parse(args.set)
+    bench_settings.apply(sets)
+    tuning.update(sets)
     rng = np.random.default_rng(0)
     if args.device_time:
         return device_time_main(args, tuning, rng)
