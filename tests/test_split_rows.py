@@ -130,11 +130,3 @@ def test_other_rows_per_group(rows, monkeypatch, rng):
     wts = mx.softmax(random_x(rng, (t, k), mx.float32), axis=-1).astype(mx.bfloat16)
     assert_identical(*both(monkeypatch, moe.gather_qmv_combine, h, *wd, idx, wts, gs, bits, mode,
                            attr="SPLIT_ROWS", values=(4, rows), module=mk))  # fmt: skip
-
-
-def test_combine_rows_chosen_by_experts(monkeypatch):
-    """32 warp-rows a group by default (R = 4 at K = 8, 8 at K = 4, at most 8); a non-zero
-    SPLIT_ROWS is used as is."""
-    assert [mk.split_rows(k) for k in (1, 2, 4, 8, 16, 32, 64)] == [8, 8, 8, 4, 2, 1, 1]
-    monkeypatch.setattr(mk, "SPLIT_ROWS", 3)
-    assert mk.split_rows(4) == 3

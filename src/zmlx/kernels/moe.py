@@ -340,7 +340,7 @@ def gather_qmv_combine(h, w, scales, biases, indices, weights, group_size=64, bi
         flags = (bias is not None, shared is not None, shared_gate is not None)
         if mk.SPLIT_EXPERTS and i_dim <= qk.X_REG_MAX and k <= 32:
             kern = mk.split_combine_kernel(mode, *flags, residual is not None)
-            r = mk.split_rows(k)  # rows per group of K warps
+            r = mk.SPLIT_ROWS  # rows per group of K warps
             nb = math.ceil(dout / r)
             grid, tg = (tokens * nb * 32 * k, 1, 1), (32 * k, 1, 1)
         else:

@@ -198,22 +198,7 @@ def combine_kernel(exact: bool, has_shared: bool, has_gate: bool) -> Kernel:
 # and its rows per group. On an H100 at Qwen3-30B-A3B's shape, in one decode step: 21.4 us
 # against 29.7 us for one warp walking the experts (kernel_profile_split_experts_h100.json).
 SPLIT_EXPERTS = True
-# Rows per group of K warps: 0 chooses by K (split_rows), another value is used as is.
-SPLIT_ROWS = 0
-SPLIT_WARP_ROWS = 32  # K * R, the warp-rows of a group, when chosen
-
-
-def split_rows(k: int) -> int:
-    """Rows per group of the split combine kernel for ``k`` experts a token.
-
-    A group should hold 32 warp-rows whatever ``K``: on an H100, chained blocks with their
-    own weights (moe_block_device_SPLIT_ROWS_*.json), down + combine took at R = 4 / 8:
-    Qwen3-30B-A3B (K = 8) 7.2 / 8.4 us, GLM-4.7-Flash (K = 4) 24.9 / 12.8 us, LFM2-8B-A1B
-    (K = 4) 20.4 / 18.3 us.
-    """
-    if SPLIT_ROWS:
-        return SPLIT_ROWS
-    return max(1, min(8, SPLIT_WARP_ROWS // max(1, k)))
+SPLIT_ROWS = 4
 
 
 def _combine_inputs(mode: str, has_bias: bool, has_shared: bool, has_gate: bool,
