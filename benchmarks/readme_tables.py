@@ -28,12 +28,13 @@ def _cap(name: str) -> dict | None:
 
 # The four full-size families, stock against zmlx in one process each (the headline table).
 HEADLINE = [
-    "moe_decode_qwen3_linear_h100.json",
-    "moe_decode_lfm2_moe_vec16_h100.json",
-    "moe_decode_glm4_moe_lite_vec16_h100.json",
-    "moe_decode_gpt_oss_vec16_h100.json",
+    "moe_decode_qwen3_attn_default_h100.json",
+    "moe_decode_lfm2_moe_attention_h100.json",
+    "moe_decode_glm4_moe_lite_attention_h100.json",
+    "moe_decode_gpt_oss_attention_h100.json",
 ]
 DECODE_VARIANTS = [
+    "moe_decode_qwen3_attention_h100.json",
     "moe_decode_qwen3_linear_h100.json",
     "moe_decode_qwen3_vec16_h100.json",
     "moe_decode_qwen3_split_experts_h100.json",
@@ -47,7 +48,8 @@ DECODE_VARIANTS = [
     "moe_decode_qwen3_30b_a3b_h100_qk.json",
     "moe_decode_qwen3_30b_a3b_h100_noqk.json",
 ]
-FIXTURE_CAPSULES = ["fixture_decode_vec16_128x5_h100.json", "fixture_decode_linear_128x5_h100.json",
+FIXTURE_CAPSULES = ["fixture_decode_attention_128x5_h100.json",
+                    "fixture_decode_vec16_128x5_h100.json", "fixture_decode_linear_128x5_h100.json",
                     "fixture_decode_split_rows_128x5_h100.json", "fixture_decode_128x5_h100.json", "fixture_decode_qkv_128x5_h100.json",
                     "fixture_decode_residual_128x5_h100.json",
                     "fixture_decode_g32_h200.json", "fixture_decode_h200.json",
