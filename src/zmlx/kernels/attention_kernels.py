@@ -26,10 +26,12 @@ import mlx.core as mx
 from ..core.kernel import Kernel, scalar
 from ._common import vector
 
-# Split so the groups fill the GPU: an H100 has 132 SMs, and a decode step has few groups
-# otherwise (Qwen3-30B: 4 kv heads, so one chunk per head is 4 groups, 20 us a layer at 512
-# keys, kernel_profile_attention_qwen3_h100.json). One chunk (no combine launch) only where
-# the heads alone give SINGLE_CHUNK_GROUPS groups, or the keys fit one MIN_CHUNK.
+# Split so the groups fill the GPU (an H100 has 132 SMs). Qwen3-30B-A3B has 4 kv heads: over
+# compile_decode's 512-key buffer, chunks of at least 64 keys gave 32 groups and 20 us a layer;
+# chunks of 16 give 128 groups and 7.9 us, plus the combine launch
+# (kernel_profile_attention_qwen3_h100.json, kernel_profile_attention_split_qwen3_h100.json).
+# One chunk (no combine launch) only where the heads alone give SINGLE_CHUNK_GROUPS groups, or
+# the keys fit one MIN_CHUNK. Not measured on Metal, whose GPUs have fewer cores.
 TARGET_GROUPS = 512
 SINGLE_CHUNK_KEYS = 256  # up to this many keys, one chunk when there are groups enough
 SINGLE_CHUNK_GROUPS = 64
