@@ -79,9 +79,7 @@ def setup_arg_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="device time (CUPTI) of N chained blocks with distinct weights, not wall time",
     )
-    p.add_argument("--set", nargs="+", default=[], metavar="MODULE.NAME=VALUE",
-                   help="set a zmlx module constant for the run, e.g. "
-                        "zmlx.kernels.moe_kernels.SPLIT_ROWS=2 (kept in the capsule)")  # fmt: skip
+    bench_settings.add_argument(p)
     p.add_argument("--json", help="write the capsule here")
     return p
 
@@ -238,9 +236,7 @@ def run_case(name, d, i, e, k, quant, t, args, rng) -> dict:
 def main(argv=None) -> int:
     args = setup_arg_parser().parse_args(argv)
     tuning = apply_tuning(args)
-    sets = bench_settings.parse(args.set)
-    bench_settings.apply(sets)
-    tuning.update(sets)
+    tuning.update(bench_settings.apply_command_line(args.set, "moe_block"))
     rng = np.random.default_rng(0)
     if args.device_time:
         return device_time_main(args, tuning, rng)

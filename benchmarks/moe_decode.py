@@ -13,9 +13,8 @@ stock greedy sequence, position by position through the decode path.
 Variants (``--variants``, the last is the headline): ``stock``; ``compiled`` (stock modules,
 decode steps through :func:`zmlx.decode.compile_decode`); ``patched`` (``zmlx.patch``);
 ``zmlx_stock_attention`` (patched and compiled, mlx-lm's attention); ``zmlx`` (patched,
-compiled, ``compile_decode``'s default attention: zmlx's decode-attention kernel on Metal,
-mlx-lm's elsewhere); on request ``zmlx_attention`` (``zmlx`` with zmlx's decode-attention
-kernel), ``zmlx_qkv`` and ``zmlx_residual`` (``zmlx`` with ``qkv_norm_rope`` or
+compiled, ``compile_decode``'s default attention: zmlx's decode-attention kernel on a GPU);
+on request ``zmlx_attention`` (``zmlx`` with zmlx's decode-attention kernel named), ``zmlx_qkv`` and ``zmlx_residual`` (``zmlx`` with ``qkv_norm_rope`` or
 ``moe_residual`` added). Each also gets a one-step profile:
 host time to build the step's graph, and the step's time when evaluated at once.
 """
@@ -70,10 +69,7 @@ def setup_arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--agreement-positions", type=int, default=256)
     p.add_argument("--patterns", nargs="+", default=PATTERNS)
-    p.add_argument("--set", nargs="+", default=[], metavar="MODULE.NAME=VALUE",
-                   help="set a zmlx module constant for the run, e.g. "
-                        "zmlx.kernels.moe_kernels.SPLIT_EXPERTS=1 (kept in the capsule's "
-                        "command line)")  # fmt: skip
+    bench_settings.add_argument(p)
     p.add_argument(
         "--variants",
         nargs="+",
@@ -266,10 +262,7 @@ def run_family(family: str, args) -> dict:
 def apply_settings(items: list[str]) -> None:
     """``MODULE.NAME=VALUE`` settings of zmlx module constants (VALUE: an int, a float, or
     true/false), for the whole run (:mod:`zmlx.bench.settings`)."""
-    try:
-        bench_settings.apply(bench_settings.parse(items))
-    except ValueError as e:
-        raise SystemExit(f"[moe_decode] {e}") from None
+    bench_settings.apply_command_line(items, "moe_decode")
 
 
 def main(argv=None) -> int:

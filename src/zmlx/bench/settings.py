@@ -3,6 +3,8 @@
 A setting is ``"zmlx.MODULE.NAME": value``; :func:`parse` reads them from ``--set`` items
 (``MODULE.NAME=VALUE``), :func:`apply` sets them for the process and :func:`applied` for a
 block. Keys outside ``zmlx.`` (a benchmark's own options in the same dict) are left alone.
+A benchmark takes ``--set`` with :func:`add_argument` and applies it with
+:func:`apply_command_line`.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import contextlib
 import importlib
 from collections.abc import Iterable, Iterator
 from typing import Any
+
+EXAMPLE = "zmlx.kernels.moe_kernels.SPLIT_EXPERTS=false"
 
 
 def parse(items: Iterable[str]) -> dict[str, Any]:
@@ -56,3 +60,21 @@ def applied(values: dict[str, Any]) -> Iterator[None]:
     finally:
         for (m, name), v in old.items():
             setattr(m, name, v)
+
+
+def add_argument(parser) -> None:
+    """Add ``--set MODULE.NAME=VALUE ...`` to an ``argparse`` parser."""
+    parser.add_argument("--set", nargs="+", default=[], metavar="MODULE.NAME=VALUE",
+                        help=f"set a zmlx module constant for the run, e.g. {EXAMPLE} (kept "
+                             "in the capsule's command line)")  # fmt: skip
+
+
+def apply_command_line(items: Iterable[str], prog: str) -> dict[str, Any]:
+    """:func:`parse` and :func:`apply` ``--set`` items for the whole run; returns the
+    settings. A bad item exits with ``[prog]`` and the reason."""
+    try:
+        values = parse(items)
+    except ValueError as e:
+        raise SystemExit(f"[{prog}] {e}") from None
+    apply(values)
+    return values

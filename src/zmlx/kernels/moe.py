@@ -169,16 +169,17 @@ def _gather_launch(op, kind, x, mats, indices, group_size, bits, mode, lins, fp,
         nb = math.ceil(n / qk.SPLIT_ROWS)
         tmpl = fmt_template(x, d, bits, group_size)
         tmpl += [("N", n), ("R", qk.SPLIT_ROWS), ("NB", nb), ("K", k), ("W", split)]
+        grid, tg = qk.warp_groups(slots * nb, split)
         return kern(*ins, indices, scalar(slots, mx.int32), output_shapes=[lead + (k, n)],
-                    output_dtypes=[x.dtype], grid=(slots * nb * 32 * split, 1, 1),
-                    threadgroup=(32 * split, 1, 1), template=tmpl)[0]  # fmt: skip
+                    output_dtypes=[x.dtype], grid=grid, threadgroup=tg,
+                    template=tmpl)[0]  # fmt: skip
     tmpl = fmt_template(x, d, bits, group_size) + [("N", n), ("K", k)]
     if plan is not None:
         vw, r = plan
         nb = math.ceil(n / (qk.TILE_WARPS * r))
         kern = qk.tile_matvec_kernel(kind, mode, True, per_slot, lins is not None, False)
         tmpl += [("VW", vw), ("WB", qk.TILE_WARPS)]
-        grid, tg = (slots * nb * qk.TILE_WARPS * 32, 1, 1), (qk.TILE_WARPS * 32, 1, 1)
+        grid, tg = qk.warp_groups(slots * nb, qk.TILE_WARPS)
     else:
         r = qk.rows_per_warp(slots, n, joint, d)
         nb = math.ceil(n / r)
@@ -342,7 +343,7 @@ def gather_qmv_combine(h, w, scales, biases, indices, weights, group_size=64, bi
             kern = mk.split_combine_kernel(mode, *flags, residual is not None)
             r = mk.SPLIT_ROWS  # rows per group of K warps
             nb = math.ceil(dout / r)
-            grid, tg = (tokens * nb * 32 * k, 1, 1), (32 * k, 1, 1)
+            grid, tg = qk.warp_groups(tokens * nb, k)
         else:
             r = qk.rows_per_warp(tokens, dout, 1, i_dim)
             nb = math.ceil(dout / r)

@@ -209,7 +209,7 @@ def _dense(op, kind, x, mats, group_size, bits, mode, lin=None, res=None, verbos
         tmpl += [("N", ns[0])]
         shapes = [x.shape[:-1] + (ns[0],)]
     if plan is not None:
-        grid, tg = (rows * nb * qk.TILE_WARPS * 32, 1, 1), (qk.TILE_WARPS * 32, 1, 1)
+        grid, tg = qk.warp_groups(rows * nb, qk.TILE_WARPS)
     else:
         grid, tg = qk.launch_shape(rows * nb)
     return kern(*ins, scalar(rows, mx.int32), output_shapes=shapes,

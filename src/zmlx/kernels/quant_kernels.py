@@ -575,6 +575,12 @@ def launch_shape(warps: int) -> tuple[tuple[int, int, int], tuple[int, int, int]
     return (groups * GROUP, 1, 1), (GROUP, 1, 1)
 
 
+def warp_groups(groups: int, warps: int) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    """``(grid, threadgroup)`` for ``groups`` groups of ``warps`` warps each (the split-row,
+    split-expert and tile kernels, whose groups work together on rows)."""
+    return (groups * warps * 32, 1, 1), (warps * 32, 1, 1)
+
+
 # ---------------------------------------------------------------------------------------
 # Dequantize: one thread per packed word, rounding exactly as mx.dequantize
 
@@ -625,8 +631,8 @@ def split_matvec_kernel(kind: str, mode: str, x_per_slot: bool) -> Kernel:
     Profiled on an H100 (``ncu_qmv_swiglu_h100.txt``), the one-warp-a-row kernel waits on L1
     for most of its time: each lane holds ``D / 32`` inputs of x, more than the compiler keeps
     in registers, so it reloads x for every row, and a token's 8 experts give too few warps to
-    hide that. Here warp ``w`` of a group owns words ``[w * NW / W, (w + 1) * NW / W)`` of
-    the group's ``R`` rows: a lane holds ``D / (32 W)`` inputs (16 at D = 2048, 4-bit, W = 4),
+    hide that. Here warp ``w`` of a group owns inputs ``[w * D / W, (w + 1) * D / W)`` of
+    the group's ``R`` rows (its slice of x loaded by :func:`_prologue`): a lane holds ``D / (32 W)`` inputs (16 at D = 2048, 4-bit, W = 4),
     loads all its words of a row before the math, and the ``W`` partial sums of a row meet in
     shared memory, added in warp order by the first warp.
 
@@ -647,7 +653,7 @@ def split_matvec_kernel(kind: str, mode: str, x_per_slot: bool) -> Kernel:
     names = [f"acc{m}" for m in range(nm)]
     mats = [_mat(p, mode) for p in parts]
     xrow = "slot" if x_per_slot else "slot / K"
-    sums = mode == "affine"
+    # _prologue's NW and NG are the warp's slice of a row: D / W inputs.
     body = f"""
   ZX_SHARED float red[W * R * {nm}];
   const int slot = (int)gid / NB;
@@ -655,34 +661,15 @@ def split_matvec_kernel(kind: str, mode: str, x_per_slot: bool) -> Kernel:
     return;
   }}
   const int row0 = ((int)gid % NB) * R;
-  constexpr int EPW = 32 / BITS;
-  constexpr int NW = D / EPW;
-  constexpr int VEC = 1;
-  constexpr int NJ = NW / (32 * W);
-  constexpr int NG = D / GROUP_SIZE;
   const T* xp = x + (size_t)({xrow}) * D + (int)warp * (D / W);
-  float xr[NJ * EPW];
-  {"float xs[NJ];" if sums else ""}
-#pragma unroll
-  for (int j = 0; j < NJ; ++j) {{
-    const int wi = j * 32 + (int)lane;
-    float sum = 0.0f;
-#pragma unroll
-    for (int e = 0; e < EPW; ++e) {{
-      const float v = static_cast<float>(xp[wi * EPW + e]);
-      xr[j * EPW + e] = v;
-      sum += v;
-    }}
-    {"xs[j] = sum;" if sums else "(void)sum;"}
-  }}
-  const int ex = static_cast<int>(idx[slot]);
+{_prologue("(D / W)", True, mode)}  const int ex = static_cast<int>(idx[slot]);
 {_acc_decl(names)}
 #pragma unroll
   for (int r = 0; r < R; ++r) {{
     const int row = row0 + r;
     if (row < N) {{
-      const size_t wbase = (size_t)(ex * N + row) * NW + (int)warp * (NW / W);
-      const size_t gbase = (size_t)(ex * N + row) * NG + (int)warp * (NG / W);
+      const size_t wbase = (size_t)(ex * N + row) * (NW * W) + (int)warp * NW;
+      const size_t gbase = (size_t)(ex * N + row) * (NG * W) + (int)warp * NG;
 {_batched_word_loads(mode, mats)}
 #pragma unroll
       for (int j = 0; j < NJ; ++j) {{
