@@ -80,6 +80,9 @@ def setup_arg_parser() -> argparse.ArgumentParser:
         help="device time (CUPTI) of N chained blocks with distinct weights, not wall time",
     )
     bench_settings.add_argument(p)
+    p.add_argument("--sweep", nargs="+", default=[], metavar="MODULE.NAME=VALUE[,...]",
+                   help="with --device-time: also time zmlx under each of these settings "
+                        "(comma-separated within one item), against the same stock run")  # fmt: skip
     p.add_argument("--json", help="write the capsule here")
     return p
 
@@ -174,9 +177,10 @@ def _profiler():
     return profile
 
 
-def device_time_case(name, d, i, e, k, quant, t, n_blocks, repeats, rng) -> dict:
+def device_time_case(name, d, i, e, k, quant, t, n_blocks, repeats, rng, sweep=None) -> dict:
     """``n_blocks`` blocks with their own weights and routing, chained; device time per block
-    of stock and zmlx (CUPTI busy time of the whole chain / ``n_blocks``)."""
+    of stock and zmlx (CUPTI busy time of the whole chain / ``n_blocks``), and of zmlx under
+    each ``sweep`` entry (label -> settings), each checked against stock first."""
     profile = _profiler()
     parts = [_case_parts(name, d, i, e, k, quant, t, rng) for _ in range(n_blocks)]
     x0 = parts[0][3]
@@ -194,16 +198,27 @@ def device_time_case(name, d, i, e, k, quant, t, n_blocks, repeats, rng) -> dict
         return run
 
     out = {}
-    for label, which in (("mlx_switchglu", 0), ("zmlx", 1)):
-        prof = profile(chain(which), repeats)
+    runs = [("mlx_switchglu", 0, {}), ("zmlx", 1, {})]
+    runs += [(label, 1, values) for label, values in (sweep or {}).items()]
+    for label, which, values in runs:
+        with bench_settings.applied(values):
+            if values:
+                stock, fused, _, x, inds, scores = parts[0]
+                assert_close(fused(x, inds, scores), stock(x, inds, scores), atol=3e-2,
+                             rtol=3e-2, name=f"{name} T={t} {label}")  # fmt: skip
+            prof = profile(chain(which), repeats)
         out[label] = {"block_us": prof["busy_us"] / n_blocks, "span_us": prof["span_us"] / n_blocks,
                       "kernels": prof["kernels"] / n_blocks,
                       "by_name": prof["by_name"][:8]}  # fmt: skip
+        if values:
+            out[label]["settings"] = values
     unique = [len(np.unique(np.array(p[4]))) for p in parts]
     nbytes = statistics.mean(unique) * _expert_bytes(parts[0][2], e)
     for tm in out.values():
         tm["gbps"] = nbytes / (tm["block_us"] * 1e-6) / 1e9
-    out["zmlx"]["speedup"] = out["mlx_switchglu"]["block_us"] / out["zmlx"]["block_us"]
+    for label, tm in out.items():
+        if label != "mlx_switchglu":
+            tm["speedup"] = out["mlx_switchglu"]["block_us"] / tm["block_us"]
     return {"model": name, "tokens": t, "d": d, "i": i, "experts": e, "k": k, "quant": quant,
             "blocks": n_blocks, "unique_experts": statistics.mean(unique),
             "weight_bytes": nbytes, "device_time": out}  # fmt: skip
@@ -268,6 +283,10 @@ def main(argv=None) -> int:
 
 def device_time_main(args, tuning, rng) -> int:
     """``--device-time``: chained blocks, CUPTI device time (see the module docstring)."""
+    try:
+        sweep = {item: bench_settings.parse(item.split(",")) for item in args.sweep}
+    except ValueError as e:
+        raise SystemExit(f"[moe_block] {e}") from None
     bw = copy_bandwidth_device(args.repeats)
     print(f"device: {device_name()}   copy bandwidth (device time): {bw:.0f} GB/s")
     print(f"per block, device time of {args.device_time} chained blocks with their own weights")
@@ -279,17 +298,23 @@ def device_time_main(args, tuning, rng) -> int:
         if args.scale != 1.0:
             d, i = max(64, int(d * args.scale) // 64 * 64), max(64, int(i * args.scale) // 64 * 64)
         for t in args.tokens:
-            r = device_time_case(name, d, i, e, k, quant, t, args.device_time, args.repeats, rng)
+            r = device_time_case(name, d, i, e, k, quant, t, args.device_time, args.repeats, rng,
+                                 sweep)  # fmt: skip
             z, s = r["device_time"]["zmlx"], r["device_time"]["mlx_switchglu"]
             r["fraction_of_copy"] = z["gbps"] / bw
             rows.append(r)
             print(f"{name:<15} {t:>3} {s['block_us']:>9.1f} {z['block_us']:>8.1f} "
                   f"{z['speedup']:>7.2f}x {z['gbps']:>6.0f} {100 * r['fraction_of_copy']:>6.1f}%",
                   flush=True)  # fmt: skip
+            for label in sweep:
+                v = r["device_time"][label]
+                kern = "  ".join(f"{b['mean_us']:.1f}" for b in v["by_name"])
+                print(f"  {label:<60} {v['block_us']:>8.1f} {v['speedup']:>7.2f}x  ({kern})",
+                      flush=True)  # fmt: skip
             mx.clear_cache()
     if args.json:
         results = {"copy_bandwidth_gbps": bw, "timing": "device (CUPTI)", "rows": rows,
-                   "tuning": tuning}  # fmt: skip
+                   "tuning": tuning, "sweep": list(sweep)}  # fmt: skip
         capsule.write(capsule.make("moe_block_device", results), args.json)
         print(f"capsule: {args.json}")
     return 0

@@ -110,9 +110,15 @@ RESULTS = {
                 "device_time": {
                     "mlx_switchglu": {"block_us": 72.0, "gbps": 295.0},
                     "zmlx": {"block_us": 18.0, "gbps": 1180.0, "speedup": 4.0},
+                    "zmlx.kernels.moe_kernels.SPLIT_ROWS=2": {
+                        "block_us": 24.0,
+                        "gbps": 885.0,
+                        "speedup": 3.0,
+                    },
                 },
             }
         ],
+        "sweep": ["zmlx.kernels.moe_kernels.SPLIT_ROWS=2"],
     },  # fmt: skip
     "gpu_tests": {
         "passed": 10,

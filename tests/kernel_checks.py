@@ -20,11 +20,15 @@ def launches(backend_name: str, fn, *args):
     return got
 
 
-def zero_experts(e: int, n: int, m: int, bits: int = 4, group_size: int = 64):
-    """Zero ``(weight, scales, biases)`` of ``e`` stacked affine-quantized experts of shape
-    ``(n, m)`` in bfloat16: a real model's shapes, for compile checks (no values needed)."""
-    return (mx.zeros((e, n, m * bits // 32), dtype=mx.uint32),
-            mx.zeros((e, n, m // group_size), dtype=mx.bfloat16),
+def zero_experts(e: int, n: int, m: int, bits: int = 4, group_size: int = 64,
+                 mode: str = "affine"):  # fmt: skip
+    """Zero ``(weight, scales, biases)`` of ``e`` stacked quantized experts of shape ``(n, m)``
+    (affine: bfloat16 scales and biases; mxfp4: uint8 scales, no biases): a real model's
+    shapes, for compile checks (no values needed)."""
+    w = mx.zeros((e, n, m * bits // 32), dtype=mx.uint32)
+    if mode == "mxfp4":
+        return w, mx.zeros((e, n, m // group_size), dtype=mx.uint8), None
+    return (w, mx.zeros((e, n, m // group_size), dtype=mx.bfloat16),
             mx.zeros((e, n, m // group_size), dtype=mx.bfloat16))  # fmt: skip
 
 

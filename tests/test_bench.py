@@ -116,6 +116,7 @@ def test_reports_show_the_numbers():
     assert "3.3" in k  # GB/s from bytes_moved: 16384 B / 5 us
     mb = text("moe_block_device")
     assert "4.00x" in mb and "40.0%" in mb and "72.0" in mb and "3,000 GB/s" in mb
+    assert "SPLIT_ROWS=2" in mb and "3.00x" in mb and "same stock run" in mb
     v = text("validate")
     assert "5/5 prompts" in v and "100.00%" in v and "PASS" in v and "1.300x" in v
     assert "moe_block" in v and "0.0125" in v and "no gain" in v

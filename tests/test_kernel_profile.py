@@ -63,6 +63,8 @@ def test_moe_block_device_time_bookkeeping(monkeypatch):
     first) and per-block figures are the chain's divided by its length."""
     import numpy as np
 
+    from zmlx.kernels import quant_kernels as qk
+
     mb = load_benchmark("moe_block")
     calls = []
 
@@ -82,3 +84,15 @@ def test_moe_block_device_time_bookkeeping(monkeypatch):
     assert dt["zmlx"]["gbps"] == r["weight_bytes"] / (200.0 / 3 * 1e-6) / 1e9
     # one expert's gate, up (64 x 128) and down (128 x 64), 4-bit, group 64, with scales and biases
     assert r["weight_bytes"] == 4 * 3 * (64 * 128 // 2 + 2 * 2 * 64 * 128 // 64)
+    # --sweep: zmlx again under each setting, the setting restored after it
+    calls.clear()
+    seen = []
+    monkeypatch.setattr(mb, "_profiler", lambda: lambda run, repeats: (
+        seen.append(qk.SPLIT_ROWS), fake_profile(run, repeats))[-1])  # fmt: skip
+    before = qk.SPLIT_ROWS
+    r = mb.device_time_case("qwen3_30b_a3b", 128, 64, 16, 4, "4bit", 1, 3, 2,
+                            np.random.default_rng(1),
+                            {"r2": {"zmlx.kernels.quant_kernels.SPLIT_ROWS": 2}})  # fmt: skip
+    assert seen == [before, before, 2] and qk.SPLIT_ROWS == before
+    assert r["device_time"]["r2"]["settings"] == {"zmlx.kernels.quant_kernels.SPLIT_ROWS": 2}
+    assert r["device_time"]["r2"]["speedup"] == 1.0  # 600 us a chain, as stock's

@@ -38,7 +38,8 @@ def _word_kernels(monkeypatch):
 @pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
 @pytest.mark.parametrize("name, d, warps", [("a4g64", 1024, 4), ("a8g64", 512, 4),
                                             ("mxfp4", 1024, 4), ("a4g32", 512, 2),
-                                            ("a4g64", 2048, 8)])  # fmt: skip
+                                            ("a4g64", 2048, 8), ("mxfp4", 1920, 4),
+                                            ("a4g64", 1920, 2)])  # fmt: skip
 @pytest.mark.parametrize("t", [1, 3])
 def test_split_rows_match_one_warp_a_row(name, d, warps, t, dtype, monkeypatch, rng):
     gs, bits, mode = fmt(name)
@@ -56,16 +57,66 @@ def test_split_rows_match_one_warp_a_row(name, d, warps, t, dtype, monkeypatch, 
     assert_close(*split(monkeypatch, moe.gather_qmv, xs, *wg, idx, gs, bits, mode, warps=warps))
 
 
-def test_split_needs_whole_rounds_and_groups(monkeypatch):
+def test_split_needs_whole_groups_and_mostly_full_rounds(monkeypatch):
     monkeypatch.setattr(qk, "SPLIT_WARPS", 4)
     assert qk.split_warps(2048, 4, 64) == 4
     monkeypatch.setattr(qk, "SPLIT_WARPS", 0)
     assert qk.split_warps(2048, 4, 64) == 0  # off
     monkeypatch.setattr(qk, "SPLIT_WARPS", 4)
-    assert qk.split_warps(768, 4, 64) == 0  # 96 words a row: not whole rounds of 4 warps
-    assert qk.split_warps(1024, 4, 512) == 0  # a quarter row is half a group
+    assert qk.split_warps(768, 4, 64) == 3  # 96 words: 4 parts fill 24 of 32 lanes, 3 fill 32
+    assert qk.split_warps(192, 4, 64) == 0  # 3 parts: 8 words of 32; 2 parts: half groups
+    assert qk.split_warps(1920, 4, 64) == 2  # 3 parts: 80 words, 83% of 3 rounds
+    monkeypatch.setattr(qk, "SPLIT_WARPS", 8)
+    assert qk.split_warps(2880, 4, 32) == 6  # GPT-OSS: 60 words a part, 94% of 2 rounds
+    assert qk.split_ways(192, 4, 64, 4, least=1) == 1
+    monkeypatch.setattr(qk, "SPLIT_MIN_FILL", 1.0)
+    assert qk.split_warps(2880, 4, 32) == 0
     with pytest.raises(ValueError, match="no split-row kernel"):
-        qk.split_matvec_kernel("swiglu_oai", "mxfp4", False)
+        qk.split_matvec_kernel("qkv", "affine", False)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
+@pytest.mark.parametrize("t", [1, 2])
+def test_split_rows_with_bias_and_clamped_swiglu(t, dtype, monkeypatch, rng):
+    """GPT-OSS's experts: mxfp4, a bias per expert and row, the clamped SwiGLU, and rows that
+    fill the last round of lanes only partly (1920 inputs in 4 parts of 60 words)."""
+    gs, bits, mode = fmt("mxfp4")
+    e, k, n, d = 5, 4, 7, 1920
+    x = random_x(rng, (t, d), dtype)
+    wg = random_qweight(rng, (e, n, d), dtype, bits, gs, mode)
+    wu = random_qweight(rng, (e, n, d), dtype, bits, gs, mode)
+    bg, bu = random_x(rng, (e, n), dtype), random_x(rng, (e, n), dtype)
+    idx = random_indices(rng, (t,), k, e)
+    monkeypatch.setattr(qk, "SPLIT_WARPS", 8)
+    assert qk.split_warps(d, bits, gs) == 4
+    with capture("cuda") as caught:
+        moe.gather_qmv_swiglu(x, *wg, *wu, idx, gs, bits, mode, bg, bu, "swiglu_oai")
+    assert caught[0].kernel.name == "qmv_swiglu_oai_mxfp4_gather_split_bias"
+    for act in ("swiglu_oai", "swiglu"):
+        assert_close(*split(monkeypatch, moe.gather_qmv_swiglu, x, *wg, *wu, idx, gs, bits, mode,
+                            bg, bu, act, warps=8))  # fmt: skip
+    assert_close(*split(monkeypatch, moe.gather_qmv, x, *wg, idx, gs, bits, mode, bg, warps=8))
+
+
+@pytest.mark.parametrize("name", ["a4g64", "mxfp4"])
+def test_loads_of_all_rows_first_change_nothing(name, monkeypatch, rng):
+    """``SPLIT_ALL_ROWS``: the loads of a group's rows before the math, or a row at a time:
+    the same sums in the same order, bit-identical (gate/up and the combine, split in two)."""
+    gs, bits, mode = fmt(name)
+    e, k, t, d, i = 6, 4, 2, 1024, 512
+    monkeypatch.setattr(qk, "SPLIT_WARPS", 4)
+    monkeypatch.setattr(mk, "COMBINE_WARPS", 8)
+    x = random_x(rng, (t, d), mx.bfloat16)
+    wg = random_qweight(rng, (e, 13, d), mx.bfloat16, bits, gs, mode)
+    wu = random_qweight(rng, (e, 13, d), mx.bfloat16, bits, gs, mode)
+    idx = random_indices(rng, (t,), k, e)
+    assert_identical(*both(monkeypatch, moe.gather_qmv_swiglu, x, *wg, *wu, idx, gs, bits, mode,
+                           attr="SPLIT_ALL_ROWS", values=(True, False)))  # fmt: skip
+    h = random_x(rng, (t, k, i), mx.bfloat16)
+    wd = random_qweight(rng, (e, 37, i), mx.bfloat16, bits, gs, mode)
+    wts = mx.softmax(random_x(rng, (t, k), mx.float32), axis=-1).astype(mx.bfloat16)
+    assert_identical(*both(monkeypatch, moe.gather_qmv_combine, h, *wd, idx, wts, gs, bits, mode,
+                           attr="SPLIT_ALL_ROWS", values=(True, False)))  # fmt: skip
 
 
 @pytest.mark.parametrize("warps", [4, 8])
@@ -92,6 +143,50 @@ def test_qwen3_down_combine_compiles(monkeypatch):
     assert_compiles(lambda h: moe.gather_qmv_combine(h, *dn, idx, wts, gs, bits, "affine"), h)
 
 
+# (hidden, moe intermediate, experts, top-k, format): LFM2-8B-A1B, GLM-4.7-Flash, GPT-OSS-20B
+FAMILIES = {"lfm2": (2048, 1792, 32, 4, "a4g64"), "glm": (2048, 1536, 64, 4, "a4g64"),
+            "gpt_oss": (2880, 2880, 32, 4, "mxfp4")}  # fmt: skip
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_top4_families_split_and_compile(family, monkeypatch):
+    """The real shapes of the top-4 families: gate/up split (GPT-OSS: 6 parts of 2880, bias,
+    clamped SwiGLU) and each expert's down projection split in two; both compile."""
+    monkeypatch.setattr(qk, "SPLIT_WARPS", 8)
+    monkeypatch.setattr(mk, "COMBINE_WARPS", 8)
+    d, i_dim, e, k, name = FAMILIES[family]
+    gs, bits, mode = fmt(name)
+    oai = family == "gpt_oss"
+    x = mx.zeros((1, d), dtype=mx.bfloat16)
+    idx = mx.zeros((1, k), dtype=mx.uint32)
+    g, u = zero_experts(e, i_dim, d, bits, gs, mode), zero_experts(e, i_dim, d, bits, gs, mode)
+    bias = [mx.zeros((e, i_dim), dtype=mx.bfloat16)] * 2 if oai else [None, None]
+    act = "swiglu_oai" if oai else "swiglu"
+
+    def gate_up(x):
+        return moe.gather_qmv_swiglu(x, *g, *u, idx, gs, bits, mode, *bias, act)
+
+    h = mx.zeros((1, k, i_dim), dtype=mx.bfloat16)
+    wts = mx.zeros((1, k), dtype=mx.bfloat16)
+    dn = zero_experts(e, d, i_dim, bits, gs, mode)
+    dbias = mx.zeros((e, d), dtype=mx.bfloat16) if oai else None
+
+    def down(h):
+        return moe.gather_qmv_combine(h, *dn, idx, wts, gs, bits, mode, dbias)
+
+    with capture("cuda") as caught:
+        gate_up(x)
+        down(h)
+    assert [c.kernel.name.split("_gather")[0].split("_exact")[0] for c in caught] == [
+        f"qmv_{act}_{mode}",
+        f"qmv_combine_{mode}",
+    ]
+    assert caught[0].threadgroup == (32 * (6 if oai else 8), 1, 1)
+    assert caught[1].threadgroup == (32 * k * 2, 1, 1)
+    assert_compiles(gate_up, x)
+    assert_compiles(down, h)
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
 @pytest.mark.parametrize("name", ["a4g64", "a8g32", "mxfp4"])
 @pytest.mark.parametrize("t, k", [(1, 8), (3, 4)])
@@ -108,10 +203,38 @@ def test_combine_with_experts_side_by_side_is_identical(name, t, k, dtype, monke
     extra = [{}, {"bias": random_x(rng, (e, d), dtype)},
              {"shared": random_x(rng, (t, d), dtype), "shared_gate": random_x(rng, (t, 1), dtype)},
              {"residual": (random_x(rng, (t, d), dtype), random_x(rng, (t, d), dtype))}]  # fmt: skip
+    monkeypatch.setattr(mk, "COMBINE_WARPS", 0)  # one warp an expert
     for kw in extra:
         got = both(monkeypatch, moe.gather_qmv_combine, h, *wd, idx, wts, gs, bits, mode,
                    attr="SPLIT_EXPERTS", values=(False, True), module=mk, **kw)  # fmt: skip
         assert_identical(*got)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
+@pytest.mark.parametrize("name", ["a4g64", "mxfp4"])
+@pytest.mark.parametrize("t, k", [(1, 4), (3, 2)])
+def test_combine_with_each_expert_split_across_warps(name, t, k, dtype, monkeypatch, rng):
+    """``moe_kernels.COMBINE_WARPS`` = 8 with K = 4 (2) experts: each expert's 512 inputs in 2
+    slices of one warp each (4 slices of 16 words would leave half the lanes idle), the
+    partial sums added in order, then rounded as before:
+    within last-place differences of the one-warp kernel, with a bias, a gated shared expert
+    and the residual stream."""
+    gs, bits, mode = fmt(name)
+    e, d, i = 9, 37, 512
+    monkeypatch.setattr(mk, "COMBINE_WARPS", 8)
+    h = random_x(rng, (t, k, i), dtype)
+    wd = random_qweight(rng, (e, d, i), dtype, bits, gs, mode)
+    idx = random_indices(rng, (t,), k, e)
+    wts = mx.softmax(random_x(rng, (t, k), mx.float32), axis=-1).astype(dtype)
+    with capture("cuda") as caught:
+        moe.gather_qmv_combine(h, *wd, idx, wts, gs, bits, mode)
+    assert caught[0].threadgroup == (32 * k * 2, 1, 1)
+    extra = [{}, {"bias": random_x(rng, (e, d), dtype)},
+             {"shared": random_x(rng, (t, d), dtype), "shared_gate": random_x(rng, (t, 1), dtype)},
+             {"residual": (random_x(rng, (t, d), dtype), random_x(rng, (t, d), dtype))}]  # fmt: skip
+    for kw in extra:
+        assert_close(*both(monkeypatch, moe.gather_qmv_combine, h, *wd, idx, wts, gs, bits, mode,
+                           attr="SPLIT_EXPERTS", values=(False, True), module=mk, **kw))  # fmt: skip
 
 
 @pytest.mark.parametrize("rows", [1, 2, 8])

@@ -169,7 +169,15 @@ def moe_block_device(res: dict[str, Any]) -> list[Table]:
     title = (f"MoE block experts, device time per block (copy bandwidth "
              f"{num(res['copy_bandwidth_gbps'], 0)} GB/s)")  # fmt: skip
     cols = ["model", "T", "stock us", "zmlx us", "speed-up", "zmlx GB/s", "% of copy"]
-    return [Table(title, cols, rows)]
+    tables = [Table(title, cols, rows)]
+    sweep = res.get("sweep") or []
+    if sweep:
+        rows = [[r["model"], str(r["tokens"]), label, num(r["device_time"][label]["block_us"], 1),
+                 num(r["device_time"][label]["speedup"], 2) + "x"]
+                for r in res["rows"] for label in sweep]  # fmt: skip
+        tables.append(Table("zmlx under other settings (same stock run)",
+                            ["model", "T", "settings", "zmlx us", "speed-up"], rows))  # fmt: skip
+    return tables
 
 
 def generic(res: dict[str, Any]) -> list[Table]:

@@ -163,14 +163,15 @@ def _gather_launch(op, kind, x, mats, indices, group_size, bits, mode, lins, fp,
     joint = 1 if kind == "plain" else 2
     split = qk.split_warps(d, bits, group_size) if regs else 0
     plan = qk.tile_plan(d, bits, group_size, joint, n, slots) if prenorm is None else None
-    if plan is None and split and lins is None and fp is None and prenorm is None:
-        kern = qk.split_matvec_kernel(kind, mode, per_slot)
-        ins = [x] + weight_inputs(mats, mode)
+    if plan is None and split and prenorm is None:
+        kern = qk.split_matvec_kernel(kind, mode, per_slot, lins is not None, qk.SPLIT_ALL_ROWS)
+        ins = [x] + weight_inputs(mats, mode) + [indices] + list(lins or ())
+        ins += [] if fp is None else [fp]
         nb = math.ceil(n / qk.SPLIT_ROWS)
         tmpl = fmt_template(x, d, bits, group_size)
         tmpl += [("N", n), ("R", qk.SPLIT_ROWS), ("NB", nb), ("K", k), ("W", split)]
         grid, tg = qk.warp_groups(slots * nb, split)
-        return kern(*ins, indices, scalar(slots, mx.int32), output_shapes=[lead + (k, n)],
+        return kern(*ins, scalar(slots, mx.int32), output_shapes=[lead + (k, n)],
                     output_dtypes=[x.dtype], grid=grid, threadgroup=tg,
                     template=tmpl)[0]  # fmt: skip
     tmpl = fmt_template(x, d, bits, group_size) + [("N", n), ("K", k)]
@@ -339,11 +340,14 @@ def gather_qmv_combine(h, w, scales, biases, indices, weights, group_size=64, bi
     tokens = math.prod(lead)
     if tokens and use_kernel(op, h, scales, group_size, bits, mode, tokens, verbose):
         flags = (bias is not None, shared is not None, shared_gate is not None)
-        if mk.SPLIT_EXPERTS and i_dim <= qk.X_REG_MAX and k <= 32:
-            kern = mk.split_combine_kernel(mode, *flags, residual is not None)
-            r = mk.SPLIT_ROWS  # rows per group of K warps
+        split = mk.SPLIT_EXPERTS and i_dim <= qk.X_REG_MAX and k <= 32
+        if split:
+            kern = mk.split_combine_kernel(mode, *flags, residual is not None,
+                                           qk.SPLIT_ALL_ROWS)  # fmt: skip
+            r = mk.SPLIT_ROWS  # rows per group of K * S warps
             nb = math.ceil(dout / r)
-            grid, tg = qk.warp_groups(tokens * nb, k)
+            s = qk.split_ways(i_dim, bits, group_size, max(1, mk.COMBINE_WARPS // k), least=1)
+            grid, tg = qk.warp_groups(tokens * nb, k * s)
         else:
             r = qk.rows_per_warp(tokens, dout, 1, i_dim)
             nb = math.ceil(dout / r)
@@ -358,6 +362,8 @@ def gather_qmv_combine(h, w, scales, biases, indices, weights, group_size=64, bi
         tmpl = [("T", h.dtype), ("P", promote((h.dtype, weights.dtype))), ("I", i_dim),
                 ("D", dout), ("BITS", bits), ("GROUP_SIZE", group_size), ("K", k), ("R", r),
                 ("NB", nb)]  # fmt: skip
+        if split:
+            tmpl.append(("S", s))
         return kern(*ins, scalar(tokens, mx.int32), output_shapes=[lead + (dout,)],
                     output_dtypes=[h.dtype], grid=grid, threadgroup=tg,
                     template=tmpl)[0]  # fmt: skip

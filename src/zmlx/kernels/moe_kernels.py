@@ -20,6 +20,7 @@ from .quant_kernels import (
     _qinputs,
     _reduce,
     _row_loop,
+    _split_rows,
     _to_t,
     exact_accumulate,
 )
@@ -199,6 +200,9 @@ def combine_kernel(exact: bool, has_shared: bool, has_gate: bool) -> Kernel:
 # against 29.7 us for one warp walking the experts (kernel_profile_split_experts_h100.json).
 SPLIT_EXPERTS = True
 SPLIT_ROWS = 4
+# Warps a group of the split combine kernel aims at: each expert's inputs split across up to
+# COMBINE_WARPS // K warps (quant_kernels.split_ways), so K = 4 experts still fill 8 warps.
+COMBINE_WARPS = 8
 
 
 def _combine_inputs(mode: str, has_bias: bool, has_shared: bool, has_gate: bool,
@@ -211,54 +215,75 @@ def _combine_inputs(mode: str, has_bias: bool, has_shared: bool, has_gate: bool,
 
 @cache
 def split_combine_kernel(mode: str, has_bias: bool, has_shared: bool, has_gate: bool,
-                         has_res: bool = False) -> Kernel:  # fmt: skip
+                         has_res: bool = False, all_rows: bool = True) -> Kernel:  # fmt: skip
     """:func:`gather_combine_kernel` (exact rounding) with the ``K`` experts of a token side by
-    side: a group of ``K`` warps owns ``R`` output rows of one token, warp ``k`` computes the
-    rows' projections for expert ``k`` (all its loads of a row issued before the math), rounds
-    each to ``T`` (with its bias) and leaves it in shared memory; the first warp then adds
-    the weighted projections in expert order, rounded as mlx-lm rounds. The one-warp kernel
-    walks the experts one after another in every warp, so a row waits for memory ``K`` times.
+    side: a group of ``K * S`` warps owns ``R`` output rows of one token; the ``S`` warps of
+    expert ``k`` (warps ``k * S .. k * S + S - 1``) each take a slice ``I / S`` of its inputs
+    and leave their partial sums in shared memory, loads issued ahead of the math as in
+    :func:`.quant_kernels._split_rows`. The first warp then rounds each expert's projection
+    (its ``S`` partials added in order) to ``T`` with its bias and adds the weighted
+    projections in expert order, rounded as mlx-lm rounds. The one-warp kernel walks the
+    experts one after another in every warp, so a row waits for memory ``K`` times.
 
-    Template constants: ``T``, ``P``, ``I``, ``D``, ``BITS``, ``GROUP_SIZE``, ``K`` (warps
-    per group), ``R``, ``NB`` (groups per token). Runtime: ``rt[0]`` = tokens.
+    With ``S = 1`` a projection is one warp's sum, as in the one-warp kernel: bit-identical
+    results. With ``S > 1`` its float32 sum runs in another order (last-place differences
+    before the rounding to ``T``).
+
+    Template constants: ``T``, ``P``, ``I``, ``D``, ``BITS``, ``GROUP_SIZE``, ``K``, ``S``
+    (warps per expert; ``I / S`` a multiple of ``GROUP_SIZE``), ``R``, ``NB`` (groups per
+    token). Runtime: ``rt[0]`` = tokens.
     """
     inputs = _combine_inputs(mode, has_bias, has_shared, has_gate, has_res)
     body = """
-  ZX_SHARED float red[K * R];
+  ZX_SHARED float red[K * S * R];
   const int t = (int)gid / NB;
   if (t >= rt[0]) {
     return;
   }
   const int row0 = ((int)gid % NB) * R;
-  const int slot = t * K + (int)warp;
+  const int slot = t * K + (int)warp / S;
   const int ex = static_cast<int>(idx[slot]);
-  const T* xp = h + (size_t)slot * I;
+  const T* xp = h + (size_t)slot * I + ((int)warp % S) * (I / S);
 """
-    body += _projection(mode, True, True, 1)
-    add_bias = _add_bias(has_bias)
-    body += f"""
+    body += _prologue("(I / S)", True, mode) + _acc_decl(["acc0"])
+    body += _split_rows(mode, [_mat("0", mode)], "D", "ex * D", "S", "(int)warp % S", all_rows)
+    bias = ""
+    if has_bias:
+        bias = (
+            " if (row0 + r < D) { y = "
+            + _to_t("y + static_cast<float>(bias[(size_t)exk * D + row0 + r])")
+            + "; }"
+        )
+    body += """
 #pragma unroll
-  for (int r = 0; r < R; ++r) {{
-    float y = {_to_t("zx_warp_sum(acc0[r])")};{add_bias}
-    if (lane == 0u) {{
-      red[(int)warp * R + r] = y;
-    }}
-  }}
+  for (int r = 0; r < R; ++r) {
+    const float p = zx_warp_sum(acc0[r]);
+    if (lane == 0u) {
+      red[(int)warp * R + r] = p;
+    }
+  }
   zx_barrier();
-  if (warp != 0u) {{
+  if (warp != 0u) {
     return;
-  }}
+  }
 """
     body += _acc_decl(["tot"])
     body += f"""
   for (int k = 0; k < K; ++k) {{
     const float wk = static_cast<float>(wts[t * K + k]);
+    const int exk = static_cast<int>(idx[t * K + k]);
 #pragma unroll
     for (int r = 0; r < R; ++r) {{
-      {exact_accumulate("tot[r]", "red[k * R + r]", "wk")}
+      float y = red[(k * S) * R + r];
+      for (int s = 1; s < S; ++s) {{
+        y += red[(k * S + s) * R + r];
+      }}
+      y = {_to_t("y")};{bias}
+      {exact_accumulate("tot[r]", "y", "wk")}
     }}
   }}
 """
     body += _epilogue(True, has_bias, has_shared, has_gate, has_res)
-    name = f"qmv_combine_{mode}_exact" + ("_res" if has_res else "") + "_split"
+    name = (f"qmv_combine_{mode}_exact" + ("_res" if has_res else "") + "_split"
+            + ("" if all_rows else "_r1"))  # fmt: skip
     return Kernel(name, inputs, ["out"], body, header=HEADER)

@@ -65,6 +65,11 @@ LOAD_WORDS = 1
 # warp a row, 26.1 us with 4 warps (kernel_profile_split_h100.json).
 SPLIT_WARPS = 8
 SPLIT_ROWS = 4  # rows per group of the split kernel (2: 23.4 us, 8: 26.2 us at 4 warps)
+# Split kernels: loads of all a group's rows issued before the math (see _split_rows).
+SPLIT_ALL_ROWS = True
+# Least share of its last round of 32 lanes a split part's words fill (rows that split into
+# no whole rounds, e.g. GPT-OSS's 2880 inputs: 6 parts of 60 words, 94%).
+SPLIT_MIN_FILL = 0.85
 
 HEADER = r"""
 // Affine element at bit offset sh of w, as the float 1 + q / 2^BITS (q in the top mantissa bits).
@@ -229,11 +234,17 @@ def _prologue(d: str, regs: bool, mode: str, norm: bool = False, vec: int = 1) -
 
 
 def _word_dot(
-    mode: str, mats: list[tuple[str, str, str]], regs: bool, acc: str, loaded: bool = False
+    mode: str,
+    mats: list[tuple[str, str, str]],
+    regs: bool,
+    acc: str,
+    loaded: bool = False,
+    at: str | None = None,
 ) -> str:
     """Accumulate word ``wi`` of the current row of each weight into ``acc_<m>[r]``.
     ``loaded``: the word and its scale (and bias) are already in ``qw<m>[j]``, ``sc<m>[j]``
-    (``bi<m>[j]``) (see :func:`_batched_word_loads`); else they are loaded here."""
+    (``bi<m>[j]``) (see :func:`_batched_word_loads`), or at index ``at`` of each when given
+    (see :func:`_split_rows`); else they are loaded here."""
     out = [] if loaded else ["        const int g = (wi * EPW) / GROUP_SIZE;"]
     if not regs:
         out.append("        float xw[EPW];")
@@ -247,8 +258,12 @@ def _word_dot(
     xv = "xr[j * EPW + e]" if regs else "xw[e]"
     xsum = "xs[j]" if regs else "xsum"
     for m, (w, s, b) in enumerate(mats):
-        q, sc, bi = ((f"qw{m}[j]", f"sc{m}[j / VEC]", f"bi{m}[j / VEC]") if loaded
-                     else (f"qw{m}", f"sc{m}", f"bi{m}"))  # fmt: skip
+        if at is not None:
+            q, sc, bi = f"qw{m}[{at}]", f"sc{m}[{at}]", f"bi{m}[{at}]"
+        elif loaded:
+            q, sc, bi = f"qw{m}[j]", f"sc{m}[j / VEC]", f"bi{m}[j / VEC]"
+        else:
+            q, sc, bi = f"qw{m}", f"sc{m}", f"bi{m}"
         if not loaded:
             out.append(f"        const uint qw{m} = {w}[wbase + wi];")
         if mode == "affine":
@@ -624,31 +639,76 @@ def dequant_kernel(mode: str) -> Kernel:
 # Split rows: the warps of a group share a row's words (decode's gathered matvecs)
 
 
+def _split_rows(mode: str, mats: list[tuple[str, str, str]], n: str, ebase: str, ways: str,
+                part: str, all_rows: bool) -> str:  # fmt: skip
+    """Lane partial sums ``acc<m>[r]`` of rows ``row0 .. row0 + R - 1`` (of ``n``) of each
+    weight over part ``part`` of ``ways`` of each row (``NW``, ``NG``: the part's words and
+    groups, from :func:`_prologue`; x's slice in registers). Words past the part's ``NW``
+    (a last round of lanes partly filled) count as zero.
+
+    ``all_rows``: every lane issues the loads of all ``R`` rows (words, scales, biases)
+    before any math, so a warp waits for memory once per group of rows rather than once per
+    row; rows past ``n`` load row ``n - 1`` and are not stored. Otherwise the loads of one
+    row at a time. The sums run in the same order either way: bit-identical results."""
+    rows = "R" if all_rows else "1"
+    at = "r * NJ + j" if all_rows else "j"
+    decl = []
+    for m in range(len(mats)):
+        decl.append(f"  uint qw{m}[{rows} * NJ];")
+        decl.append(f"  float sc{m}[{rows} * NJ];")
+        if mode == "affine":
+            decl.append(f"  float bi{m}[{rows} * NJ];")
+    loads = [f"    const int row = row0 + r < {n} ? row0 + r : {n} - 1;",
+             f"    const size_t wbase = (size_t)({ebase} + row) * (NW * {ways}) + ({part}) * NW;",
+             f"    const size_t gbase = (size_t)({ebase} + row) * (NG * {ways}) + ({part}) * NG;",
+             "#pragma unroll", "    for (int j = 0; j < NJ; ++j) {",
+             "      const int wi = j * 32 + (int)lane;",
+             "      const bool ok = NW % 32 == 0 || wi < NW;",
+             "      const int g = ok ? (wi * EPW) / GROUP_SIZE : 0;"]  # fmt: skip
+    for m, (w, sc, b) in enumerate(mats):
+        loads.append(f"      qw{m}[{at}] = ok ? {w}[wbase + wi] : 0u;")
+        if mode == "affine":
+            loads.append(f"      sc{m}[{at}] = static_cast<float>({sc}[gbase + g]);")
+            loads.append(f"      bi{m}[{at}] = static_cast<float>({b}[gbase + g]);")
+        else:
+            loads.append(f"      sc{m}[{at}] = zx_e8m0(static_cast<uint>({sc}[gbase + g]));")
+    loads.append("    }")
+    math_ = ["#pragma unroll", "    for (int j = 0; j < NJ; ++j) {",
+             "      const int wi = j * 32 + (int)lane;",
+             _word_dot(mode, mats, True, "acc", loaded=True, at=at), "    }"]  # fmt: skip
+    head = ["#pragma unroll", "  for (int r = 0; r < R; ++r) {"]
+    if all_rows:
+        body = head + loads + ["  }"] + head + math_ + ["  }"]
+    else:
+        body = head + loads + math_ + ["  }"]
+    return "\n".join(decl + body) + "\n"
+
+
 @cache
-def split_matvec_kernel(kind: str, mode: str, x_per_slot: bool) -> Kernel:
+def split_matvec_kernel(kind: str, mode: str, x_per_slot: bool, has_bias: bool = False,
+                        all_rows: bool = True) -> Kernel:  # fmt: skip
     """The gathered matvec with each row split across the ``W`` warps of a group.
 
     Profiled on an H100 (``ncu_qmv_swiglu_h100.txt``), the one-warp-a-row kernel waits on L1
     for most of its time: each lane holds ``D / 32`` inputs of x, more than the compiler keeps
     in registers, so it reloads x for every row, and a token's 8 experts give too few warps to
     hide that. Here warp ``w`` of a group owns inputs ``[w * D / W, (w + 1) * D / W)`` of
-    the group's ``R`` rows (its slice of x loaded by :func:`_prologue`): a lane holds ``D / (32 W)`` inputs (16 at D = 2048, 4-bit, W = 4),
-    loads all its words of a row before the math, and the ``W`` partial sums of a row meet in
-    shared memory, added in warp order by the first warp.
+    the group's ``R`` rows (its slice of x loaded by :func:`_prologue`): a lane holds
+    ``D / (32 W)`` inputs (8 at D = 2048, 4-bit, W = 8), issues the loads of its words of the
+    group's rows before the math (:func:`_split_rows`), and the ``W`` partial sums of a row
+    meet in shared memory, added in warp order by the first warp.
 
-    Kinds: ``"plain"`` or a gated activation of :data:`GATED` other than ``swiglu_oai``; no
-    bias, residual or folded norm. Template constants: ``T``, ``D``, ``N``, ``BITS``,
-    ``GROUP_SIZE``, ``K``, ``R`` (rows per group), ``NB`` (groups per slot), ``W`` (warps per
-    group; ``D * BITS / 32`` a multiple of ``32 W`` and ``D / W`` of ``GROUP_SIZE``, see
-    :func:`split_warps`). Runtime: ``rt[0]`` = slots.
+    Kinds: ``"plain"`` or a gated activation of :data:`GATED` (``swiglu_oai``: input ``fp``
+    holds alpha and limit); ``has_bias``: a bias per expert and row for each weight (inputs
+    ``bias_<part>``, added to the rounded projection as mlx-lm adds it); no residual or folded
+    norm. Template constants: ``T``, ``D``, ``N``, ``BITS``, ``GROUP_SIZE``, ``K``, ``R`` (rows
+    per group), ``NB`` (groups per slot), ``W`` (warps per group; ``D / W`` a multiple of
+    ``GROUP_SIZE``, see :func:`split_warps`). Runtime: ``rt[0]`` = slots.
     """
-    parts = ["0"] if kind == "plain" else ["g", "u"]
-    if kind not in ("plain", *GATED) or kind == "swiglu_oai":
+    if kind not in ("plain", *GATED):
         raise ValueError(f"[quant_kernels] no split-row kernel for {kind!r}")
-    inputs = ["x"]
-    for p in parts:
-        inputs += _qinputs(p, mode)
-    inputs += ["idx", "rt"]
+    parts = _JOINT[kind]
+    inputs, outputs = _matvec_signature(kind, mode, True, has_bias, False)
     nm = len(parts)
     names = [f"acc{m}" for m in range(nm)]
     mats = [_mat(p, mode) for p in parts]
@@ -663,22 +723,7 @@ def split_matvec_kernel(kind: str, mode: str, x_per_slot: bool) -> Kernel:
   const int row0 = ((int)gid % NB) * R;
   const T* xp = x + (size_t)({xrow}) * D + (int)warp * (D / W);
 {_prologue("(D / W)", True, mode)}  const int ex = static_cast<int>(idx[slot]);
-{_acc_decl(names)}
-#pragma unroll
-  for (int r = 0; r < R; ++r) {{
-    const int row = row0 + r;
-    if (row < N) {{
-      const size_t wbase = (size_t)(ex * N + row) * (NW * W) + (int)warp * NW;
-      const size_t gbase = (size_t)(ex * N + row) * (NG * W) + (int)warp * NG;
-{_batched_word_loads(mode, mats)}
-#pragma unroll
-      for (int j = 0; j < NJ; ++j) {{
-        const int wi = j * 32 + (int)lane;
-{_word_dot(mode, mats, True, "acc", loaded=True)}
-      }}
-    }}
-  }}
-{_reduce(names)}
+{_acc_decl(names)}{_split_rows(mode, mats, "N", "ex * N", "W", "(int)warp", all_rows)}{_reduce(names)}
   if (lane == 0u) {{
 #pragma unroll
     for (int r = 0; r < R; ++r) {{
@@ -697,20 +742,31 @@ def split_matvec_kernel(kind: str, mode: str, x_per_slot: bool) -> Kernel:
     body += "      for (int w = 0; w < W; ++w) {\n"
     body += "".join(f"        acc{m}[r] += red[(w * R + r) * {nm} + {m}];\n" for m in range(nm))
     body += "      }\n    }\n"
-    body += _store(kind, parts, True, False, False)
+    body += _store(kind, parts, True, has_bias, False)
     body += "  }\n"
-    return Kernel(f"qmv_{kind}_{mode}_gather_split", inputs, ["out"], body, header=HEADER)
+    name = f"qmv_{kind}_{mode}_gather_split{'_bias' if has_bias else ''}{'' if all_rows else '_r1'}"
+    return Kernel(name, inputs, outputs, body, header=HEADER)
+
+
+def split_ways(d: int, bits: int, group_size: int, most: int, least: int = 2) -> int:
+    """The most parts (``least .. most``) a row of ``d`` inputs splits into, each a whole
+    number of quantization groups and filling at least :data:`SPLIT_MIN_FILL` of its last
+    round of 32 lanes' words; 0 when none does (1 always does when ``least`` is 1)."""
+    nw = d * bits // 32
+    for w in range(most, max(least, 2) - 1, -1):
+        if d % w or (d // w) % group_size:
+            continue
+        per = nw // w
+        if per / (32 * math.ceil(per / 32)) >= SPLIT_MIN_FILL:
+            return w
+    return 1 if least <= 1 else 0
 
 
 def split_warps(d: int, bits: int, group_size: int) -> int:
-    """Warps a row is split across (:func:`split_matvec_kernel`): :data:`SPLIT_WARPS` when a
-    row of ``d`` inputs divides into whole rounds of lanes and whole groups, else 0 (no
+    """Warps a row is split across (:func:`split_matvec_kernel`): the most parts up to
+    :data:`SPLIT_WARPS` a row of ``d`` inputs divides into (:func:`split_ways`), else 0 (no
     split kernel)."""
-    w = SPLIT_WARPS
-    nw = d * bits // 32
-    if w < 2 or nw % (32 * w) or (d // w) % group_size:
-        return 0
-    return w
+    return split_ways(d, bits, group_size, SPLIT_WARPS) if SPLIT_WARPS >= 2 else 0
 
 
 # ---------------------------------------------------------------------------------------
