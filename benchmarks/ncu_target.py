@@ -1,8 +1,10 @@
-"""One zmlx MoE launch at Qwen3-30B-A3B's decode shapes, for Nsight Compute to profile.
+"""One zmlx MoE launch at a model's decode shapes (Qwen3-30B-A3B's by default), for Nsight
+Compute to profile.
 
     ncu --kernel-name regex:zx_ --launch-skip 2 --launch-count 2 \\
         --section SpeedOfLight --section Occupancy --section WarpStateStats \\
-        python benchmarks/ncu_target.py [--op swiglu|combine|qmv] [--tokens 1]
+        python benchmarks/ncu_target.py [--op swiglu|combine|qmv] [--tokens 1] \\
+        [--model glm_4_7_flash] [--set zmlx.MODULE.NAME=VALUE ...]
 
 Runs the op a few times (the first launches build the kernel), with the fallback notes on, so
 a reference path taken instead of the kernel is printed rather than profiled by mistake.
@@ -13,12 +15,14 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 os.environ.setdefault("ZMLX_VERBOSE", "1")
 
 import mlx.core as mx  # noqa: E402
 import numpy as np  # noqa: E402
 
+from zmlx.bench import settings  # noqa: E402
 from zmlx.kernels import moe as K  # noqa: E402
 from zmlx.kernels import quant as Q  # noqa: E402
 from zmlx.kernels.quant_specs import random_qweight  # noqa: E402
@@ -29,30 +33,42 @@ def main(argv=None) -> int:
     p.add_argument("--op", default="swiglu", choices=["swiglu", "combine", "qmv"])
     p.add_argument("--tokens", type=int, default=1)
     p.add_argument("--runs", type=int, default=5)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from moe_block import MODELS, QUANT
+
+    p.add_argument("--model", default="qwen3_30b_a3b", choices=list(MODELS))
+    settings.add_argument(p)
     args = p.parse_args(argv)
+    settings.apply_command_line(args.set, "ncu_target")
     rng = np.random.default_rng(0)
     bf, t = mx.bfloat16, args.tokens
-    d, i_dim, e, k, gs = 2048, 768, 128, 8, 64
-    idx = mx.array(rng.integers(0, e, (t, k)).astype(np.uint32))
+    d, i_dim, e, k, quant = MODELS[args.model]
+    q = QUANT[quant]
+    gs, bits, mode = q["group_size"], q["bits"], q["mode"]
+    oai = args.model.startswith("gpt_oss")
+    idx = mx.array(np.stack([rng.choice(e, k, replace=False) for _ in range(t)]).astype(np.uint32))
     x = mx.random.normal((t, d)).astype(bf)
     if args.op == "swiglu":
-        g = random_qweight(rng, (e, i_dim, d), bf, 4, gs)
-        u = random_qweight(rng, (e, i_dim, d), bf, 4, gs)
+        g = random_qweight(rng, (e, i_dim, d), bf, bits, gs, mode)
+        u = random_qweight(rng, (e, i_dim, d), bf, bits, gs, mode)
+        bias = [mx.random.normal((e, i_dim)).astype(bf) for _ in range(2)] if oai else [None] * 2
+        act = "swiglu_oai" if oai else "swiglu"
 
         def run():
-            return K.gather_qmv_swiglu(x, *g, *u, idx, gs, 4, verbose=True)
+            return K.gather_qmv_swiglu(x, *g, *u, idx, gs, bits, mode, *bias, act, verbose=True)
     elif args.op == "combine":
-        dn = random_qweight(rng, (e, d, i_dim), bf, 4, gs)
+        dn = random_qweight(rng, (e, d, i_dim), bf, bits, gs, mode)
         h = mx.random.normal((t, k, i_dim)).astype(bf)
         wts = mx.full((t, k), 1.0 / k, dtype=bf)
+        bias = mx.random.normal((e, d)).astype(bf) if oai else None
 
         def run():
-            return K.gather_qmv_combine(h, *dn, idx, wts, gs, 4, verbose=True)
+            return K.gather_qmv_combine(h, *dn, idx, wts, gs, bits, mode, bias, verbose=True)
     else:
-        wq = random_qweight(rng, (4096, d), bf, 4, gs)
+        wq = random_qweight(rng, (4096, d), bf, bits, gs, mode)
 
         def run():
-            return Q.qmv(x, *wq, gs, 4, verbose=True)
+            return Q.qmv(x, *wq, gs, bits, mode, verbose=True)
 
     for _ in range(args.runs):
         mx.eval(run())
