@@ -219,8 +219,8 @@ def split_combine_kernel(mode: str, has_bias: bool, has_shared: bool, has_gate: 
     """:func:`gather_combine_kernel` (exact rounding) with the ``K`` experts of a token side by
     side: a group of ``K * S`` warps owns ``R`` output rows of one token; the ``S`` warps of
     expert ``k`` (warps ``k * S .. k * S + S - 1``) each take a slice ``I / S`` of its inputs
-    and leave their partial sums in shared memory, loads issued ahead of the math as in
-    :func:`.quant_kernels._split_rows`. The first warp then rounds each expert's projection
+    and leave their partial sums in shared memory, the weights' loads issued ahead of x's and
+    of the math as in :func:`.quant_kernels._split_rows`. The first warp then rounds each expert's projection
     (its ``S`` partials added in order) to ``T`` with its bias and adds the weighted
     projections in expert order, rounded as mlx-lm rounds. The one-warp kernel walks the
     experts one after another in every warp, so a row waits for memory ``K`` times.
@@ -245,7 +245,7 @@ def split_combine_kernel(mode: str, has_bias: bool, has_shared: bool, has_gate: 
   const int ex = static_cast<int>(idx[slot]);
   const T* xp = h + (size_t)slot * I + ((int)warp % S) * (I / S);
 """
-    body += _prologue("(I / S)", True, mode) + _acc_decl(["acc0"])
+    body += _prologue("(I / S)", False, mode) + _acc_decl(["acc0"])
     body += _split_rows(mode, [_mat("0", mode)], "D", "ex * D", "S", "(int)warp % S", all_rows)
     bias = ""
     if has_bias:

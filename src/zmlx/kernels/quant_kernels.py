@@ -199,17 +199,24 @@ def _prologue(d: str, regs: bool, mode: str, norm: bool = False, vec: int = 1) -
 """
         return text
     if regs:
-        sums = mode == "affine"
-        text += (
-            """
+        text += _x_registers(mode)
+    return text
+
+
+def _x_registers(mode: str) -> str:
+    """The lane's slice of x (``xp``; words ``wi`` of :func:`_prologue`'s layout) as floats in
+    ``xr``, with each word's sum in ``xs`` (affine); zeros past the row's ``NW`` words."""
+    sums = mode == "affine"
+    return (
+        """
   float xr[NJ * EPW];"""
-            + (
-                """
+        + (
+            """
   float xs[NJ];"""
-                if sums
-                else ""
-            )
-            + """
+            if sums
+            else ""
+        )
+        + """
 #pragma unroll
   for (int j = 0; j < NJ; ++j) {
     const int wi = ((j / VEC) * 32 + (int)lane) * VEC + j % VEC;
@@ -220,17 +227,16 @@ def _prologue(d: str, regs: bool, mode: str, norm: bool = False, vec: int = 1) -
       xr[j * EPW + e] = v;
       sum += v;
     }"""
-            + (
-                """
+        + (
+            """
     xs[j] = sum;"""
-                if sums
-                else ""
-            )
-            + """
+            if sums
+            else ""
+        )
+        + """
   }
 """
-        )
-    return text
+    )
 
 
 def _word_dot(
@@ -643,13 +649,15 @@ def _split_rows(mode: str, mats: list[tuple[str, str, str]], n: str, ebase: str,
                 part: str, all_rows: bool) -> str:  # fmt: skip
     """Lane partial sums ``acc<m>[r]`` of rows ``row0 .. row0 + R - 1`` (of ``n``) of each
     weight over part ``part`` of ``ways`` of each row (``NW``, ``NG``: the part's words and
-    groups, from :func:`_prologue`; x's slice in registers). Words past the part's ``NW``
-    (a last round of lanes partly filled) count as zero.
+    groups, from :func:`_prologue`'s constants), with the lane's slice of x (``xp``) loaded
+    here (:func:`_x_registers`). Words past the part's ``NW`` (a last round of lanes partly
+    filled) count as zero.
 
     ``all_rows``: every lane issues the loads of all ``R`` rows (words, scales, biases)
-    before any math, so a warp waits for memory once per group of rows rather than once per
-    row; rows past ``n`` load row ``n - 1`` and are not stored. Otherwise the loads of one
-    row at a time. The sums run in the same order either way: bit-identical results."""
+    before any math, and before loading x, so a warp waits for memory once per group of rows
+    rather than once per row and x's latency hides behind the weights'; rows past ``n`` load
+    row ``n - 1`` and are not stored. Otherwise x first, then one row's loads at a time. The
+    sums run in the same order either way: bit-identical results."""
     rows = "R" if all_rows else "1"
     at = "r * NJ + j" if all_rows else "j"
     decl = []
@@ -677,10 +685,11 @@ def _split_rows(mode: str, mats: list[tuple[str, str, str]], n: str, ebase: str,
              "      const int wi = j * 32 + (int)lane;",
              _word_dot(mode, mats, True, "acc", loaded=True, at=at), "    }"]  # fmt: skip
     head = ["#pragma unroll", "  for (int r = 0; r < R; ++r) {"]
+    x = [_x_registers(mode)]
     if all_rows:
-        body = head + loads + ["  }"] + head + math_ + ["  }"]
+        body = head + loads + ["  }"] + x + head + math_ + ["  }"]
     else:
-        body = head + loads + math_ + ["  }"]
+        body = x + head + loads + math_ + ["  }"]
     return "\n".join(decl + body) + "\n"
 
 
@@ -695,7 +704,7 @@ def split_matvec_kernel(kind: str, mode: str, x_per_slot: bool, has_bias: bool =
     hide that. Here warp ``w`` of a group owns inputs ``[w * D / W, (w + 1) * D / W)`` of
     the group's ``R`` rows (its slice of x loaded by :func:`_prologue`): a lane holds
     ``D / (32 W)`` inputs (8 at D = 2048, 4-bit, W = 8), issues the loads of its words of the
-    group's rows before the math (:func:`_split_rows`), and the ``W`` partial sums of a row
+    group's rows before loading x and before the math (:func:`_split_rows`), and the ``W`` partial sums of a row
     meet in shared memory, added in warp order by the first warp.
 
     Kinds: ``"plain"`` or a gated activation of :data:`GATED` (``swiglu_oai``: input ``fp``
@@ -722,7 +731,7 @@ def split_matvec_kernel(kind: str, mode: str, x_per_slot: bool, has_bias: bool =
   }}
   const int row0 = ((int)gid % NB) * R;
   const T* xp = x + (size_t)({xrow}) * D + (int)warp * (D / W);
-{_prologue("(D / W)", True, mode)}  const int ex = static_cast<int>(idx[slot]);
+{_prologue("(D / W)", False, mode)}  const int ex = static_cast<int>(idx[slot]);
 {_acc_decl(names)}{_split_rows(mode, mats, "N", "ex * N", "W", "(int)warp", all_rows)}{_reduce(names)}
   if (lane == 0u) {{
 #pragma unroll
