@@ -289,5 +289,6 @@ def test_other_rows_per_group(rows, monkeypatch, rng):
     h = random_x(rng, (t, k, i), mx.bfloat16)
     wd = random_qweight(rng, (e, 37, i), mx.bfloat16, bits, gs, mode)
     wts = mx.softmax(random_x(rng, (t, k), mx.float32), axis=-1).astype(mx.bfloat16)
-    assert_identical(*both(monkeypatch, moe.gather_qmv_combine, h, *wd, idx, wts, gs, bits, mode,
-                           attr="SPLIT_ROWS", values=(4, rows), module=mk))  # fmt: skip
+    for attr in ("SPLIT_ROWS", "SPLIT_ROWS_FEW"):  # K = 4 takes the second
+        assert_identical(*both(monkeypatch, moe.gather_qmv_combine, h, *wd, idx, wts, gs, bits,
+                               mode, attr=attr, values=(4, rows), module=mk))  # fmt: skip

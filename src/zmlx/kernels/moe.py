@@ -345,7 +345,7 @@ def gather_qmv_combine(h, w, scales, biases, indices, weights, group_size=64, bi
         if split:
             kern = mk.split_combine_kernel(mode, *flags, residual is not None,
                                            qk.SPLIT_ALL_ROWS)  # fmt: skip
-            r = mk.SPLIT_ROWS  # rows per group of K * S warps
+            r = mk.SPLIT_ROWS if k >= 8 else mk.SPLIT_ROWS_FEW  # rows per group of K * S warps
             nb = math.ceil(dout / r)
             s = qk.split_ways(i_dim, bits, group_size, max(1, mk.COMBINE_WARPS // k), least=1)
             grid, tg = qk.warp_groups(tokens * nb, k * s)

@@ -200,6 +200,12 @@ def combine_kernel(exact: bool, has_shared: bool, has_gate: bool) -> Kernel:
 # against 29.7 us for one warp walking the experts (kernel_profile_split_experts_h100.json).
 SPLIT_EXPERTS = True
 SPLIT_ROWS = 4
+# Rows per group for tokens of fewer than 8 experts (LFM2, GLM-4.7-Flash, GPT-OSS: K = 4).
+# Device time of one block on an H100, R = 4 against 2, in two runs
+# (moe_block_device_xlate_h100.json, moe_block_device_vec_h100.json): LFM2 38.5/38.0 against
+# 31.0/36.6 us, GLM 36.6/35.9 against 32.3/34.8, GPT-OSS 78.9/80.0 against 75.1/76.8; Qwen3
+# (K = 8) 19.5/19.6 against 20.9/21.0.
+SPLIT_ROWS_FEW = 2
 # Warps a group of the split combine kernel aims at: each expert's inputs split across up to
 # COMBINE_WARPS // K warps (quant_kernels.split_ways), so K = 4 experts still fill 8 warps.
 COMBINE_WARPS = 8

@@ -65,9 +65,13 @@ LOAD_WORDS = 1
 # warp a row, 26.1 us with 4 warps (kernel_profile_split_h100.json).
 SPLIT_WARPS = 8
 SPLIT_ROWS = 4  # rows per group of the split kernel (2: 23.4 us, 8: 26.2 us at 4 warps)
-# Split kernels: loads of all a group's rows issued before the math (see _split_rows).
+# Split kernels: loads of all a group's rows issued before the math (see _split_rows). One
+# Qwen3-30B-A3B block's gate/up on an H100: 12.4 against 13.5 us a row at a time
+# (moe_block_device_sweep_h100.json).
 SPLIT_ALL_ROWS = True
 # Words per weight load of the split gate/up kernel (1, or 4: 16-byte loads; see _split_rows).
+# Off: 2 warps a 2048-input row then, and Qwen3's gate/up took 17.0 against 12.9 us, slower in
+# every family (moe_block_device_vec_h100.json).
 SPLIT_VEC = 1
 # Least share of its last round of 32 lanes a split part's words fill (rows that split into
 # no whole rounds, e.g. GPT-OSS's 2880 inputs: 6 parts of 60 words, 94%).
