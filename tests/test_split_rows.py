@@ -17,7 +17,7 @@ from kernel_checks import assert_compiles, zero_experts
 from test_batched_loads import DTYPES, IDS, assert_close, assert_identical, both
 from test_quant import fmt
 from zmlx.core.kernel import capture
-from zmlx.kernels import moe
+from zmlx.kernels import moe, quant
 from zmlx.kernels import moe_kernels as mk
 from zmlx.kernels import quant_kernels as qk
 from zmlx.kernels.moe_specs import random_indices
@@ -292,3 +292,40 @@ def test_other_rows_per_group(rows, monkeypatch, rng):
     for attr in ("SPLIT_ROWS", "SPLIT_ROWS_FEW"):  # K = 4 takes the second
         assert_identical(*both(monkeypatch, moe.gather_qmv_combine, h, *wd, idx, wts, gs, bits,
                                mode, attr=attr, values=(4, rows), module=mk))  # fmt: skip
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
+@pytest.mark.parametrize("name, d", [("a4g64", 1024), ("a8g32", 512), ("mxfp4", 1920)])
+@pytest.mark.parametrize("t", [1, 3])
+def test_dense_matvecs_split_rows(name, d, t, dtype, monkeypatch, rng):
+    """``SPLIT_DENSE``: ``qmv`` and its fused forms (bias, residual, SwiGLU) on the split
+    kernel with ``ex = 0``, within last-place differences of the one-warp kernel."""
+    gs, bits, mode = fmt(name)
+    n = 13
+    monkeypatch.setattr(qk, "SPLIT_WARPS", 8)
+    assert qk.split_warps(d, bits, gs) > 1
+    x = random_x(rng, (t, d), dtype)
+    w = random_qweight(rng, (n, d), dtype, bits, gs, mode)
+    wu = random_qweight(rng, (n, d), dtype, bits, gs, mode)
+    bias, res = random_x(rng, (n,), dtype), random_x(rng, (t, n), dtype)
+    calls = {"qmv": (quant.qmv, (x, *w, gs, bits, mode)),
+             "qmv_bias": (quant.qmv_bias, (x, *w, bias, gs, bits, mode)),
+             "qmv_residual": (quant.qmv_residual, (x, *w, res, gs, bits, mode)),
+             "qmv_swiglu": (quant.qmv_swiglu, (x, *w, *wu, gs, bits, mode))}  # fmt: skip
+    names = {"qmv": "_split", "qmv_bias": "_split_bias", "qmv_residual": "_split_res",
+             "qmv_swiglu": "_split"}  # fmt: skip
+    for op, (fn, args) in calls.items():
+        with capture("cuda") as caught:
+            fn(*args)
+        assert names[op] in caught[0].kernel.name and "gather" not in caught[0].kernel.name
+        assert_close(*both(monkeypatch, fn, *args, attr="SPLIT_DENSE", values=(False, True)))
+
+
+@pytest.mark.parametrize("n, d", [(4096, 2048), (2048, 4096), (512, 2048)])
+def test_qwen3_attention_projections_split_and_compile(n, d, monkeypatch):
+    """Qwen3-30B-A3B's q, o and k/v projections: the dense split kernel compiles."""
+    monkeypatch.setattr(qk, "SPLIT_DENSE", True)
+    x = mx.zeros((1, d), dtype=mx.bfloat16)
+    w = zero_experts(1, n, d)
+    w = tuple(a[0] for a in w)
+    assert assert_compiles(lambda x: quant.qmv(x, *w, 64, 4, "affine"), x, only="split")

@@ -184,6 +184,17 @@ def _dense(op, kind, x, mats, group_size, bits, mode, lin=None, res=None, verbos
     joint = 1 if kind in ("plain", "qkv") else 2
     plan = qk.tile_plan(d, bits, group_size, joint, sum(ns) if kind == "qkv" else ns[0], rows)
     flags = (lin is not None, res is not None)
+    split = qk.split_warps(d, bits, group_size) if qk.SPLIT_DENSE and d <= qk.X_REG_MAX else 0
+    if plan is None and split and kind != "qkv":
+        kern = qk.split_matvec_kernel(kind, mode, True, lin is not None, qk.SPLIT_ALL_ROWS,
+                                      qk.SPLIT_VEC, gather=False, has_res=res is not None)  # fmt: skip
+        ins = [x] + weight_inputs(mats, mode) + list(lin or ()) + ([res] if res is not None else [])
+        nb = math.ceil(ns[0] / qk.SPLIT_ROWS)
+        tmpl = fmt_template(x, d, bits, group_size)
+        tmpl += [("N", ns[0]), ("R", qk.SPLIT_ROWS), ("NB", nb), ("W", split)]
+        grid, tg = qk.warp_groups(rows * nb, split)
+        return kern(*ins, scalar(rows, mx.int32), output_shapes=[x.shape[:-1] + (ns[0],)],
+                    output_dtypes=[x.dtype], grid=grid, threadgroup=tg, template=tmpl)  # fmt: skip
     if plan is not None:
         vw, r = plan
         kern = qk.tile_matvec_kernel(kind, mode, False, False, *flags)

@@ -65,6 +65,8 @@ LOAD_WORDS = 1
 # warp a row, 26.1 us with 4 warps (kernel_profile_split_h100.json).
 SPLIT_WARPS = 8
 SPLIT_ROWS = 4  # rows per group of the split kernel (2: 23.4 us, 8: 26.2 us at 4 warps)
+# Dense matvecs (quant.qmv and its fused forms) use the split kernel too where rows split.
+SPLIT_DENSE = True
 # Split kernels: loads of all a group's rows issued before the math (see _split_rows). One
 # Qwen3-30B-A3B block's gate/up on an H100: 12.4 against 13.5 us a row at a time
 # (moe_block_device_sweep_h100.json).
@@ -716,8 +718,10 @@ def _split_rows(mode: str, mats: list[tuple[str, str, str]], n: str, ebase: str,
 
 @cache
 def split_matvec_kernel(kind: str, mode: str, x_per_slot: bool, has_bias: bool = False,
-                        all_rows: bool = True, vec: int = 1) -> Kernel:  # fmt: skip
-    """The gathered matvec with each row split across the ``W`` warps of a group.
+                        all_rows: bool = True, vec: int = 1, gather: bool = True,
+                        has_res: bool = False) -> Kernel:  # fmt: skip
+    """The gathered (or, ``gather=False``, dense) matvec with each row split across the
+    ``W`` warps of a group.
 
     Profiled on an H100 (``ncu_qmv_swiglu_h100.txt``), the one-warp-a-row kernel waits on L1
     for most of its time: each lane holds ``D / 32`` inputs of x, more than the compiler keeps
@@ -730,19 +734,24 @@ def split_matvec_kernel(kind: str, mode: str, x_per_slot: bool, has_bias: bool =
 
     Kinds: ``"plain"`` or a gated activation of :data:`GATED` (``swiglu_oai``: input ``fp``
     holds alpha and limit); ``has_bias``: a bias per expert and row for each weight (inputs
-    ``bias_<part>``, added to the rounded projection as mlx-lm adds it); no residual or folded
-    norm. Template constants: ``T``, ``D``, ``N``, ``BITS``, ``GROUP_SIZE``, ``K``, ``R`` (rows
-    per group), ``NB`` (groups per slot), ``W`` (warps per group; ``D / W`` a multiple of
-    ``GROUP_SIZE``, see :func:`split_warps`). Runtime: ``rt[0]`` = slots.
+    ``bias_<part>``, added to the rounded projection as mlx-lm adds it, per expert when
+    ``gather``); ``has_res`` (dense ``"plain"``): input ``res`` added last, as
+    :func:`matvec_kernel` adds it; no folded norm. Template constants: ``T``, ``D``, ``N``,
+    ``BITS``, ``GROUP_SIZE``, ``K`` (gathered), ``R`` (rows per group), ``NB`` (groups per
+    slot), ``W`` (warps per group; ``D / W`` a multiple of ``GROUP_SIZE``, see
+    :func:`split_warps`). Runtime: ``rt[0]`` = slots (dense: rows of x).
     """
     if kind not in ("plain", *GATED):
         raise ValueError(f"[quant_kernels] no split-row kernel for {kind!r}")
+    if has_res and (gather or kind != "plain"):
+        raise ValueError("[quant_kernels] a residual only with the dense plain split kernel")
     parts = _JOINT[kind]
-    inputs, outputs = _matvec_signature(kind, mode, True, has_bias, False)
+    inputs, outputs = _matvec_signature(kind, mode, gather, has_bias, has_res)
     nm = len(parts)
     names = [f"acc{m}" for m in range(nm)]
     mats = [_mat(p, mode) for p in parts]
-    xrow = "slot" if x_per_slot else "slot / K"
+    xrow = "slot" if (x_per_slot or not gather) else "slot / K"
+    ex = "static_cast<int>(idx[slot])" if gather else "0"
     # _prologue's NW and NG are the warp's slice of a row: D / W inputs.
     body = f"""
   ZX_SHARED float red[W * R * {nm}];
@@ -752,7 +761,7 @@ def split_matvec_kernel(kind: str, mode: str, x_per_slot: bool, has_bias: bool =
   }}
   const int row0 = ((int)gid % NB) * R;
   const T* xp = x + (size_t)({xrow}) * D + (int)warp * (D / W);
-{_prologue("(D / W)", False, mode, vec=vec)}  const int ex = static_cast<int>(idx[slot]);
+{_prologue("(D / W)", False, mode, vec=vec)}  const int ex = {ex};
 {_acc_decl(names)}{_split_rows(mode, mats, "N", "ex * N", "W", "(int)warp", all_rows, vec)}{_reduce(names)}
   if (lane == 0u) {{
 #pragma unroll
@@ -772,10 +781,11 @@ def split_matvec_kernel(kind: str, mode: str, x_per_slot: bool, has_bias: bool =
     body += "      for (int w = 0; w < W; ++w) {\n"
     body += "".join(f"        acc{m}[r] += red[(w * R + r) * {nm} + {m}];\n" for m in range(nm))
     body += "      }\n    }\n"
-    body += _store(kind, parts, True, has_bias, False)
+    body += _store(kind, parts, gather, has_bias, has_res)
     body += "  }\n"
-    name = (f"qmv_{kind}_{mode}_gather_split{'_bias' if has_bias else ''}"
-            f"{'' if all_rows else '_r1'}{f'_v{vec}' if vec != 1 else ''}")  # fmt: skip
+    name = (f"qmv_{kind}_{mode}{'_gather' if gather else ''}_split{'_bias' if has_bias else ''}"
+            f"{'_res' if has_res else ''}{'' if all_rows else '_r1'}"
+            f"{f'_v{vec}' if vec != 1 else ''}")  # fmt: skip
     return Kernel(name, inputs, outputs, body, header=HEADER)
 
 
