@@ -329,3 +329,30 @@ def test_qwen3_attention_projections_split_and_compile(n, d, monkeypatch):
     w = zero_experts(1, n, d)
     w = tuple(a[0] for a in w)
     assert assert_compiles(lambda x: quant.qmv(x, *w, 64, 4, "affine"), x, only="split")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
+@pytest.mark.parametrize("name, d", [("a4g64", 1024), ("mxfp4", 1920)])
+@pytest.mark.parametrize("bias", [False, True])
+def test_qkv_projection_split_rows(name, d, bias, dtype, monkeypatch, rng):
+    """``qkv_proj`` on the split kernel (q's, k's and v's rows in one launch, 13, 5 and 6
+    rows: last groups partly empty), within last-place differences of the one-warp kernel."""
+    gs, bits, mode = fmt(name)
+    monkeypatch.setattr(qk, "SPLIT_WARPS", 8)
+    x = random_x(rng, (2, d), dtype)
+    ws = [random_qweight(rng, (n, d), dtype, bits, gs, mode) for n in (13, 5, 6)]
+    lins = [random_x(rng, (n,), dtype) for n in (13, 5, 6)] if bias else [None] * 3
+    args = (x, *ws[0], *ws[1], *ws[2], gs, bits, mode, *lins)
+    with capture("cuda") as caught:
+        quant.qkv_proj(*args)
+    assert caught[0].kernel.name == f"qmv_qkv_{mode}_split" + ("_bias" if bias else "")
+    assert_close(*both(monkeypatch, quant.qkv_proj, *args, attr="SPLIT_DENSE",
+                       values=(False, True)))  # fmt: skip
+
+
+def test_qwen3_qkv_projection_split_compiles(monkeypatch):
+    monkeypatch.setattr(qk, "SPLIT_DENSE", True)
+    x = mx.zeros((1, 2048), dtype=mx.bfloat16)
+    ws = [tuple(a[0] for a in zero_experts(1, n, 2048)) for n in (4096, 512, 512)]
+    assert assert_compiles(lambda x: quant.qkv_proj(x, *ws[0], *ws[1], *ws[2], 64, 4, "affine"),
+                           x, only="split")  # fmt: skip

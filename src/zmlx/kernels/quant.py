@@ -185,7 +185,18 @@ def _dense(op, kind, x, mats, group_size, bits, mode, lin=None, res=None, verbos
     plan = qk.tile_plan(d, bits, group_size, joint, sum(ns) if kind == "qkv" else ns[0], rows)
     flags = (lin is not None, res is not None)
     split = qk.split_warps(d, bits, group_size) if qk.SPLIT_DENSE and d <= qk.X_REG_MAX else 0
-    if plan is None and split and kind != "qkv":
+    if plan is None and split and kind == "qkv":
+        kern = qk.split_qkv_kernel(mode, lin is not None, qk.SPLIT_ALL_ROWS)
+        nbs = [math.ceil(n / qk.SPLIT_ROWS) for n in ns]
+        tmpl = fmt_template(x, d, bits, group_size) + [
+            ("NQ", ns[0]), ("NK", ns[1]), ("NV", ns[2]), ("R", qk.SPLIT_ROWS), ("NB", sum(nbs)),
+            ("NBQ", nbs[0]), ("NBK", nbs[1]), ("W", split)]  # fmt: skip
+        grid, tg = qk.warp_groups(rows * sum(nbs), split)
+        return kern(*([x] + weight_inputs(mats, mode) + list(lin or ())), scalar(rows, mx.int32),
+                    output_shapes=[x.shape[:-1] + (n,) for n in ns],
+                    output_dtypes=[x.dtype] * 3, grid=grid, threadgroup=tg,
+                    template=tmpl)  # fmt: skip
+    if plan is None and split:
         kern = qk.split_matvec_kernel(kind, mode, True, lin is not None, qk.SPLIT_ALL_ROWS,
                                       qk.SPLIT_VEC, gather=False, has_res=res is not None)  # fmt: skip
         ins = [x] + weight_inputs(mats, mode) + list(lin or ()) + ([res] if res is not None else [])

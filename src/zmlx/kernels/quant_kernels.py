@@ -716,6 +716,59 @@ def _split_rows(mode: str, mats: list[tuple[str, str, str]], n: str, ebase: str,
     return "\n".join(decl + body) + "\n"
 
 
+def _split_sum(nm: str | int) -> str:
+    """After :func:`_split_rows`: each warp's sums ``acc<m>[r]`` (of ``nm`` weights) reduced
+    over its lanes and left in shared ``red``; then, in the first warp (a block the caller
+    closes), ``acc<m>[r]`` = the ``W`` partial sums added in warp order."""
+    names = [f"acc{m}" for m in range(int(nm))]
+    body = (
+        _reduce(names) + "  if (lane == 0u) {\n#pragma unroll\n    for (int r = 0; r < R; ++r) {\n"
+    )
+    body += "".join(f"      red[((int)warp * R + r) * {nm} + {m}] = acc{m}[r];\n"
+                    for m in range(int(nm)))  # fmt: skip
+    body += """    }
+  }
+  zx_barrier();
+  if (warp == 0u) {
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+"""
+    body += "".join(f"      acc{m}[r] = 0.0f;\n" for m in range(int(nm)))
+    body += "      for (int w = 0; w < W; ++w) {\n"
+    body += "".join(f"        acc{m}[r] += red[(w * R + r) * {nm} + {m}];\n"
+                    for m in range(int(nm)))  # fmt: skip
+    return body + "      }\n    }\n"
+
+
+@cache
+def split_qkv_kernel(mode: str, has_bias: bool, all_rows: bool = True) -> Kernel:
+    """Attention's q, k and v projections (:func:`matvec_kernel`'s ``"qkv"``) in one launch of
+    the split-row kernel: groups ``0 .. NBQ - 1`` own q's rows, the next ``NBK`` k's, the rest
+    v's, each row split across the group's ``W`` warps as in :func:`split_matvec_kernel`.
+
+    Template constants: ``T``, ``D``, ``NQ``, ``NK``, ``NV``, ``BITS``, ``GROUP_SIZE``, ``R``,
+    ``NB`` (groups per row of x), ``NBQ``, ``NBK``, ``W``. Runtime: ``rt[0]`` = rows of x."""
+    inputs, outputs = _matvec_signature("qkv", mode, False, has_bias, False)
+    body = f"""
+  ZX_SHARED float red[W * R];
+  const int slot = (int)gid / NB;
+  if (slot >= rt[0]) {{
+    return;
+  }}
+  const int wb = (int)gid % NB;
+  const T* xp = x + (size_t)slot * D + (int)warp * (D / W);
+{_prologue("(D / W)", False, mode)}{_acc_decl(["acc0"])}"""
+    for m, (p, nn, prev) in enumerate((("q", "NQ", "0"), ("k", "NK", "NBQ"),
+                                       ("v", "NV", "NBQ + NBK"))):  # fmt: skip
+        cond = {0: "  if (wb < NBQ) {", 1: "  } else if (wb < NBQ + NBK) {", 2: "  } else {"}[m]
+        body += f"{cond}\n  const int row0 = (wb - ({prev})) * R;\n"
+        body += _split_rows(mode, [_mat(p, mode)], nn, "0", "W", "(int)warp", all_rows)
+        body += _split_sum(1) + _qkv_store(p, nn, has_bias) + "\n  }\n"
+    body += "  }\n"
+    name = f"qmv_qkv_{mode}_split{'_bias' if has_bias else ''}{'' if all_rows else '_r1'}"
+    return Kernel(name, inputs, outputs, body, header=HEADER)
+
+
 @cache
 def split_matvec_kernel(kind: str, mode: str, x_per_slot: bool, has_bias: bool = False,
                         all_rows: bool = True, vec: int = 1, gather: bool = True,
@@ -762,25 +815,8 @@ def split_matvec_kernel(kind: str, mode: str, x_per_slot: bool, has_bias: bool =
   const int row0 = ((int)gid % NB) * R;
   const T* xp = x + (size_t)({xrow}) * D + (int)warp * (D / W);
 {_prologue("(D / W)", False, mode, vec=vec)}  const int ex = {ex};
-{_acc_decl(names)}{_split_rows(mode, mats, "N", "ex * N", "W", "(int)warp", all_rows, vec)}{_reduce(names)}
-  if (lane == 0u) {{
-#pragma unroll
-    for (int r = 0; r < R; ++r) {{
-"""
-    body += "".join(
-        f"      red[((int)warp * R + r) * {nm} + {m}] = acc{m}[r];\n" for m in range(nm)
-    )
-    body += """    }
-  }
-  zx_barrier();
-  if (warp == 0u) {
-#pragma unroll
-    for (int r = 0; r < R; ++r) {
-"""
-    body += "".join(f"      acc{m}[r] = 0.0f;\n" for m in range(nm))
-    body += "      for (int w = 0; w < W; ++w) {\n"
-    body += "".join(f"        acc{m}[r] += red[(w * R + r) * {nm} + {m}];\n" for m in range(nm))
-    body += "      }\n    }\n"
+{_acc_decl(names)}{_split_rows(mode, mats, "N", "ex * N", "W", "(int)warp", all_rows, vec)}"""
+    body += _split_sum(nm)
     body += _store(kind, parts, gather, has_bias, has_res)
     body += "  }\n"
     name = (f"qmv_{kind}_{mode}{'_gather' if gather else ''}_split{'_bias' if has_bias else ''}"
