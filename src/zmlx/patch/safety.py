@@ -36,12 +36,12 @@ _NO_GAIN = "the CPU runs the reference ops: correct but not faster than stock"
 # (quantized in groups of 32, see zmlx.models.build.backend_group_size), and the full-size
 # models decode faster with the same patterns under compile_decode, in the same process as
 # stock. Families without a speed capsule get no entry (patch() leaves them alone).
-_GPU_FIXTURES = "benchmarks/capsules/fixture_decode_attention_128x5_h100.json"
+_GPU_FIXTURES = "benchmarks/capsules/fixture_decode_split_dense_128x5_h100.json"
 _SPEED = {
-    "qwen3_moe": "benchmarks/capsules/moe_decode_qwen3_attn_default_h100.json",
-    "lfm2_moe": "benchmarks/capsules/moe_decode_lfm2_moe_attention_h100.json",
-    "glm4_moe_lite": "benchmarks/capsules/moe_decode_glm4_moe_lite_attention_h100.json",
-    "gpt_oss": "benchmarks/capsules/moe_decode_gpt_oss_attention_h100.json",
+    "qwen3_moe": "benchmarks/capsules/moe_decode_qwen3_split_qkv_h100.json",
+    "lfm2_moe": "benchmarks/capsules/moe_decode_lfm2_moe_split_dense_h100.json",
+    "glm4_moe_lite": "benchmarks/capsules/moe_decode_glm4_moe_lite_split_dense_h100.json",
+    "gpt_oss": "benchmarks/capsules/moe_decode_gpt_oss_split_h100.json",
 }
 _CUDA_PATTERNS = {
     "qwen3_moe": ("moe_block", "qk_norm_rope"),
