@@ -1,11 +1,14 @@
-"""The split-row gathered matvec (``quant_kernels.SPLIT_WARPS``, 8 by default): each row's words shared by
-the warps of a group, partial sums added in shared memory.
+"""The split-row matvecs (``quant_kernels.SPLIT_WARPS``, 8 by default): each row's words
+shared by the warps of a group, partial sums added in shared memory; gathered (MoE gate/up,
+with biases and GPT-OSS's clamped SwiGLU), dense (``qmv`` and its fused forms, the q/k/v
+projection) and the combine with each expert split across warps (``COMBINE_WARPS``).
 
 The sums run in another order than the one-warp-a-row kernel's, so the two are compared within
-a few units in the last place of the output dtype (kernels on the CPU SIMT emulator), for
-gate/up + activation and the plain gathered matvec, in 4- and 8-bit affine and mxfp4, with a
-row count that leaves the last group's rows partly empty, one and several tokens, and x per
-token or per slot. Shapes the split does not divide run the usual kernel.
+a few units in the last place of the output dtype (kernels on the CPU SIMT emulator), in 4- and
+8-bit affine and mxfp4, with row counts that leave the last group's rows partly empty, rows
+that fill the last round of lanes only partly, one and several tokens, and x per token or per
+slot. Settings that change only the order of loads are bit-identical. Shapes the split does
+not divide run the usual kernel; the real shapes of the four decode families compile.
 """
 
 from __future__ import annotations

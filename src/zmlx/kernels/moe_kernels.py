@@ -226,9 +226,9 @@ def split_combine_kernel(mode: str, has_bias: bool, has_shared: bool, has_gate: 
     side: a group of ``K * S`` warps owns ``R`` output rows of one token; the ``S`` warps of
     expert ``k`` (warps ``k * S .. k * S + S - 1``) each take a slice ``I / S`` of its inputs
     and leave their partial sums in shared memory, the weights' loads issued ahead of x's and
-    of the math as in :func:`.quant_kernels._split_rows`. The first warp then rounds each expert's projection
-    (its ``S`` partials added in order) to ``T`` with its bias and adds the weighted
-    projections in expert order, rounded as mlx-lm rounds. The one-warp kernel walks the
+    of the math as in :func:`.quant_kernels._split_rows`. The first warp then rounds each
+    expert's projection (its ``S`` partials added in order) to ``T`` with its bias and adds
+    the weighted projections in expert order, rounded as mlx-lm rounds. The one-warp kernel walks the
     experts one after another in every warp, so a row waits for memory ``K`` times.
 
     With ``S = 1`` a projection is one warp's sum, as in the one-warp kernel: bit-identical

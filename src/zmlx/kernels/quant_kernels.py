@@ -781,9 +781,9 @@ def split_matvec_kernel(kind: str, mode: str, x_per_slot: bool, has_bias: bool =
     in registers, so it reloads x for every row, and a token's 8 experts give too few warps to
     hide that. Here warp ``w`` of a group owns inputs ``[w * D / W, (w + 1) * D / W)`` of
     the group's ``R`` rows (its slice of x loaded by :func:`_prologue`): a lane holds
-    ``D / (32 W)`` inputs (8 at D = 2048, 4-bit, W = 8), issues the loads of its words of the
-    group's rows before loading x and before the math (:func:`_split_rows`), and the ``W`` partial sums of a row
-    meet in shared memory, added in warp order by the first warp.
+    ``D / (32 W)`` inputs (8 at D = 2048, 4-bit, W = 8), issues the loads of its words of
+    the group's rows before loading x and before the math (:func:`_split_rows`), and the
+    ``W`` partial sums of a row meet in shared memory, added in warp order by the first warp.
 
     Kinds: ``"plain"`` or a gated activation of :data:`GATED` (``swiglu_oai``: input ``fp``
     holds alpha and limit); ``has_bias``: a bias per expert and row for each weight (inputs
