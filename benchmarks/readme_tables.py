@@ -34,6 +34,7 @@ HEADLINE = [
     "moe_decode_gpt_oss_split_h100.json",
 ]
 DECODE_VARIANTS = [
+    "moe_decode_qwen3_split_qkv_h100.json",
     "moe_decode_qwen3_split_dense_h100.json",
     "moe_decode_qwen3_split_h100.json",
     "moe_decode_lfm2_moe_split_h100.json",
