@@ -101,44 +101,6 @@ def test_split_rows_with_bias_and_clamped_swiglu(t, dtype, monkeypatch, rng):
     assert_close(*split(monkeypatch, moe.gather_qmv, x, *wg, idx, gs, bits, mode, bg, warps=8))
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
-@pytest.mark.parametrize("name, d", [("a4g64", 2048), ("a8g64", 1024), ("mxfp4", 2048),
-                                     ("mxfp4", 1920), ("a4g32", 2048)])  # fmt: skip
-def test_split_rows_with_16_byte_loads(name, d, dtype, monkeypatch, rng):
-    """``SPLIT_VEC = 4``: four words a load, one scale (and bias) for them, a round of lanes
-    covering 128 words, so a row splits in 2 here (1920 inputs: 120 of 128 words filled);
-    another sum order, within last-place differences of the word loads, with all rows'
-    loads first and one row at a time."""
-    gs, bits, mode = fmt(name)
-    e, k, t, n = 5, 4, 2, 7
-    monkeypatch.setattr(qk, "SPLIT_WARPS", 8)
-    x = random_x(rng, (t, d), dtype)
-    wg = random_qweight(rng, (e, n, d), dtype, bits, gs, mode)
-    wu = random_qweight(rng, (e, n, d), dtype, bits, gs, mode)
-    idx = random_indices(rng, (t,), k, e)
-    monkeypatch.setattr(qk, "SPLIT_VEC", 4)
-    assert qk.split_warps(d, bits, gs) == 2
-    with capture("cuda") as caught:
-        moe.gather_qmv_swiglu(x, *wg, *wu, idx, gs, bits, mode)
-    assert caught[0].kernel.name.endswith("_split_v4") and caught[0].threadgroup == (64, 1, 1)
-    for all_rows in (True, False):
-        monkeypatch.setattr(qk, "SPLIT_ALL_ROWS", all_rows)
-        assert_close(*both(monkeypatch, moe.gather_qmv_swiglu, x, *wg, *wu, idx, gs, bits, mode,
-                           attr="SPLIT_VEC", values=(1, 4)))  # fmt: skip
-    assert_close(*both(monkeypatch, moe.gather_qmv, x, *wg, idx, gs, bits, mode,
-                       attr="SPLIT_VEC", values=(1, 4)))  # fmt: skip
-
-
-def test_qwen3_gate_up_with_16_byte_loads_compiles(monkeypatch):
-    monkeypatch.setattr(qk, "SPLIT_VEC", 4)
-    d, i_dim, e, k, gs, bits = 2048, 768, 128, 8, 64, 4
-    x = mx.zeros((1, d), dtype=mx.bfloat16)
-    idx = mx.zeros((1, k), dtype=mx.uint32)
-    g, u = zero_experts(e, i_dim, d, bits, gs), zero_experts(e, i_dim, d, bits, gs)
-    assert assert_compiles(lambda x: moe.gather_qmv_swiglu(x, *g, *u, idx, gs, bits, "affine"),
-                           x, only="_v4")  # fmt: skip
-
-
 @pytest.mark.parametrize("name", ["a4g64", "mxfp4"])
 def test_loads_of_all_rows_first_change_nothing(name, monkeypatch, rng):
     """``SPLIT_ALL_ROWS``: the loads of a group's rows before the math, or a row at a time:

@@ -164,8 +164,7 @@ def _gather_launch(op, kind, x, mats, indices, group_size, bits, mode, lins, fp,
     split = qk.split_warps(d, bits, group_size) if regs else 0
     plan = qk.tile_plan(d, bits, group_size, joint, n, slots) if prenorm is None else None
     if plan is None and split and prenorm is None:
-        kern = qk.split_matvec_kernel(kind, mode, per_slot, lins is not None, qk.SPLIT_ALL_ROWS,
-                                      qk.SPLIT_VEC)  # fmt: skip
+        kern = qk.split_matvec_kernel(kind, mode, per_slot, lins is not None, qk.SPLIT_ALL_ROWS)
         ins = [x] + weight_inputs(mats, mode) + [indices] + list(lins or ())
         ins += [] if fp is None else [fp]
         nb = math.ceil(n / qk.SPLIT_ROWS)

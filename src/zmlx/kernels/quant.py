@@ -198,7 +198,7 @@ def _dense(op, kind, x, mats, group_size, bits, mode, lin=None, res=None, verbos
                     template=tmpl)  # fmt: skip
     if plan is None and split:
         kern = qk.split_matvec_kernel(kind, mode, True, lin is not None, qk.SPLIT_ALL_ROWS,
-                                      qk.SPLIT_VEC, gather=False, has_res=res is not None)  # fmt: skip
+                                      gather=False, has_res=res is not None)  # fmt: skip
         ins = [x] + weight_inputs(mats, mode) + list(lin or ()) + ([res] if res is not None else [])
         nb = math.ceil(ns[0] / qk.SPLIT_ROWS)
         tmpl = fmt_template(x, d, bits, group_size)

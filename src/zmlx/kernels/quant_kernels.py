@@ -69,12 +69,10 @@ SPLIT_ROWS = 4  # rows per group of the split kernel (2: 23.4 us, 8: 26.2 us at 
 SPLIT_DENSE = True
 # Split kernels: loads of all a group's rows issued before the math (see _split_rows). One
 # Qwen3-30B-A3B block's gate/up on an H100: 12.4 against 13.5 us a row at a time
-# (moe_block_device_sweep_h100.json).
+# (moe_block_device_sweep_h100.json). 16-byte weight loads in this kernel (4 words a lane, so 2
+# warps a 2048-input row) were slower in every family and were removed: Qwen3's gate/up 17.0
+# against 12.9 us (moe_block_device_vec_h100.json, at af9a81f).
 SPLIT_ALL_ROWS = True
-# Words per weight load of the split gate/up kernel (1, or 4: 16-byte loads; see _split_rows).
-# Off: 2 warps a 2048-input row then, and Qwen3's gate/up took 17.0 against 12.9 us, slower in
-# every family (moe_block_device_vec_h100.json).
-SPLIT_VEC = 1
 # Least share of its last round of 32 lanes a split part's words fill (rows that split into
 # no whole rounds, e.g. GPT-OSS's 2880 inputs: 6 parts of 60 words, 94%).
 SPLIT_MIN_FILL = 0.85
@@ -253,13 +251,12 @@ def _word_dot(
     regs: bool,
     acc: str,
     loaded: bool = False,
-    at: str | tuple[str, str] | None = None,
+    at: str | None = None,
 ) -> str:
     """Accumulate word ``wi`` of the current row of each weight into ``acc_<m>[r]``.
     ``loaded``: the word and its scale (and bias) are already in ``qw<m>[j]``, ``sc<m>[j]``
     (``bi<m>[j]``) (see :func:`_batched_word_loads`), or at index ``at`` of each when given
-    (a pair: the word's index, then its scale's; see :func:`_split_rows`); else they are
-    loaded here."""
+    (see :func:`_split_rows`); else they are loaded here."""
     out = [] if loaded else ["        const int g = (wi * EPW) / GROUP_SIZE;"]
     if not regs:
         out.append("        float xw[EPW];")
@@ -274,8 +271,7 @@ def _word_dot(
     xsum = "xs[j]" if regs else "xsum"
     for m, (w, s, b) in enumerate(mats):
         if at is not None:
-            qa, sa = at if isinstance(at, tuple) else (at, at)
-            q, sc, bi = f"qw{m}[{qa}]", f"sc{m}[{sa}]", f"bi{m}[{sa}]"
+            q, sc, bi = f"qw{m}[{at}]", f"sc{m}[{at}]", f"bi{m}[{at}]"
         elif loaded:
             q, sc, bi = f"qw{m}[j]", f"sc{m}[j / VEC]", f"bi{m}[j / VEC]"
         else:
@@ -656,7 +652,7 @@ def dequant_kernel(mode: str) -> Kernel:
 
 
 def _split_rows(mode: str, mats: list[tuple[str, str, str]], n: str, ebase: str, ways: str,
-                part: str, all_rows: bool, vec: int = 1) -> str:  # fmt: skip
+                part: str, all_rows: bool) -> str:  # fmt: skip
     """Lane partial sums ``acc<m>[r]`` of rows ``row0 .. row0 + R - 1`` (of ``n``) of each
     weight over part ``part`` of ``ways`` of each row (``NW``, ``NG``: the part's words and
     groups, from :func:`_prologue`'s constants), with the lane's slice of x (``xp``) loaded
@@ -667,38 +663,24 @@ def _split_rows(mode: str, mats: list[tuple[str, str, str]], n: str, ebase: str,
     before any math, and before loading x, so a warp waits for memory once per group of rows
     rather than once per row and x's latency hides behind the weights'; rows past ``n`` load
     row ``n - 1`` and are not stored. Otherwise x first, then one row's loads at a time. The
-    sums run in the same order either way: bit-identical results.
-
-    ``vec = 4``: four consecutive words a load (16 bytes, one scale and bias for the four;
-    ``VEC`` of :func:`_prologue`, parts of a multiple of 4 words), so a lane issues a
-    quarter of the loads; the sums run in another order than with ``vec = 1``."""
+    sums run in the same order either way: bit-identical results."""
     rows = "R" if all_rows else "1"
-    r0 = "r * " if all_rows else "0 * "
-    qa, sa = f"{r0}NJ + j", f"{r0}(NJ / VEC) + j / VEC"
-    decl = [f"  const bool al{m} = zx_al16({w});" for m, (w, _, _) in enumerate(mats)
-            if vec != 1]  # fmt: skip
+    at = "r * NJ + j" if all_rows else "j"
+    decl = []
     for m in range(len(mats)):
         decl.append(f"  uint qw{m}[{rows} * NJ];")
-        decl.append(f"  float sc{m}[{rows} * (NJ / VEC)];")
+        decl.append(f"  float sc{m}[{rows} * NJ];")
         if mode == "affine":
-            decl.append(f"  float bi{m}[{rows} * (NJ / VEC)];")
+            decl.append(f"  float bi{m}[{rows} * NJ];")
     loads = [f"    const int row = row0 + r < {n} ? row0 + r : {n} - 1;",
              f"    const size_t wbase = (size_t)({ebase} + row) * (NW * {ways}) + ({part}) * NW;",
              f"    const size_t gbase = (size_t)({ebase} + row) * (NG * {ways}) + ({part}) * NG;",
-             "#pragma unroll", "    for (int v = 0; v < NJ / VEC; ++v) {",
-             "      const int wi = (v * 32 + (int)lane) * VEC;",
-             "      const bool ok = NW % (32 * VEC) == 0 || wi < NW;",
+             "#pragma unroll", "    for (int j = 0; j < NJ; ++j) {",
+             "      const int wi = j * 32 + (int)lane;",
+             "      const bool ok = NW % 32 == 0 || wi < NW;",
              "      const int g = ok ? (wi * EPW) / GROUP_SIZE : 0;"]  # fmt: skip
     for m, (w, sc, b) in enumerate(mats):
-        if vec == 1:
-            loads.append(f"      qw{m}[{r0}NJ + v] = ok ? {w}[wbase + wi] : 0u;")
-        else:
-            loads += [f"      zx_u4 q{m};",
-                      f"      if (ok) {{ q{m} = zx_ld4({w} + wbase + wi, al{m}); }}",
-                      f"      else {{ q{m}.x = 0u; q{m}.y = 0u; q{m}.z = 0u; q{m}.w = 0u; }}"]  # fmt: skip
-            loads += [f"      qw{m}[{r0}NJ + v * 4 + {c}] = q{m}.{f};"
-                      for c, f in enumerate("xyzw")]  # fmt: skip
-        at = f"{r0}(NJ / VEC) + v"
+        loads.append(f"      qw{m}[{at}] = ok ? {w}[wbase + wi] : 0u;")
         if mode == "affine":
             loads.append(f"      sc{m}[{at}] = static_cast<float>({sc}[gbase + g]);")
             loads.append(f"      bi{m}[{at}] = static_cast<float>({b}[gbase + g]);")
@@ -706,7 +688,8 @@ def _split_rows(mode: str, mats: list[tuple[str, str, str]], n: str, ebase: str,
             loads.append(f"      sc{m}[{at}] = zx_e8m0(static_cast<uint>({sc}[gbase + g]));")
     loads.append("    }")
     math_ = ["#pragma unroll", "    for (int j = 0; j < NJ; ++j) {",
-             _word_dot(mode, mats, True, "acc", loaded=True, at=(qa, sa)), "    }"]  # fmt: skip
+             "      const int wi = j * 32 + (int)lane;",
+             _word_dot(mode, mats, True, "acc", loaded=True, at=at), "    }"]  # fmt: skip
     head = ["#pragma unroll", "  for (int r = 0; r < R; ++r) {"]
     x = [_x_registers(mode)]
     if all_rows:
@@ -771,7 +754,7 @@ def split_qkv_kernel(mode: str, has_bias: bool, all_rows: bool = True) -> Kernel
 
 @cache
 def split_matvec_kernel(kind: str, mode: str, x_per_slot: bool, has_bias: bool = False,
-                        all_rows: bool = True, vec: int = 1, gather: bool = True,
+                        all_rows: bool = True, gather: bool = True,
                         has_res: bool = False) -> Kernel:  # fmt: skip
     """The gathered (or, ``gather=False``, dense) matvec with each row split across the
     ``W`` warps of a group.
@@ -814,40 +797,35 @@ def split_matvec_kernel(kind: str, mode: str, x_per_slot: bool, has_bias: bool =
   }}
   const int row0 = ((int)gid % NB) * R;
   const T* xp = x + (size_t)({xrow}) * D + (int)warp * (D / W);
-{_prologue("(D / W)", False, mode, vec=vec)}  const int ex = {ex};
-{_acc_decl(names)}{_split_rows(mode, mats, "N", "ex * N", "W", "(int)warp", all_rows, vec)}"""
+{_prologue("(D / W)", False, mode)}  const int ex = {ex};
+{_acc_decl(names)}{_split_rows(mode, mats, "N", "ex * N", "W", "(int)warp", all_rows)}"""
     body += _split_sum(nm)
     body += _store(kind, parts, gather, has_bias, has_res)
     body += "  }\n"
     name = (f"qmv_{kind}_{mode}{'_gather' if gather else ''}_split{'_bias' if has_bias else ''}"
-            f"{'_res' if has_res else ''}{'' if all_rows else '_r1'}"
-            f"{f'_v{vec}' if vec != 1 else ''}")  # fmt: skip
+            f"{'_res' if has_res else ''}{'' if all_rows else '_r1'}")  # fmt: skip
     return Kernel(name, inputs, outputs, body, header=HEADER)
 
 
-def split_ways(d: int, bits: int, group_size: int, most: int, least: int = 2,
-               vec: int = 1) -> int:  # fmt: skip
+def split_ways(d: int, bits: int, group_size: int, most: int, least: int = 2) -> int:
     """The most parts (``least .. most``) a row of ``d`` inputs splits into, each a whole
-    number of quantization groups (and of ``vec``-word loads) and filling at least
-    :data:`SPLIT_MIN_FILL` of its last round of 32 lanes' loads; 0 when none does (1 always
-    does when ``least`` is 1)."""
+    number of quantization groups and filling at least :data:`SPLIT_MIN_FILL` of its last
+    round of 32 lanes' words; 0 when none does (1 always does when ``least`` is 1)."""
     nw = d * bits // 32
     for w in range(most, max(least, 2) - 1, -1):
-        if d % w or (d // w) % group_size or (nw // w) % vec:
+        if d % w or (d // w) % group_size:
             continue
         per = nw // w
-        if per / (32 * vec * math.ceil(per / (32 * vec))) >= SPLIT_MIN_FILL:
+        if per / (32 * math.ceil(per / 32)) >= SPLIT_MIN_FILL:
             return w
     return 1 if least <= 1 else 0
 
 
 def split_warps(d: int, bits: int, group_size: int) -> int:
     """Warps a row is split across (:func:`split_matvec_kernel`): the most parts up to
-    :data:`SPLIT_WARPS` a row of ``d`` inputs divides into (:func:`split_ways`, in loads of
-    :data:`SPLIT_VEC` words), else 0 (no split kernel)."""
-    if SPLIT_WARPS < 2:
-        return 0
-    return split_ways(d, bits, group_size, SPLIT_WARPS, vec=SPLIT_VEC)
+    :data:`SPLIT_WARPS` a row of ``d`` inputs divides into (:func:`split_ways`), else 0 (no
+    split kernel)."""
+    return split_ways(d, bits, group_size, SPLIT_WARPS) if SPLIT_WARPS >= 2 else 0
 
 
 # ---------------------------------------------------------------------------------------
