@@ -30,9 +30,9 @@ ignores),
 ``zx_warp_sum/max/min(v)``, ``zx_block_sum/max/min(v, buf)`` (``buf``: 32 shared floats; all
 threads get the result), math ``zx_exp, zx_log, zx_log2, zx_log1p, zx_expm1, zx_sqrt,
 zx_rsqrt, zx_abs, zx_sign, zx_sin, zx_cos, zx_tan, zx_tanh, zx_sigmoid, zx_erf, zx_atan,
-zx_sinh, zx_cosh, zx_floor, zx_ceil, zx_pow, zx_max, zx_min, zx_isnan``, constants ``ZX_INF``
-and ``ZX_NEG_INF``, and ``zx_elem_to_loc(i, ZX_SHAPE(x), ZX_STRIDES(x), ZX_NDIM(x))`` for
-strided access to input ``x``. The warp size is 32 on both backends.
+zx_sinh, zx_cosh, zx_floor, zx_ceil, zx_pow, zx_max, zx_min, zx_isnan``, ``zx_imin`` (int),
+constants ``ZX_INF`` and ``ZX_NEG_INF``, and
+``zx_elem_to_loc(i, ZX_SHAPE(x), ZX_STRIDES(x), ZX_NDIM(x))`` for strided access to input ``x``. The warp size is 32 on both backends.
 
 CUDA launches whole blocks, so a body bounds-checks every access; Metal's ``dispatchThreads``
 launches exactly ``grid`` threads. zmlx always launches a multiple of the group size, so both
@@ -56,6 +56,7 @@ template <typename S> ZX_INLINE float zx_rnd(float v) { return static_cast<float
 ZX_INLINE float zx_sign(float x) { return x > 0.0f ? 1.0f : (x < 0.0f ? -1.0f : 0.0f); }
 ZX_INLINE float zx_max(float a, float b) { return (a > b || zx_isnan(a)) ? a : b; }
 ZX_INLINE float zx_min(float a, float b) { return (a < b || zx_isnan(a)) ? a : b; }
+ZX_INLINE int zx_imin(int a, int b) { return a < b ? a : b; }
 ZX_INLINE float zx_sigmoid(float x) {
   // The two-branch form never overflows: exp only sees non-positive arguments.
   if (x >= 0.0f) { return 1.0f / (1.0f + zx_exp(-x)); }

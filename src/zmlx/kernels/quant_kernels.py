@@ -1015,5 +1015,5 @@ def tile_matvec_kernel(kind: str, mode: str, gather: bool, x_per_slot: bool, has
         inputs,
         outputs,
         body,
-        header=HEADER + "ZX_INLINE int zx_imin(int a, int b) { return a < b ? a : b; }\n",
+        header=HEADER,
     )

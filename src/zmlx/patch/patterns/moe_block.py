@@ -120,11 +120,11 @@ class FusedMoE(DecodeFused):
         # With prenorm the router's launch also writes the normed input for the experts.
         fold = dict(prenorm=prenorm, return_normed=prenorm is not None)
         if prenorm is None and not FUSED_ROUTER:
-            quant = rp or {"w": router["weight"], "bias": router.get("bias"), "scales": None,
-                           "biases": None, "group_size": 64, "bits": 8}  # fmt: skip
-            logits = R.router_linear_ref(x, quant["w"], cfg["rule"], quant["bias"],
-                                         quant["scales"], quant["biases"], quant["group_size"],
-                                         quant["bits"])  # fmt: skip
+            if rp is not None:
+                logits = R.router_linear_ref(x, rp["w"], cfg["rule"], rp["bias"], rp["scales"],
+                                             rp["biases"], rp["group_size"], rp["bits"])  # fmt: skip
+            else:
+                logits = R.router_linear_ref(x, router["weight"], cfg["rule"], router.get("bias"))
             routed = R.route(logits, cfg["rule"], sbias)
         elif rp is not None:
             routed = R.router_fused(x, rp["w"], cfg["rule"], bias=rp["bias"], select_bias=sbias,
