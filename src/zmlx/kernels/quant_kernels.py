@@ -304,17 +304,33 @@ def _word_dot(
     return "\n".join(out)
 
 
+def _load_arrays(mode: str, nm: int, words: str, groups: str, pad: str) -> list[str]:
+    """Declarations of the registers a lane loads a row's words into (``qw<m>``, ``words``
+    long) with their scales and biases (``sc<m>``, ``bi<m>``, ``groups`` long)."""
+    out = []
+    for m in range(nm):
+        out.append(f"{pad}uint qw{m}[{words}];")
+        out.append(f"{pad}float sc{m}[{groups}];")
+        if mode == "affine":
+            out.append(f"{pad}float bi{m}[{groups}];")
+    return out
+
+
+def _scale_loads(mode: str, m: int, s: str, b: str, at: str, pad: str) -> list[str]:
+    """Weight ``m``'s scale (and bias) of group ``g`` at ``gbase`` into ``sc<m>[at]``
+    (``bi<m>[at]``), as floats (mxfp4: the e8m0 scale decoded)."""
+    if mode == "affine":
+        return [f"{pad}sc{m}[{at}] = static_cast<float>({s}[gbase + g]);",
+                f"{pad}bi{m}[{at}] = static_cast<float>({b}[gbase + g]);"]  # fmt: skip
+    return [f"{pad}sc{m}[{at}] = zx_e8m0(static_cast<uint>({s}[gbase + g]));"]
+
+
 def _batched_word_loads(mode: str, mats: list[tuple[str, str, str]], vec: int = 1) -> str:
     """Load the lane's words of the current row of each weight into ``qw<m>[j]``, with their
     scales (and biases) into ``sc<m>[j / VEC]`` (``bi<m>[j / VEC]``): every load issued before
     any is used. ``vec = 4``: four words (one quantization group or less) per 16-byte load
     (``zx_ld4``; ``al<m>`` says the weight's base is 16-byte aligned)."""
-    out = []
-    for m in range(len(mats)):
-        out.append(f"      uint qw{m}[NJ];")
-        out.append(f"      float sc{m}[NJ / VEC];")
-        if mode == "affine":
-            out.append(f"      float bi{m}[NJ / VEC];")
+    out = _load_arrays(mode, len(mats), "NJ", "NJ / VEC", "      ")
     out += ["#pragma unroll", "      for (int v = 0; v < NJ / VEC; ++v) {",
             "        const int wi = (v * 32 + (int)lane) * VEC;",
             "        const bool ok = NW % (32 * VEC) == 0 || wi < NW;",
@@ -328,11 +344,7 @@ def _batched_word_loads(mode: str, mats: list[tuple[str, str, str]], vec: int = 
                     f"        else {{ q{m}.x = 0u; q{m}.y = 0u; q{m}.z = 0u; q{m}.w = 0u; }}",
                     f"        qw{m}[v * 4] = q{m}.x;", f"        qw{m}[v * 4 + 1] = q{m}.y;",
                     f"        qw{m}[v * 4 + 2] = q{m}.z;", f"        qw{m}[v * 4 + 3] = q{m}.w;"]  # fmt: skip
-        if mode == "affine":
-            out.append(f"        sc{m}[v] = static_cast<float>({s}[gbase + g]);")
-            out.append(f"        bi{m}[v] = static_cast<float>({b}[gbase + g]);")
-        else:
-            out.append(f"        sc{m}[v] = zx_e8m0(static_cast<uint>({s}[gbase + g]));")
+        out += _scale_loads(mode, m, s, b, "v", "        ")
     out.append("      }")
     return "\n".join(out)
 
@@ -666,12 +678,7 @@ def _split_rows(mode: str, mats: list[tuple[str, str, str]], n: str, ebase: str,
     sums run in the same order either way: bit-identical results."""
     rows = "R" if all_rows else "1"
     at = "r * NJ + j" if all_rows else "j"
-    decl = []
-    for m in range(len(mats)):
-        decl.append(f"  uint qw{m}[{rows} * NJ];")
-        decl.append(f"  float sc{m}[{rows} * NJ];")
-        if mode == "affine":
-            decl.append(f"  float bi{m}[{rows} * NJ];")
+    decl = _load_arrays(mode, len(mats), f"{rows} * NJ", f"{rows} * NJ", "  ")
     loads = [f"    const int row = row0 + r < {n} ? row0 + r : {n} - 1;",
              f"    const size_t wbase = (size_t)({ebase} + row) * (NW * {ways}) + ({part}) * NW;",
              f"    const size_t gbase = (size_t)({ebase} + row) * (NG * {ways}) + ({part}) * NG;",
@@ -681,11 +688,7 @@ def _split_rows(mode: str, mats: list[tuple[str, str, str]], n: str, ebase: str,
              "      const int g = ok ? (wi * EPW) / GROUP_SIZE : 0;"]  # fmt: skip
     for m, (w, sc, b) in enumerate(mats):
         loads.append(f"      qw{m}[{at}] = ok ? {w}[wbase + wi] : 0u;")
-        if mode == "affine":
-            loads.append(f"      sc{m}[{at}] = static_cast<float>({sc}[gbase + g]);")
-            loads.append(f"      bi{m}[{at}] = static_cast<float>({b}[gbase + g]);")
-        else:
-            loads.append(f"      sc{m}[{at}] = zx_e8m0(static_cast<uint>({sc}[gbase + g]));")
+        loads += _scale_loads(mode, m, sc, b, at, "      ")
     loads.append("    }")
     math_ = ["#pragma unroll", "    for (int j = 0; j < NJ; ++j) {",
              "      const int wi = j * 32 + (int)lane;",
