@@ -37,6 +37,9 @@ def main(argv=None) -> int:
     from moe_block import MODELS, QUANT
 
     p.add_argument("--model", default="qwen3_30b_a3b", choices=list(MODELS))
+    p.add_argument("--weights", default="host", choices=["host", "device"],
+                   help="where the packed words live: host (an array made from numpy: MLX's "
+                        "unified memory, as mx.load gives) or device (a GPU op's output)")  # fmt: skip
     settings.add_argument(p)
     args = p.parse_args(argv)
     settings.apply_command_line(args.set, "ncu_target")
@@ -48,16 +51,24 @@ def main(argv=None) -> int:
     oai = args.model.startswith("gpt_oss")
     idx = mx.array(np.stack([rng.choice(e, k, replace=False) for _ in range(t)]).astype(np.uint32))
     x = mx.random.normal((t, d)).astype(bf)
+
+    def place(wq):
+        if args.weights == "host" or wq[0] is None:
+            return wq
+        w = wq[0] + 0  # a GPU op's output: device memory; wq[0] stays alive, so no donation
+        mx.eval(w)
+        return (w, *wq[1:])
+
     if args.op == "swiglu":
-        g = random_qweight(rng, (e, i_dim, d), bf, bits, gs, mode)
-        u = random_qweight(rng, (e, i_dim, d), bf, bits, gs, mode)
+        g = place(random_qweight(rng, (e, i_dim, d), bf, bits, gs, mode))
+        u = place(random_qweight(rng, (e, i_dim, d), bf, bits, gs, mode))
         bias = [mx.random.normal((e, i_dim)).astype(bf) for _ in range(2)] if oai else [None] * 2
         act = "swiglu_oai" if oai else "swiglu"
 
         def run():
             return K.gather_qmv_swiglu(x, *g, *u, idx, gs, bits, mode, *bias, act, verbose=True)
     elif args.op == "combine":
-        dn = random_qweight(rng, (e, d, i_dim), bf, bits, gs, mode)
+        dn = place(random_qweight(rng, (e, d, i_dim), bf, bits, gs, mode))
         h = mx.random.normal((t, k, i_dim)).astype(bf)
         wts = mx.full((t, k), 1.0 / k, dtype=bf)
         bias = mx.random.normal((e, d)).astype(bf) if oai else None
@@ -65,7 +76,7 @@ def main(argv=None) -> int:
         def run():
             return K.gather_qmv_combine(h, *dn, idx, wts, gs, bits, mode, bias, verbose=True)
     else:
-        wq = random_qweight(rng, (4096, d), bf, bits, gs, mode)
+        wq = place(random_qweight(rng, (4096, d), bf, bits, gs, mode))
 
         def run():
             return Q.qmv(x, *wq, gs, bits, mode, verbose=True)

@@ -186,6 +186,11 @@ KINDS: dict[str, dict[str, Any]] = {
         "results": {"device": "str"},
         "optional": {"moe_chain": "dict", "decode": "dict", "micro": "dict"},
     },
+    "ncu_sweep": {
+        "doc": "Nsight Compute metrics of one zmlx launch per setting (benchmarks/ncu_sweep.py)",
+        "results": {"rows": "list", "ncu_args": "str"},
+        "items": {"rows[]": {"label": "str", "args": "str", "rc": "int"}},
+    },
     "zoo_build": {
         "doc": "build time and memory of zoo models (benchmarks/zoo_build.py)",
         "results": {"size": "str", "quant": "str?", "builds": "list"},
