@@ -74,8 +74,11 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--case", action="append", required=True, metavar="LABEL=ARGS",
                    help="a label and ncu_target.py's arguments")  # fmt: skip
-    p.add_argument("--ncu-args", default="--clock-control none",
-                   help="extra ncu arguments (default: %(default)s)")
+    p.add_argument(
+        "--ncu-args",
+        default="--clock-control none",
+        help="extra ncu arguments (default: %(default)s)",
+    )
     p.add_argument("--launch-skip", type=int, default=2)
     p.add_argument("--json", default=None, help="capsule path")
     args = p.parse_args(argv)

@@ -30,13 +30,19 @@ from zmlx.kernels.quant_specs import random_qweight  # noqa: E402
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--op", default="swiglu", choices=["swiglu", "combine", "qmv"])
+    p.add_argument("--op", default="swiglu", choices=["swiglu", "combine", "gather", "qmv"])
     p.add_argument("--tokens", type=int, default=1)
     p.add_argument("--runs", type=int, default=5)
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from moe_block import MODELS, QUANT
 
     p.add_argument("--model", default="qwen3_30b_a3b", choices=list(MODELS))
+    p.add_argument(
+        "--experts",
+        default=None,
+        metavar="E0,E1,...",
+        help="every token's experts (default: K drawn at random per token)",
+    )
     p.add_argument("--weights", default="host", choices=["host", "device"],
                    help="where the packed words live: host (an array made from numpy: MLX's "
                         "unified memory, as mx.load gives) or device (a GPU op's output)")  # fmt: skip
@@ -50,6 +56,11 @@ def main(argv=None) -> int:
     gs, bits, mode = q["group_size"], q["bits"], q["mode"]
     oai = args.model.startswith("gpt_oss")
     idx = mx.array(np.stack([rng.choice(e, k, replace=False) for _ in range(t)]).astype(np.uint32))
+    if args.experts:
+        chosen = [int(v) for v in args.experts.split(",")]
+        if len(chosen) != k or not all(0 <= v < e for v in chosen):
+            p.error(f"[ncu_target] expected {k} experts in [0, {e}), got {args.experts!r}")
+        idx = mx.array(np.array([chosen] * t, dtype=np.uint32))
     x = mx.random.normal((t, d)).astype(bf)
 
     def place(wq):
@@ -67,6 +78,12 @@ def main(argv=None) -> int:
 
         def run():
             return K.gather_qmv_swiglu(x, *g, *u, idx, gs, bits, mode, *bias, act, verbose=True)
+    elif args.op == "gather":  # the down projection alone, one row of h per slot
+        dn = place(random_qweight(rng, (e, d, i_dim), bf, bits, gs, mode))
+        h = mx.random.normal((t, k, i_dim)).astype(bf)
+
+        def run():
+            return K.gather_qmv(h, *dn, idx, gs, bits, mode, verbose=True)
     elif args.op == "combine":
         dn = place(random_qweight(rng, (e, d, i_dim), bf, bits, gs, mode))
         h = mx.random.normal((t, k, i_dim)).astype(bf)

@@ -65,7 +65,9 @@ def check_like(op, name, a, shape, dtype=None):
 # Weighted combine over experts
 
 
-def _combine(op, y, weights, shared=None, shared_gate=None, exact=False):
+def _combine(op, y, weights, shared=None, shared_gate=None, exact=False, residual=None):
+    """The combine kernel's output, or None where the reference path runs (CPU, no rows).
+    ``residual``: ``(x, a)``, added last (checked by the caller)."""
     if not isinstance(y, mx.array) or y.ndim < 2:
         raise ValueError(f"[{op}] expected 'y' of shape (..., K, D), got {getattr(y, 'shape', y)}")
     check_float(op, "y", y)
@@ -77,11 +79,13 @@ def _combine(op, y, weights, shared=None, shared_gate=None, exact=False):
     if backend() == "cpu" or tokens * d == 0:
         return None
     ins = [y, weights] + [a for a in (shared, shared_gate) if a is not None]
+    ins += list(residual or ())
     tmpl = [("T", y.dtype), ("K", k), ("D", d)]
     if exact:
         tmpl.append(("P", promote((y.dtype, weights.dtype))))
     grid, tg = grid_1d(tokens * d, 256)
-    kern = mk.combine_kernel(exact, shared is not None, shared_gate is not None)
+    kern = mk.combine_kernel(exact, shared is not None, shared_gate is not None,
+                             residual is not None)  # fmt: skip
     return kern(*ins, scalar(tokens, mx.int32), output_shapes=[lead + (d,)],
                 output_dtypes=[y.dtype], grid=grid, threadgroup=tg, template=tmpl)[0]  # fmt: skip
 

@@ -174,7 +174,11 @@ _COMBINE_BODY = """
 
 
 @cache
-def combine_kernel(exact: bool, has_shared: bool, has_gate: bool) -> Kernel:
+def combine_kernel(exact: bool, has_shared: bool, has_gate: bool, has_res: bool = False) -> Kernel:
+    """The weighted sum over a token's ``K`` expert outputs ``y`` (one thread an output
+    element), then the shared expert (gated) and, with ``has_res``, the residual stream
+    ``rx + ra``, rounded as :func:`_epilogue` rounds. Template constants: ``T``, ``K``, ``D``,
+    ``P`` (``exact``). Runtime: ``rt[0]`` = tokens."""
     if exact:
         # MLX rounds each product to P, then sums in P in order (CPU, and CUDA's
         # col_reduce_small for K <= 32 and D % 8 == 0), then casts to y's dtype.
@@ -188,10 +192,15 @@ def combine_kernel(exact: bool, has_shared: bool, has_gate: bool) -> Kernel:
             g = "static_cast<float>(static_cast<T>(zx_sigmoid(static_cast<float>(sgate[t]))))"
             sh = f"static_cast<float>(static_cast<T>({g} * {sh}))"
         store += f"\n  v = v + {sh};"
+    if has_res:
+        if has_shared:
+            store += f"\n  v = {_to_t('v')};"
+        store += f"\n  v = v + {_to_t('static_cast<float>(rx[i]) + static_cast<float>(ra[i])')};"
     store += "\n  out[i] = static_cast<T>(v);"
     inputs = ["y", "wts"] + (["shared"] if has_shared else []) + (["sgate"] if has_gate else [])
+    inputs += ["rx", "ra"] if has_res else []
     body = _COMBINE_BODY.replace("STEP", step).replace("STORE", store)
-    name = "moe_combine" + ("_exact" if exact else "")
+    name = "moe_combine" + ("_exact" if exact else "") + ("_res" if has_res else "")
     return Kernel(name, inputs + ["rt"], ["out"], body)
 
 
@@ -209,6 +218,16 @@ SPLIT_ROWS_FEW = 2
 # Warps a group of the split combine kernel aims at: each expert's inputs split across up to
 # COMBINE_WARPS // K warps (quant_kernels.split_ways), so K = 4 experts still fill 8 warps.
 COMBINE_WARPS = 8
+# Tokens of fewer experts than this take the down projection and the combine in two launches:
+# the split-row gathered matvec (a group of warps on rows of ONE expert) writes each expert's
+# rounded projection, then :func:`combine_kernel` adds them in expert order, rounded as the
+# fused kernel rounds (see gather_qmv_combine). Off (0): on an H100 the two measurements
+# disagree. Alone, one token at GLM-4.7-Flash's shape (K = 4), the fused kernel takes 22.2 us
+# against 9.1 us for the matvec (ncu_sweep_combine2_h100.json), and 8 chained blocks take
+# 32.2 against 23.7 us a block (moe_block_device_twopass_h100.json); inside a decode step the
+# fused kernel takes 7.5 us against 7.2 + 1.4 (GLM) and 10.0 against 8.3 + 2.4 (LFM2)
+# (kernel_profile_twopass_*_h100.json), and decode is what the default serves.
+COMBINE_TWO_PASS_BELOW = 0
 
 
 def _combine_inputs(mode: str, has_bias: bool, has_shared: bool, has_gate: bool,

@@ -755,10 +755,33 @@ def split_qkv_kernel(mode: str, has_bias: bool, all_rows: bool = True) -> Kernel
     return Kernel(name, inputs, outputs, body, header=HEADER)
 
 
+# L2 prefetch of the NEXT matrix's rows of each selected expert from the gathered split kernel
+# (the MoE gate/up kernel prefetches the down projection's words, scales and biases, which
+# the combine then reads from L2): "start" issues the hints before the kernel's own loads,
+# "end" after its math; "" none.
+PREFETCH = "end"
+
+
+def _prefetch(n: int) -> str:
+    """Hints that bring expert ``ex``'s part of arrays ``pf0 .. pf<n-1>`` (``PFN<i>`` elements
+    an expert) into L2: 128-byte lines, line ``t * NB + g`` from thread ``t`` of the slot's
+    group ``g``, so each group hints a few lines spread over the whole expert."""
+    out = ["  {", "    const int pft = (int)warp * 32 + (int)lane;",
+           "    const int pfg = (int)gid % NB;"]  # fmt: skip
+    for i in range(n):
+        out += [f"    constexpr int PFS{i} = 128 / (int)sizeof(pf{i}[0]);",
+                f"    for (int l = pft * NB + pfg; l < (PFN{i} + PFS{i} - 1) / PFS{i};"
+                f" l += W * 32 * NB) {{",
+                f"      zx_prefetch_l2(pf{i} + (size_t)ex * PFN{i} + (size_t)l * PFS{i});",
+                "    }"]  # fmt: skip
+    return "\n".join(out + ["  }"]) + "\n"
+
+
 @cache
 def split_matvec_kernel(kind: str, mode: str, x_per_slot: bool, has_bias: bool = False,
                         all_rows: bool = True, gather: bool = True,
-                        has_res: bool = False) -> Kernel:  # fmt: skip
+                        has_res: bool = False, prefetch: int = 0,
+                        prefetch_at: str = "end") -> Kernel:  # fmt: skip
     """The gathered (or, ``gather=False``, dense) matvec with each row split across the
     ``W`` warps of a group.
 
@@ -779,13 +802,24 @@ def split_matvec_kernel(kind: str, mode: str, x_per_slot: bool, has_bias: bool =
     ``BITS``, ``GROUP_SIZE``, ``K`` (gathered), ``R`` (rows per group), ``NB`` (groups per
     slot), ``W`` (warps per group; ``D / W`` a multiple of ``GROUP_SIZE``, see
     :func:`split_warps`). Runtime: ``rt[0]`` = slots (dense: rows of x).
+
+    ``prefetch`` (gathered): inputs ``pf0 .. pf<prefetch - 1>`` (``PFN<i>`` elements an
+    expert, template constants), whose selected experts' parts are hinted into L2
+    (:func:`_prefetch`) at ``prefetch_at`` (``"start"`` or ``"end"``, see :data:`PREFETCH`).
     """
     if kind not in ("plain", *GATED):
         raise ValueError(f"[quant_kernels] no split-row kernel for {kind!r}")
     if has_res and (gather or kind != "plain"):
         raise ValueError("[quant_kernels] a residual only with the dense plain split kernel")
+    if prefetch and not gather:
+        raise ValueError("[quant_kernels] the L2 prefetch is for the gathered split kernel")
+    if prefetch_at not in ("start", "end"):
+        raise ValueError(
+            f"[quant_kernels] expected prefetch_at 'start' or 'end', got {prefetch_at!r}"
+        )
     parts = _JOINT[kind]
     inputs, outputs = _matvec_signature(kind, mode, gather, has_bias, has_res)
+    inputs = inputs[:-1] + [f"pf{i}" for i in range(prefetch)] + inputs[-1:]
     nm = len(parts)
     names = [f"acc{m}" for m in range(nm)]
     mats = [_mat(p, mode) for p in parts]
@@ -801,12 +835,15 @@ def split_matvec_kernel(kind: str, mode: str, x_per_slot: bool, has_bias: bool =
   const int row0 = ((int)gid % NB) * R;
   const T* xp = x + (size_t)({xrow}) * D + (int)warp * (D / W);
 {_prologue("(D / W)", False, mode)}  const int ex = {ex};
-{_acc_decl(names)}{_split_rows(mode, mats, "N", "ex * N", "W", "(int)warp", all_rows)}"""
+{_prefetch(prefetch) if prefetch and prefetch_at == "start" else ""}{_acc_decl(names)}{_split_rows(mode, mats, "N", "ex * N", "W", "(int)warp", all_rows)}"""
+    if prefetch and prefetch_at == "end":
+        body += _prefetch(prefetch)
     body += _split_sum(nm)
     body += _store(kind, parts, gather, has_bias, has_res)
     body += "  }\n"
     name = (f"qmv_{kind}_{mode}{'_gather' if gather else ''}_split{'_bias' if has_bias else ''}"
-            f"{'_res' if has_res else ''}{'' if all_rows else '_r1'}")  # fmt: skip
+            f"{'_res' if has_res else ''}{'' if all_rows else '_r1'}"
+            f"{f'_pf{prefetch}{prefetch_at}' if prefetch else ''}")  # fmt: skip
     return Kernel(name, inputs, outputs, body, header=HEADER)
 
 
