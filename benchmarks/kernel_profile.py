@@ -137,8 +137,6 @@ SETTINGS = {
     "zmlx_rows_r1": {"zmlx.kernels.quant_kernels.SPLIT_ROWS": 1},
     "zmlx_one_warp_combine": {"zmlx.kernels.moe_kernels.SPLIT_EXPERTS": False},
     "zmlx_two_pass_combine": {"zmlx.kernels.moe_kernels.COMBINE_TWO_PASS_BELOW": 8},
-    "zmlx_no_prefetch": {"zmlx.kernels.quant_kernels.PREFETCH": ""},
-    "zmlx_prefetch_start": {"zmlx.kernels.quant_kernels.PREFETCH": "start"},
     "zmlx_one_warp_rows": {"zmlx.kernels.quant_kernels.SPLIT_WARPS": 0},
     "zmlx_no_tile": {"zmlx.kernels.quant_kernels.TILE": False},
     "zmlx_linear": {"patterns": ["moe_block", "qk_norm_rope", "quantized_linear"]},

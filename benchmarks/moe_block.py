@@ -154,8 +154,7 @@ def _case_parts(name, d, i, e, k, quant, t, rng):
     def fused(x, inds, scores):
         h = K.gather_qmv_swiglu(x, *qp(g), *qp(u), inds, bias_gate=g.get("bias"),
                                 bias_up=u.get("bias"),
-                                activation="swiglu_oai" if oai else "swiglu",
-                                prefetch=(*qp(dn), dn.get("bias")), **q)  # fmt: skip
+                                activation="swiglu_oai" if oai else "swiglu", **q)  # fmt: skip
         return K.gather_qmv_combine(h, *qp(dn), inds, scores, bias=dn.get("bias"), **q)
 
     return stock, fused, glu, x, inds, scores

@@ -24,8 +24,6 @@ memory), ``ZX_SHARED_PTR`` (qualifies a pointer to it in a helper's parameters),
 ``zx_ld4(p, al)`` (four ``uint`` words at ``p`` as a ``zx_u4`` with fields ``x, y, z, w``: one
 16-byte load on CUDA when ``al``, which a kernel computes once as ``zx_al16(base)``),
 ``zx_mul_rn(a, b)`` (a product never fused into an fma, for exact rounding),
-``zx_prefetch_l2(p)`` (a hint to fetch the 128-byte line at ``p``, inside its array, into L2;
-a no-op on Metal),
 ``zx_atomic_add(&out[i], v)`` (atomic add of a float into a float32 output, or of an int into an
 int32 output; the kernel must be built with ``atomic_outputs=True``, which Metal needs and CUDA
 ignores),
@@ -136,10 +134,6 @@ ZX_INLINE zx_u4 zx_ld4(const uint* p, bool al) {
 ZX_INLINE float zx_mul_rn(float a, float b) { return __fmul_rn(a, b); }
 ZX_INLINE void zx_atomic_add(float* p, float v) { atomicAdd(p, v); }
 ZX_INLINE void zx_atomic_add(int* p, int v) { atomicAdd(p, v); }
-// A hint: fetch the 128-byte line at p into L2 (no registers held, nothing waits for it).
-template <typename P> ZX_INLINE void zx_prefetch_l2(const P* p) {
-  asm volatile("prefetch.global.L2 [%0];" :: "l"(p));
-}
 ZX_INLINE float zx_exp(float x) { return expf(x); }
 ZX_INLINE float zx_log(float x) { return logf(x); }
 ZX_INLINE float zx_log2(float x) { return log2f(x); }
@@ -188,8 +182,6 @@ template <typename A> ZX_INLINE void zx_atomic_add(device A* p, float v) {
 template <typename A> ZX_INLINE void zx_atomic_add(device A* p, int v) {
   atomic_fetch_add_explicit(p, v, memory_order_relaxed);
 }
-// No L2 prefetch hint here: a no-op.
-template <typename P> ZX_INLINE void zx_prefetch_l2(device const P* p) {}
 ZX_INLINE float zx_exp(float x) { return metal::exp(x); }
 ZX_INLINE float zx_log(float x) { return metal::log(x); }
 ZX_INLINE float zx_log2(float x) { return metal::log2(x); }

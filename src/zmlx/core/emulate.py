@@ -153,11 +153,6 @@ ZX_INLINE float zx_mul_rn(float a, float b) { volatile float p = a * b; return p
 // add is atomic here.
 ZX_INLINE void zx_atomic_add(float* p, float v) { *p += v; }
 ZX_INLINE void zx_atomic_add(int* p, int v) { *p += v; }
-// The prefetch hint reads its byte, so an address outside the array shows up here.
-template <typename P> ZX_INLINE void zx_prefetch_l2(const P* p) {
-  volatile char c = *reinterpret_cast<const char*>(p);
-  (void)c;
-}
 ZX_INLINE float zx_shfl_down(float v, int d) { return zx_host_shfl(v, 3, d); }
 ZX_INLINE float zx_exp(float x) { return std::exp(x); }
 ZX_INLINE float zx_log(float x) { return std::log(x); }

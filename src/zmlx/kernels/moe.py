@@ -136,18 +136,6 @@ def _check_indices(op, indices, lead, k=None):
         )
 
 
-def _check_prefetch(op, prefetch, e: int) -> None:
-    if prefetch is None:
-        return
-    if not isinstance(prefetch, (tuple, list)):
-        raise TypeError(f"[{op}] expected 'prefetch' as a tuple of arrays, got "
-                        f"{type(prefetch).__name__}")  # fmt: skip
-    for a in prefetch:
-        if a is not None and (not isinstance(a, mx.array) or a.ndim < 2 or a.shape[0] != e):
-            raise ValueError(f"[{op}] expected prefetch arrays of shape ({e}, ...), got "
-                             f"{getattr(a, 'shape', type(a).__name__)}")  # fmt: skip
-
-
 def _x_layout(op, x, indices) -> tuple[bool, tuple]:
     """Whether x has one row per slot, and the token shape."""
     if x.ndim == indices.ndim + 1 and x.shape[:-1] == indices.shape:
@@ -161,7 +149,7 @@ def _x_layout(op, x, indices) -> tuple[bool, tuple]:
 
 
 def _gather_launch(op, kind, x, mats, indices, group_size, bits, mode, lins, fp, verbose,
-                   prenorm=None, prefetch=None):  # fmt: skip
+                   prenorm=None):  # fmt: skip
     per_slot, lead = _x_layout(op, x, indices)
     k = indices.shape[-1]
     slots = math.prod(lead) * k
@@ -177,15 +165,12 @@ def _gather_launch(op, kind, x, mats, indices, group_size, bits, mode, lins, fp,
     split = qk.split_warps(d, bits, group_size) if regs else 0
     plan = qk.tile_plan(d, bits, group_size, joint, n, slots) if prenorm is None else None
     if plan is None and split and prenorm is None:
-        pf = [a for a in (prefetch or ()) if a is not None] if qk.PREFETCH else []
-        kern = qk.split_matvec_kernel(kind, mode, per_slot, lins is not None, qk.SPLIT_ALL_ROWS,
-                                      prefetch=len(pf), prefetch_at=qk.PREFETCH or "end")  # fmt: skip
+        kern = qk.split_matvec_kernel(kind, mode, per_slot, lins is not None, qk.SPLIT_ALL_ROWS)
         ins = [x] + weight_inputs(mats, mode) + [indices] + list(lins or ())
-        ins += ([] if fp is None else [fp]) + pf
+        ins += [] if fp is None else [fp]
         nb = math.ceil(n / qk.SPLIT_ROWS)
         tmpl = fmt_template(x, d, bits, group_size)
         tmpl += [("N", n), ("R", qk.SPLIT_ROWS), ("NB", nb), ("K", k), ("W", split)]
-        tmpl += [(f"PFN{i}", a.size // a.shape[0]) for i, a in enumerate(pf)]
         grid, tg = qk.warp_groups(slots * nb, split)
         return kern(*ins, scalar(slots, mx.int32), output_shapes=[lead + (k, n)],
                     output_dtypes=[x.dtype], grid=grid, threadgroup=tg,
@@ -249,7 +234,7 @@ def gather_qmv(x, w, scales, biases, indices, group_size=64, bits=4, mode="affin
 
 def gather_qmv_swiglu(x, wg, sg, bg, wu, su, bu, indices, group_size=64, bits=4, mode="affine",
                       bias_gate=None, bias_up=None, activation="swiglu", alpha=1.702, limit=7.0,
-                      *, prenorm=None, prefetch=None, verbose=False):  # fmt: skip
+                      *, prenorm=None, verbose=False):  # fmt: skip
     """Selected experts' gate and up projections and SwiGLU in ONE kernel.
 
     Args:
@@ -262,10 +247,6 @@ def gather_qmv_swiglu(x, wg, sg, bg, wu, su, bu, indices, group_size=64, bits=4,
             ``"geglu"`` (``gelu(g) * u``, erf) or ``"geglu_tanh"`` (``gelu_approx(g) * u``).
         prenorm: ``(residual, weight, eps)``: project ``rms_norm(x + residual, weight, eps)``
             (a decoder layer's post-attention norm, folded into the x load) instead of x.
-        prefetch: arrays of the next projection with the same ``E`` experts first (the down
-            projection's words, scales, biases; ``None`` entries skipped): the kernel hints
-            the selected experts' parts into L2 while it runs, for the next kernel to read
-            (``quant_kernels.PREFETCH``). Changes no result.
 
     Shapes:
         x: ``(..., D)``; indices: ``(..., K)`` -> ``(..., K, I)``.
@@ -284,11 +265,10 @@ def gather_qmv_swiglu(x, wg, sg, bg, wu, su, bu, indices, group_size=64, bits=4,
     check_like(op, "bias_gate", bias_gate, wg.shape[:2], x.dtype)
     check_like(op, "bias_up", bias_up, wg.shape[:2], x.dtype)
     prenorm = check_prenorm(op, x, prenorm)
-    _check_prefetch(op, prefetch, wg.shape[0])
     lins = None if bias_gate is None else [bias_gate, bias_up]
     fp = vector((alpha, limit), mx.float32) if activation == "swiglu_oai" else None
     out = _gather_launch(op, activation, x, [(wg, sg, bg), (wu, su, bu)], indices, group_size,
-                         bits, mode, lins, fp, verbose, prenorm, prefetch)  # fmt: skip
+                         bits, mode, lins, fp, verbose, prenorm)  # fmt: skip
     if out is not None:
         return out
     if prenorm is not None:
@@ -410,7 +390,7 @@ def moe_experts(x, wg, sg, bg, wu, su, bu, wd, sd, bd, indices, weights, group_s
     :func:`gather_qmv_combine`. Shapes: ``x (..., D)``, ``indices, weights (..., K)`` ->
     ``(..., D)``."""
     h = gather_qmv_swiglu(x, wg, sg, bg, wu, su, bu, indices, group_size, bits, mode,
-                          prefetch=(wd, sd, bd), verbose=verbose)  # fmt: skip
+                          verbose=verbose)  # fmt: skip
     return gather_qmv_combine(h, wd, sd, bd, indices, weights, group_size, bits, mode,
                               verbose=verbose)  # fmt: skip
 

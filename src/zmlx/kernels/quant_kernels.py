@@ -71,7 +71,11 @@ SPLIT_DENSE = True
 # Qwen3-30B-A3B block's gate/up on an H100: 12.4 against 13.5 us a row at a time
 # (moe_block_device_sweep_h100.json). 16-byte weight loads in this kernel (4 words a lane, so 2
 # warps a 2048-input row) were slower in every family and were removed: Qwen3's gate/up 17.0
-# against 12.9 us (moe_block_device_vec_h100.json, at af9a81f).
+# against 12.9 us (moe_block_device_vec_h100.json, at af9a81f). Hints from the gate/up kernel
+# that bring the down projection's rows of its experts into L2 (prefetch.global.L2, after the
+# math or before the loads) were removed too: in a Qwen3 decode step gate/up took 13.8 (14.1)
+# against 12.3 us and the combine, reading from L2, 6.7 (6.8) against 7.2
+# (kernel_profile_prefetch_qwen3_h100.json, at 5ac8c70).
 SPLIT_ALL_ROWS = True
 # Least share of its last round of 32 lanes a split part's words fill (rows that split into
 # no whole rounds, e.g. GPT-OSS's 2880 inputs: 6 parts of 60 words, 94%).
@@ -755,33 +759,10 @@ def split_qkv_kernel(mode: str, has_bias: bool, all_rows: bool = True) -> Kernel
     return Kernel(name, inputs, outputs, body, header=HEADER)
 
 
-# L2 prefetch of the NEXT matrix's rows of each selected expert from the gathered split kernel
-# (the MoE gate/up kernel prefetches the down projection's words, scales and biases, which
-# the combine then reads from L2): "start" issues the hints before the kernel's own loads,
-# "end" after its math; "" none.
-PREFETCH = "end"
-
-
-def _prefetch(n: int) -> str:
-    """Hints that bring expert ``ex``'s part of arrays ``pf0 .. pf<n-1>`` (``PFN<i>`` elements
-    an expert) into L2: 128-byte lines, line ``t * NB + g`` from thread ``t`` of the slot's
-    group ``g``, so each group hints a few lines spread over the whole expert."""
-    out = ["  {", "    const int pft = (int)warp * 32 + (int)lane;",
-           "    const int pfg = (int)gid % NB;"]  # fmt: skip
-    for i in range(n):
-        out += [f"    constexpr int PFS{i} = 128 / (int)sizeof(pf{i}[0]);",
-                f"    for (int l = pft * NB + pfg; l < (PFN{i} + PFS{i} - 1) / PFS{i};"
-                f" l += W * 32 * NB) {{",
-                f"      zx_prefetch_l2(pf{i} + (size_t)ex * PFN{i} + (size_t)l * PFS{i});",
-                "    }"]  # fmt: skip
-    return "\n".join(out + ["  }"]) + "\n"
-
-
 @cache
 def split_matvec_kernel(kind: str, mode: str, x_per_slot: bool, has_bias: bool = False,
                         all_rows: bool = True, gather: bool = True,
-                        has_res: bool = False, prefetch: int = 0,
-                        prefetch_at: str = "end") -> Kernel:  # fmt: skip
+                        has_res: bool = False) -> Kernel:  # fmt: skip
     """The gathered (or, ``gather=False``, dense) matvec with each row split across the
     ``W`` warps of a group.
 
@@ -802,24 +783,13 @@ def split_matvec_kernel(kind: str, mode: str, x_per_slot: bool, has_bias: bool =
     ``BITS``, ``GROUP_SIZE``, ``K`` (gathered), ``R`` (rows per group), ``NB`` (groups per
     slot), ``W`` (warps per group; ``D / W`` a multiple of ``GROUP_SIZE``, see
     :func:`split_warps`). Runtime: ``rt[0]`` = slots (dense: rows of x).
-
-    ``prefetch`` (gathered): inputs ``pf0 .. pf<prefetch - 1>`` (``PFN<i>`` elements an
-    expert, template constants), whose selected experts' parts are hinted into L2
-    (:func:`_prefetch`) at ``prefetch_at`` (``"start"`` or ``"end"``, see :data:`PREFETCH`).
     """
     if kind not in ("plain", *GATED):
         raise ValueError(f"[quant_kernels] no split-row kernel for {kind!r}")
     if has_res and (gather or kind != "plain"):
         raise ValueError("[quant_kernels] a residual only with the dense plain split kernel")
-    if prefetch and not gather:
-        raise ValueError("[quant_kernels] the L2 prefetch is for the gathered split kernel")
-    if prefetch_at not in ("start", "end"):
-        raise ValueError(
-            f"[quant_kernels] expected prefetch_at 'start' or 'end', got {prefetch_at!r}"
-        )
     parts = _JOINT[kind]
     inputs, outputs = _matvec_signature(kind, mode, gather, has_bias, has_res)
-    inputs = inputs[:-1] + [f"pf{i}" for i in range(prefetch)] + inputs[-1:]
     nm = len(parts)
     names = [f"acc{m}" for m in range(nm)]
     mats = [_mat(p, mode) for p in parts]
@@ -835,15 +805,12 @@ def split_matvec_kernel(kind: str, mode: str, x_per_slot: bool, has_bias: bool =
   const int row0 = ((int)gid % NB) * R;
   const T* xp = x + (size_t)({xrow}) * D + (int)warp * (D / W);
 {_prologue("(D / W)", False, mode)}  const int ex = {ex};
-{_prefetch(prefetch) if prefetch and prefetch_at == "start" else ""}{_acc_decl(names)}{_split_rows(mode, mats, "N", "ex * N", "W", "(int)warp", all_rows)}"""
-    if prefetch and prefetch_at == "end":
-        body += _prefetch(prefetch)
+{_acc_decl(names)}{_split_rows(mode, mats, "N", "ex * N", "W", "(int)warp", all_rows)}"""
     body += _split_sum(nm)
     body += _store(kind, parts, gather, has_bias, has_res)
     body += "  }\n"
     name = (f"qmv_{kind}_{mode}{'_gather' if gather else ''}_split{'_bias' if has_bias else ''}"
-            f"{'_res' if has_res else ''}{'' if all_rows else '_r1'}"
-            f"{f'_pf{prefetch}{prefetch_at}' if prefetch else ''}")  # fmt: skip
+            f"{'_res' if has_res else ''}{'' if all_rows else '_r1'}")  # fmt: skip
     return Kernel(name, inputs, outputs, body, header=HEADER)
 
 

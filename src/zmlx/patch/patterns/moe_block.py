@@ -144,7 +144,6 @@ class FusedMoE(DecodeFused):
             xn, g["w"], g["scales"], g["biases"], u["w"], u["scales"], u["biases"], inds,
             bias_gate=g["bias"], bias_up=u["bias"], activation=cfg["activation"],
             alpha=cfg.get("alpha", 1.702), limit=cfg.get("limit", 7.0), **fmt,
-            prefetch=(d["w"], d["scales"], d["biases"], d["bias"]),
         )  # fmt: skip
         shared = shared_gate = None
         if cfg["shared"] == "add":
