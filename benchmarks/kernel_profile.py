@@ -140,6 +140,9 @@ SETTINGS = {
     "zmlx_one_warp_rows": {"zmlx.kernels.quant_kernels.SPLIT_WARPS": 0},
     "zmlx_no_tile": {"zmlx.kernels.quant_kernels.TILE": False},
     "zmlx_linear": {"patterns": ["moe_block", "qk_norm_rope", "quantized_linear"]},
+    # the safety table's CUDA patterns for the family, plus these
+    "zmlx_plus_linear": {"extra_patterns": ["quantized_linear"]},
+    "zmlx_plus_qkv_linear": {"extra_patterns": ["qkv_norm_rope", "quantized_linear"]},
     "zmlx_qkv_linear": {"patterns": ["moe_block", "qkv_norm_rope", "quantized_linear"]},
     "zmlx_qkv": {"patterns": ["moe_block", "qkv_norm_rope"]},
     "zmlx_linear_tile": {
@@ -255,6 +258,14 @@ def micro_part(repeats: int, variants) -> dict:
     return out
 
 
+def table_patterns(family: str, backend: str = "cuda") -> list[str]:
+    """The patterns the safety table applies by default to ``family`` on ``backend``."""
+    from zmlx.patch import safety
+
+    return [p for (f, p, b), rule in safety.TABLE.items()
+            if f == family and b == backend and rule.allowed]  # fmt: skip
+
+
 def decode_part(family: str, num_layers: int | None, repeats: int, variants) -> dict:
     from zmlx.decode import compile_decode
     from zmlx.models import build
@@ -271,7 +282,10 @@ def decode_part(family: str, num_layers: int | None, repeats: int, variants) -> 
             if variant != "stock":
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    patch(model, patterns=conf.get("patterns"))
+                    patterns = conf.get("patterns")
+                    if "extra_patterns" in conf:
+                        patterns = [*table_patterns(family), *conf["extra_patterns"]]
+                    patch(model, patterns=patterns)
                 m = compile_decode(model, attention=conf.get("attention", "auto"))
                 cache = m.make_cache()
             else:
