@@ -26,14 +26,19 @@ def _cap(name: str) -> dict | None:
     return capsule.load(p) if p.exists() else None
 
 
-# The four full-size families, stock against zmlx in one process each (the headline table).
+# The four full-size families, stock against zmlx in one process each (the headline table):
+# (capsule, model, the variant that runs the safety table's current CUDA patterns), the newest
+# such run of each family.
 HEADLINE = [
-    "moe_decode_qwen3_split_qkv_h100.json",
-    "moe_decode_lfm2_moe_split_dense_h100.json",
-    "moe_decode_glm4_moe_lite_split_dense_h100.json",
-    "moe_decode_gpt_oss_split_h100.json",
+    ("moe_decode_qwen3_lfm2_linear_h100.json", "qwen3_moe", "zmlx_linear"),
+    ("moe_decode_qwen3_lfm2_linear_h100.json", "lfm2_moe", "zmlx"),
+    ("moe_decode_glm_gpt_oss_linear_h100.json", "glm4_moe_lite", "zmlx_linear"),
+    ("moe_decode_glm_gpt_oss_linear_h100.json", "gpt_oss", "zmlx"),
 ]
 DECODE_VARIANTS = [
+    "moe_decode_qwen3_lfm2_linear_h100.json",
+    "moe_decode_glm_gpt_oss_linear_h100.json",
+    "moe_decode_qwen3_default_linear_h100.json",
     "moe_decode_qwen3_split_qkv_h100.json",
     "moe_decode_qwen3_split_dense_h100.json",
     "moe_decode_qwen3_split_h100.json",
@@ -57,7 +62,8 @@ DECODE_VARIANTS = [
     "moe_decode_qwen3_30b_a3b_h100_qk.json",
     "moe_decode_qwen3_30b_a3b_h100_noqk.json",
 ]
-FIXTURE_CAPSULES = ["fixture_decode_split_dense_128x5_h100.json",
+FIXTURE_CAPSULES = ["fixture_decode_split_linear_128x5_h100.json",
+                    "fixture_decode_split_dense_128x5_h100.json",
                     "fixture_decode_qkv_split_128x5_h100.json",
                     "fixture_decode_split_128x5_h100.json",
                     "fixture_decode_attention_128x5_h100.json",
@@ -152,10 +158,10 @@ def _variants() -> list[str]:
 
 def _headline() -> list[str]:
     rows = []
-    for name in HEADLINE:
+    for name, model, variant in HEADLINE:
         cap = _cap(name)
         if cap:
-            rows += [(name, cap, r) for r in cap["results"]["rows"]]
+            rows += [(name, cap, r, variant) for r in cap["results"]["rows"] if r["model"] == model]
     if not rows:
         return []
     out = ["Decode of the four full-size MoE families (random weights, 64-token prompt, median "
@@ -169,14 +175,15 @@ def _headline() -> list[str]:
            "| model | GPU | stock tok/s | zmlx tok/s | decode | prefill | top-1 | "
            "top-1, compile only | capsule |",
            "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]  # fmt: skip
-    for name, cap, r in rows:
+    for name, cap, r, variant in rows:
         v = r["variants"]
+        z = v[variant]
         floor = v.get("compiled", {}).get("top1_agree")
         floor = "-" if floor is None else f"{100 * floor:.1f}%"
         out.append(f"| {r['model']} ({r['quant']}) | {cap['env']['device']} | "
-                   f"{v['stock']['decode']['median']:.1f} | {v['zmlx']['decode']['median']:.1f} | "
-                   f"{v['zmlx']['decode_speedup']:.2f}x | {v['zmlx']['prefill_speedup']:.2f}x | "
-                   f"{100 * v['zmlx']['top1_agree']:.1f}% | {floor} | `{name}` |")  # fmt: skip
+                   f"{v['stock']['decode']['median']:.1f} | {z['decode']['median']:.1f} | "
+                   f"{z['decode_speedup']:.2f}x | {z['prefill_speedup']:.2f}x | "
+                   f"{100 * z['top1_agree']:.1f}% | {floor} | `{name}` ({variant}) |")  # fmt: skip
     return out + [""]
 
 

@@ -194,7 +194,7 @@ def test_cuda_entries_apply_by_default_with_their_evidence():
     model = quantized_model("qwen3_moe")
     with force_backend("cuda"):
         report = patch(model)
-    assert set(report.patterns()) == {"moe_block", "qk_norm_rope"}
+    assert set(report.patterns()) == {"moe_block", "qk_norm_rope", "quantized_linear"}
     unpatch(model)
     mixtral = quantized_model("mixtral")  # no CUDA speed capsule: no entry, nothing applied
     with force_backend("cuda"):

@@ -36,17 +36,23 @@ _NO_GAIN = "the CPU runs the reference ops: correct but not faster than stock"
 # (quantized in groups of 32, see zmlx.models.build.backend_group_size), and the full-size
 # models decode faster with the same patterns under compile_decode, in the same process as
 # stock. Families without a speed capsule get no entry (patch() leaves them alone).
-_GPU_FIXTURES = "benchmarks/capsules/fixture_decode_split_dense_128x5_h100.json"
+_GPU_FIXTURES = "benchmarks/capsules/fixture_decode_split_linear_128x5_h100.json"
 _SPEED = {
-    "qwen3_moe": "benchmarks/capsules/moe_decode_qwen3_split_qkv_h100.json",
-    "lfm2_moe": "benchmarks/capsules/moe_decode_lfm2_moe_split_dense_h100.json",
-    "glm4_moe_lite": "benchmarks/capsules/moe_decode_glm4_moe_lite_split_dense_h100.json",
-    "gpt_oss": "benchmarks/capsules/moe_decode_gpt_oss_split_h100.json",
+    "qwen3_moe": "benchmarks/capsules/moe_decode_qwen3_lfm2_linear_h100.json ; "
+    "benchmarks/capsules/kernel_profile_linear_qwen3_moe_h100.json",
+    "lfm2_moe": "benchmarks/capsules/moe_decode_qwen3_lfm2_linear_h100.json",
+    "glm4_moe_lite": "benchmarks/capsules/moe_decode_glm_gpt_oss_linear_h100.json ; "
+    "benchmarks/capsules/kernel_profile_linear_glm4_moe_lite_h100.json",
+    "gpt_oss": "benchmarks/capsules/moe_decode_glm_gpt_oss_linear_h100.json",
 }
+# quantized_linear (the dense quantized projections on the split-row kernel) where device time
+# per layer and decode tok/s both favour it. LFM2 and GPT-OSS: device time a little lower
+# (busy 71.0 against 72.4 us, 177.7 against 181.2, kernel_profile_linear_*_h100.json) but
+# tok/s lower in the same run as stock (157.1 against 167.3, 116.1 against 150.4), so not yet.
 _CUDA_PATTERNS = {
-    "qwen3_moe": ("moe_block", "qk_norm_rope"),
+    "qwen3_moe": ("moe_block", "qk_norm_rope", "quantized_linear"),
     "lfm2_moe": ("moe_block", "swiglu_mlp"),
-    "glm4_moe_lite": ("moe_block", "swiglu_mlp"),
+    "glm4_moe_lite": ("moe_block", "swiglu_mlp", "quantized_linear"),
     "gpt_oss": ("moe_block",),
 }
 _CUDA_NOTE = (
