@@ -189,3 +189,8 @@ def test_load_words_only_where_rows_are_whole_loads(monkeypatch):
     assert qk.load_plan(2048, 4) == (qk.BATCH_LOADS, 1)
     with pytest.raises(ValueError, match="16-byte loads need the batched row loop"):
         qk._row_loop("affine", [("w0", "s0", "b0")], "N", "0", True, "acc", False, 4)
+    # two words a load has no kernel form (a 16-byte load at 8-byte alignment faulted on an
+    # H100): refused before any launch
+    monkeypatch.setattr(qk, "LOAD_WORDS", 2)
+    with pytest.raises(ValueError, match=r"\[quant_kernels\] expected LOAD_WORDS 1 or 4, got 2"):
+        qk.load_plan(2048, 4)

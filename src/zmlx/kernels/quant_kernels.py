@@ -112,6 +112,8 @@ ZX_INLINE float zx_e8m0(uint s) {
 def load_words(d: int, bits: int) -> int:
     """Words per weight load for rows of ``d`` inputs at ``bits``: :data:`LOAD_WORDS` when a
     row is a whole number of such loads, else 1."""
+    if LOAD_WORDS not in (1, 4):  # the row loop loads one word or four (zx_ld4)
+        raise ValueError(f"[quant_kernels] expected LOAD_WORDS 1 or 4, got {LOAD_WORDS!r}")
     nw = d * bits // 32
     return LOAD_WORDS if nw % LOAD_WORDS == 0 else 1
 
