@@ -143,6 +143,7 @@ SETTINGS = {
     # the safety table's CUDA patterns for the family, plus these
     "zmlx_plus_linear": {"extra_patterns": ["quantized_linear"]},
     "zmlx_plus_qkv_linear": {"extra_patterns": ["qkv_norm_rope", "quantized_linear"]},
+    "zmlx_plus_mla": {"extra_patterns": ["mla_attention"]},
     "zmlx_qkv_linear": {"patterns": ["moe_block", "qkv_norm_rope", "quantized_linear"]},
     "zmlx_qkv": {"patterns": ["moe_block", "qkv_norm_rope"]},
     "zmlx_linear_tile": {

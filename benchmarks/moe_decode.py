@@ -52,10 +52,12 @@ VARIANTS = {
     "zmlx_attention": (True, "zmlx", ()),  # measured on request (--variants)
     "zmlx_linear": (True, "auto", ("quantized_linear",)),  # measured on request (--variants)
     "zmlx_qkv_linear": (True, "auto", ("qkv_norm_rope", "quantized_linear")),  # on request
+    "zmlx_linear_mla": (True, "auto", ("quantized_linear", "mla_attention")),  # on request
     "zmlx": (True, "auto", ()),
 }
 DEFAULT_VARIANTS = [v for v in VARIANTS if v not in ("zmlx_qkv", "zmlx_residual", "zmlx_attention",
-                                                    "zmlx_linear", "zmlx_qkv_linear")]  # fmt: skip
+                                                    "zmlx_linear", "zmlx_qkv_linear",
+                                                    "zmlx_linear_mla")]  # fmt: skip
 
 
 def setup_arg_parser() -> argparse.ArgumentParser:

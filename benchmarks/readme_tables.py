@@ -81,6 +81,7 @@ VARIANT_TEXT = {
     "zmlx_qkv": "`patch` (with `qkv_norm_rope`) + `compile_decode`",
     "zmlx_linear": "`patch` (with `quantized_linear`) + `compile_decode`",
     "zmlx_qkv_linear": "`patch` (with `qkv_norm_rope`, `quantized_linear`) + `compile_decode`",
+    "zmlx_linear_mla": "`patch` (with `quantized_linear`, `mla_attention`) + `compile_decode`",
     "zmlx_residual": "`patch` (with `moe_residual`) + `compile_decode`",
     "stock": "mlx-lm as is",
     "compiled": "`compile_decode` only",

@@ -71,6 +71,7 @@ TABLE: dict[tuple[str, str, str], Rule] = {
     ("*", "qkv_norm_rope", "cpu"): Rule(False, 16, _CPU_FIDELITY, _NO_GAIN),
     ("*", "moe_residual", "cpu"): Rule(False, 16, _CPU_FIDELITY, _NO_GAIN),
     ("*", "quantized_linear", "cpu"): Rule(False, 16, _CPU_FIDELITY, _NO_GAIN),
+    ("*", "mla_attention", "cpu"): Rule(False, 1, _CPU_FIDELITY, _NO_GAIN),
     ("*", "rms_norm", "cpu"): Rule(False, None, "", "mx.fast.rms_norm is already one op: no gain"),
     ("*", "layer_norm", "cpu"): Rule(False, None, "", "mx.fast.layer_norm is already one op"),
     **{
@@ -86,6 +87,7 @@ TABLE: dict[tuple[str, str, str], Rule] = {
     ("*", "qkv_norm_rope", "metal"): Rule(False, 16, "", "not yet run on Apple hardware"),
     ("*", "moe_residual", "metal"): Rule(False, 16, "", "not yet run on Apple hardware"),
     ("*", "quantized_linear", "metal"): Rule(False, 16, "", "not yet run on Apple hardware"),
+    ("*", "mla_attention", "metal"): Rule(False, 1, "", "not yet run on Apple hardware"),
     ("*", "rms_norm", "metal"): Rule(False, None, "", "not yet run on Apple hardware"),
     ("*", "layer_norm", "metal"): Rule(False, None, "", "not yet run on Apple hardware"),
 }
