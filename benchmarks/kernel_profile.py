@@ -261,10 +261,9 @@ def micro_part(repeats: int, variants) -> dict:
 
 def table_patterns(family: str, backend: str = "cuda") -> list[str]:
     """The patterns the safety table applies by default to ``family`` on ``backend``."""
-    from zmlx.patch import safety
+    from zmlx.patch.safety import default_patterns
 
-    return [p for (f, p, b), rule in safety.TABLE.items()
-            if f == family and b == backend and rule.allowed]  # fmt: skip
+    return default_patterns(family, backend)
 
 
 def decode_part(family: str, num_layers: int | None, repeats: int, variants) -> dict:

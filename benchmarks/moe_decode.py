@@ -33,10 +33,11 @@ import mlx.core as mx
 from zmlx.bench import capsule
 from zmlx.bench import settings as bench_settings
 from zmlx.bench.lm import teacher_forced
-from zmlx.core.backend import device_name
+from zmlx.core.backend import device_name, gpu_backend
 from zmlx.decode import compile_decode
 from zmlx.models import build
 from zmlx.patch import patch, unpatch
+from zmlx.patch.safety import default_patterns
 
 QUANTS = {"gpt_oss": "mxfp4"}
 PATTERNS = ["moe_block", "switch_glu", "swiglu_mlp", "qk_norm_rope"]
@@ -70,7 +71,9 @@ def setup_arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--prefill", type=int, default=1024)
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--agreement-positions", type=int, default=256)
-    p.add_argument("--patterns", nargs="+", default=PATTERNS)
+    p.add_argument("--patterns", nargs="+", default=None,
+                   help="patterns of the zmlx variants (default: the safety table's for the "
+                        f"family on this backend, else {' '.join(PATTERNS)})")  # fmt: skip
     bench_settings.add_argument(p)
     p.add_argument(
         "--variants",
@@ -189,9 +192,10 @@ def run_family(family: str, args) -> dict:
     key = mx.random.key(7)
     prompt = mx.random.randint(1, vocab, (args.prompt,), key=key)
     long_prompt = mx.random.randint(1, vocab, (args.prefill,), key=mx.random.key(8))
+    patterns = args.patterns or default_patterns(family, gpu_backend()) or PATTERNS
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        report = patch(model, patterns=args.patterns)
+        report = patch(model, patterns=patterns)
     unpatch(model)
     variants = list(args.variants)
     if "stock" not in variants:
@@ -200,7 +204,7 @@ def run_family(family: str, args) -> dict:
     profile, stock_tokens = {}, None
     # Warm-up every variant (kernel builds, MLX's own JIT, traces) and profile one step.
     for v in variants:
-        m = setup_variant(model, v, args.patterns)
+        m = setup_variant(model, v, patterns)
         decode_run(m, prompt, 8)
         prefill_run(m, long_prompt[:64])
         profile[v] = step_profile(m, prompt)
@@ -209,7 +213,7 @@ def run_family(family: str, args) -> dict:
         # Each run starts with a different variant, so whatever drifts along a run (the host's
         # load, clocks, the allocator's cache) does not favour one variant.
         for v in variants[i % len(variants) :] + variants[: i % len(variants)]:
-            m = setup_variant(model, v, args.patterns)
+            m = setup_variant(model, v, patterns)
             tps, toks = decode_run(m, prompt, args.tokens)
             runs[v]["decode"].append(tps)
             runs[v]["prefill"].append(prefill_run(m, long_prompt))
@@ -228,7 +232,7 @@ def run_family(family: str, args) -> dict:
     ref32 = float32_top1s(model, seq) if args.float32_reference else None
     table = {}
     for v in variants:
-        m = setup_variant(model, v, args.patterns)
+        m = setup_variant(model, v, patterns)
         tops = ref if v == "stock" else top1s(m, seq)
         unpatch(model)
         table[v] = {

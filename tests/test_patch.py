@@ -281,3 +281,14 @@ def test_training_mode_applies_only_differentiable_patterns():
     assert set(report.patterns()) == {"rms_norm"}
     assert any("training mode" in n for n in report.notes)
     unpatch(model)
+
+
+def test_default_patterns_are_the_tables():
+    from zmlx.patch.safety import TABLE, default_patterns
+
+    for family in ("qwen3_moe", "glm4_moe_lite", "gpt_oss"):
+        want = sorted(p for (f, p, b), r in TABLE.items() if f == family and b == "cuda")
+        assert default_patterns(family, "cuda") == want
+    assert "mla_attention" in default_patterns("glm4_moe_lite", "cuda")
+    assert default_patterns("qwen3_moe", "cpu") == []  # the CPU table applies nothing
+    assert default_patterns("llama", "cuda") == []  # no CUDA entry for the family
