@@ -20,8 +20,8 @@ from . import moe_kernels as mk
 from . import quant_kernels as qk
 from ._common import check_prenorm, prenorm_foldable, prenorm_ref, vector
 from .moe_combine import (
-    _combine,
     check_like,
+    combine_launch,
     moe_combine,
     moe_combine_exact,
     moe_combine_exact_ref,
@@ -347,7 +347,7 @@ def gather_qmv_combine(h, w, scales, biases, indices, weights, group_size=64, bi
             y = _gather_launch(op, "plain", h, [(w, scales, biases)], indices, group_size, bits,
                                mode, None if bias is None else [bias], None, verbose)  # fmt: skip
             if y is not None:
-                out = _combine(op, y, weights, shared, shared_gate, exact=True,
+                out = combine_launch(op, y, weights, shared, shared_gate, exact=True,
                                residual=residual)  # fmt: skip
                 if out is not None:
                     return out

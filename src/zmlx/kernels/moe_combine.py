@@ -65,7 +65,7 @@ def check_like(op, name, a, shape, dtype=None):
 # Weighted combine over experts
 
 
-def _combine(op, y, weights, shared=None, shared_gate=None, exact=False, residual=None):
+def combine_launch(op, y, weights, shared=None, shared_gate=None, exact=False, residual=None):
     """The combine kernel's output, or None where the reference path runs (CPU, no rows).
     ``residual``: ``(x, a)``, added last (checked by the caller)."""
     if not isinstance(y, mx.array) or y.ndim < 2:
@@ -96,7 +96,7 @@ def moe_combine(y, weights):
     Shapes:
         y: ``(..., K, D)``; weights: ``(..., K)`` -> ``(..., D)`` in y's dtype.
     """
-    out = _combine("moe_combine", y, weights)
+    out = combine_launch("moe_combine", y, weights)
     return moe_combine_ref(y, weights) if out is None else out
 
 
@@ -110,7 +110,7 @@ def moe_combine_exact(y, weights):
     Shapes:
         y: ``(..., K, D)``; weights: ``(..., K)`` -> ``(..., D)``.
     """
-    out = _combine("moe_combine_exact", y, weights, exact=True)
+    out = combine_launch("moe_combine_exact", y, weights, exact=True)
     return moe_combine_exact_ref(y, weights) if out is None else out
 
 
@@ -123,5 +123,5 @@ def moe_combine_shared(y, weights, shared, shared_gate=None):
     """
     if shared is None:
         raise ValueError("[moe_combine_shared] expected a 'shared' array, got None")
-    out = _combine("moe_combine_shared", y, weights, shared, shared_gate)
+    out = combine_launch("moe_combine_shared", y, weights, shared, shared_gate)
     return moe_combine_shared_ref(y, weights, shared, shared_gate) if out is None else out

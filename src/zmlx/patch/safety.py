@@ -62,18 +62,16 @@ _CUDA_PATTERNS = {
 # kernel is checked against that reference on the GPU (gpu_tests_final_h100.json,
 # tests/test_attention.py); at full size, teacher-forced top-1 against stock is 94.5% with
 # it and 94.9% without (moe_decode_glm_mla_h100.json; stock's own float32 floor 92.2%).
-_EVIDENCE = {
+_OWN = {  # (family, pattern): (evidence, note)
     ("glm4_moe_lite", "mla_attention"): (
         "tests/test_mla_pattern.py ; benchmarks/capsules/gpu_tests_final_h100.json ; "
         "benchmarks/capsules/moe_decode_glm_mla_h100.json ; "
-        "benchmarks/capsules/kernel_profile_mla_glm4_moe_lite_h100.json"
+        "benchmarks/capsules/kernel_profile_mla_glm4_moe_lite_h100.json",
+        "pattern token-identical on the fixtures (CPU; their 16-wide rope part takes the "
+        "reference), kernel checked against the reference on CUDA; full size faster with "
+        "compile_decode",
     ),
 }
-_MLA_NOTE = (
-    "pattern token-identical on the fixtures (CPU; their 16-wide rope part takes the "
-    "reference), kernel checked against the reference on CUDA; full size faster with "
-    "compile_decode"
-)
 _CUDA_NOTE = (
     "fixture token-identical on CUDA; full size faster with compile_decode (teacher-forced "
     "top-1 on random weights is at the rounding floor of stock kernels under compile_decode)"
@@ -97,8 +95,7 @@ TABLE: dict[tuple[str, str, str], Rule] = {
         (family, pattern, "cuda"): Rule(
             True,
             16,
-            _EVIDENCE.get((family, pattern), f"{_GPU_FIXTURES} ; {_SPEED[family]}"),
-            _MLA_NOTE if (family, pattern) in _EVIDENCE else _CUDA_NOTE,
+            *_OWN.get((family, pattern), (f"{_GPU_FIXTURES} ; {_SPEED[family]}", _CUDA_NOTE)),
         )
         for family, patterns in _CUDA_PATTERNS.items()
         for pattern in patterns
