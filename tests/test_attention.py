@@ -164,6 +164,21 @@ def test_mla_matches_mlx_lm_decode_step(model, rng, monkeypatch):
     assert_close(got, want, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("p", [16, 48])
+def test_mla_rope_part_of_a_partial_round_of_lanes(p, rng):
+    """Rope parts that are not a multiple of 32 (the trained fixtures' 16): the last round of
+    lanes is partly idle; on the kernel emulator, against mlx-lm's step, with a mask."""
+    ql, qp = _arr(rng, 1, 4, 1, 64, scale=0.5), _arr(rng, 1, 4, 1, p)
+    kv, kp = _arr(rng, 1, 1, 40, 64), _arr(rng, 1, 1, 40, p)
+    mask = mx.array(rng.random((1, 1, 1, 40)) < 0.8)
+    for m in (None, mask):
+        with emulate.emulate():
+            got = A.mla_decode_attention(ql, qp, kv, kp, 0.15, m)
+            mx.eval(got)
+        assert_close(got, A.mla_decode_attention_ref(ql, qp, kv, kp, 0.15, m), atol=1e-5,
+                     rtol=1e-4)  # fmt: skip
+
+
 def test_mla_float64_oracle_with_mask(rng):
     ql, qp = _arr(rng, 2, 4, 1, 64), _arr(rng, 2, 4, 1, 32)
     kv, kp = _arr(rng, 2, 1, 9, 64), _arr(rng, 2, 1, 9, 32)
@@ -218,3 +233,21 @@ def test_errors():
                                mx.zeros((1, 1, 1, 5)))  # fmt: skip
     with pytest.raises(ValueError, match=r"\[mla_decode_attention\] expected q_latent"):
         A.mla_decode_attention(ql, mx.zeros((1, 4, 1, 32)), kv, mx.zeros((1, 2, 5, 32)), 0.1)
+
+
+@pytest.mark.parametrize("r, p", [(512, 64), (64, 16)])
+def test_mla_kernels_compile(r, p):
+    """GLM-4.7-Flash's MLA shape (latent 512, rope 64) and the fixtures' (64, 16) compile
+    for CUDA (NVRTC) and the Metal shim, the partial and the combine kernels."""
+    from kernel_checks import assert_compiles
+    from zmlx.core import syntax
+
+    ql, qp = mx.zeros((1, 4, 1, r)), mx.zeros((1, 4, 1, p))
+    kv, kp = mx.zeros((1, 1, 300, r)), mx.zeros((1, 1, 300, p))
+    mask = mx.ones((1, 1, 1, 300), dtype=mx.bool_)
+
+    def step(ql):
+        return A.mla_decode_attention(ql, qp, kv, kp, 0.1, mask)
+
+    checked = assert_compiles(step, ql)
+    assert checked >= 2 or not (syntax.cuda_available() or syntax.metal_available())

@@ -95,8 +95,8 @@ def _mask(op, mask, b, h, s):
 
 
 def _covered(dk: int, dp: int, dv: int) -> str | None:
-    if dk % 32 or dk > 512 or dp % 32 or dp > 128:
-        return f"key dims {dk} + {dp} (need multiples of 32, at most 512 + 128)"
+    if dk % 32 or dk > 512 or dp > 128:
+        return f"key dims {dk} + {dp} (need a multiple of 32, at most 512, + at most 128)"
     if dv not in (64, 128, 256) and dv % 256:
         return f"value dim {dv} (need 64, 128, 256 or a multiple of 256)"
     return None

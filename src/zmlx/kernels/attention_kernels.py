@@ -89,7 +89,7 @@ PARTIAL_BODY = r"""
       if (i < NM) {
         v = static_cast<float>(q[b * ZX_STRIDES(q)[0] + hq * ZX_STRIDES(q)[1]
                                  + (i * 32 + (int)lane) * ZX_STRIDES(q)[3]]) * scale;
-      } else if (NP > 0) {
+      } else if (NP > 0 && (DP % 32 == 0 || (i - NM) * 32 + (int)lane < DP)) {
         v = zx_rnd<O>(static_cast<float>(qpe[b * ZX_STRIDES(qpe)[0] + hq * ZX_STRIDES(qpe)[1]
                                 + ((i - NM) * 32 + (int)lane) * ZX_STRIDES(qpe)[3]]) * scale);
       }
@@ -128,7 +128,8 @@ PARTIAL_BODY = r"""
       if (NP > 0) {  // MLA: mlx-lm rounds the rope scores (q_pe * scale) @ k_pe^T to the dtype
         const long pb = b * ZX_STRIDES(kpe)[0] + kvh * ZX_STRIDES(kpe)[1] + s * ZX_STRIDES(kpe)[2];
         for (int i = 0; i < NP; ++i) {
-          const float kv = (c < nk) ? static_cast<float>(kpe[pb + (i * 32 + (int)lane) * ZX_STRIDES(kpe)[3]]) : 0.0f;
+          const bool in = c < nk && (DP % 32 == 0 || i * 32 + (int)lane < DP);
+          const float kv = in ? static_cast<float>(kpe[pb + (i * 32 + (int)lane) * ZX_STRIDES(kpe)[3]]) : 0.0f;
           for (int g = 0; g < GP; ++g) { ppart[g] += QV(g, NM + i) * kv; }
         }
         ZX_HEADS_REDUCE(ppart)
@@ -307,13 +308,14 @@ def _static(b, hq, hkv, dm, dp, dv, out_dtype, mask_mode, has_sinks) -> tuple:
     hit = _STATIC.get(key)
     if hit is None:
         g = hq // hkv
-        nq = (dm + dp) // 32
+        np_ = -(-dp // 32)  # rounds of 32 lanes over the rope part (the last maybe partial)
+        nq = dm // 32 + np_
         shared_q = min(pow2ceil(g), 32) * nq > 64  # more q values per lane than registers hold
         gp, hb = head_block(g, nq, shared_q)
         nhb = math.ceil(g / hb)
         nt = min(max(dv, 64), 256)
         template = [
-            ("G", g), ("GP", gp), ("HB", hb), ("NM", dm // 32), ("NP", dp // 32), ("NQ", nq),
+            ("G", g), ("GP", gp), ("HB", hb), ("NM", dm // 32), ("NP", np_), ("DP", dp), ("NQ", nq),
             ("QSH", shared_q), ("NT", nt), ("DPT", dv // nt), ("DV", dv), ("MASK", mask_mode),
             ("SINKS", has_sinks), ("O", out_dtype),
         ]  # fmt: skip

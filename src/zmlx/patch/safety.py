@@ -56,20 +56,21 @@ _CUDA_PATTERNS = {
     "glm4_moe_lite": ("moe_block", "swiglu_mlp", "quantized_linear", "mla_attention"),
     "gpt_oss": ("moe_block",),
 }
-# Entries whose evidence differs from the family's. The trained fixtures' MLA rope part is 16
-# wide, outside what the MLA kernel covers (multiples of 32), so on them the pattern runs the
-# kernel's reference: token identity is shown for the pattern's forward (CPU tests) and the
-# kernel is checked against that reference on the GPU (gpu_tests_final_h100.json,
-# tests/test_attention.py); at full size, teacher-forced top-1 against stock is 94.5% with
-# it and 94.9% without (moe_decode_glm_mla_h100.json; stock's own float32 floor 92.2%).
+# Entries whose evidence differs from the family's. mla_attention: greedy decoding of the
+# trained MLA fixtures is token-identical with the pattern on the CPU and with its kernel on
+# the CPU kernel emulator (tests/test_mla_pattern.py); the kernel is checked against its
+# reference on the GPU at full-size shapes (gpu_tests_final_h100.json, tests/test_attention.py;
+# the fixtures' 16-wide rope part is newer and not yet run on a GPU); at full size,
+# teacher-forced top-1 against stock is 94.5% with it and 94.9% without
+# (moe_decode_glm_mla_h100.json; stock's own agreement with float32 is 92.2%).
 _OWN = {  # (family, pattern): (evidence, note)
     ("glm4_moe_lite", "mla_attention"): (
         "tests/test_mla_pattern.py ; benchmarks/capsules/gpu_tests_final_h100.json ; "
         "benchmarks/capsules/moe_decode_glm_mla_h100.json ; "
         "benchmarks/capsules/kernel_profile_mla_glm4_moe_lite_h100.json",
-        "pattern token-identical on the fixtures (CPU; their 16-wide rope part takes the "
-        "reference), kernel checked against the reference on CUDA; full size faster with "
-        "compile_decode",
+        "fixtures token-identical with the pattern (CPU) and its kernel (CPU emulator); "
+        "kernel checked against its reference on CUDA at full-size shapes; full size faster "
+        "with compile_decode",
     ),
 }
 _CUDA_NOTE = (
