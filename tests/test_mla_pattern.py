@@ -104,3 +104,27 @@ def test_other_shapes_and_families_are_left_alone():
     qwen = fixtures.load_quantized("qwen3_moe")[0]
     assert mla_patch(qwen).count == 0
     unpatch(qwen)
+
+
+def test_additive_masks_and_quantized_caches_take_the_original_forward(monkeypatch):
+    """An additive (float) mask or a quantized cache: mlx-lm's own forward, never the kernel."""
+    from zmlx.patch.patterns import mla_attention
+
+    model = fixtures.load_quantized("glm4_moe_lite")[0]
+    original = type(model.layers[0].self_attn)
+    x = mx.random.normal((1, 1, model.args.hidden_size)).astype(mx.bfloat16)
+    additive = mx.zeros((1, 1, 1, 1), dtype=mx.bfloat16)
+    want = model.layers[0].self_attn(x, mask=additive)
+    mla_patch(model)
+    monkeypatch.setattr(mla_attention, "mla_decode_attention", None)  # a use would fail here
+    fused = model.layers[0].self_attn
+    assert isinstance(fused, FusedMLAAttention)
+    assert mx.array_equal(fused(x, mask=additive), want)
+
+    class Quantized:  # stands for mlx-lm's QuantizedKVCache (it has `bits`)
+        bits, offset = 8, 0
+
+    calls = []
+    monkeypatch.setattr(original, "__call__", lambda self, *a, **k: calls.append(k) or "mlx-lm")
+    assert fused(x, mask=None, cache=Quantized()) == "mlx-lm" and len(calls) == 1
+    unpatch(model)

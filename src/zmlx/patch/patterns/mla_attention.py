@@ -38,8 +38,12 @@ class FusedMLAAttention(DecodeFused):
 
     def __call__(self, x: mx.array, mask=None, cache=None) -> mx.array:
         b, length, _ = x.shape
-        if length != 1 or not self.zmlx_fused(x):
+        if (length != 1 or not self.zmlx_fused(x) or hasattr(cache, "bits")
+                or (isinstance(mask, mx.array) and mask.dtype != mx.bool_)):  # fmt: skip
+            # prompts, quantized caches and additive masks: mlx-lm's own forward
             return super().__call__(x, mask=mask, cache=cache)
+        if isinstance(mask, str):  # "causal" with one query position masks nothing
+            mask = None
         if self.q_lora_rank is None:
             q = self.q_proj(x)
         else:
@@ -56,8 +60,6 @@ class FusedMLAAttention(DecodeFused):
         kv_latent = mx.expand_dims(kv_latent, axis=1)
         if cache is not None:
             kv_latent, k_pe = cache.update_and_fetch(kv_latent, k_pe)
-        if isinstance(mask, str):  # "causal" with one query position masks nothing
-            mask = None
         out = mla_decode_attention(self.embed_q(q_nope), q_pe, kv_latent, k_pe, self.scale, mask)
         out = self.unembed_out(out)
         return self.o_proj(out.transpose(0, 2, 1, 3).reshape(b, 1, -1))
