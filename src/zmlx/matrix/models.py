@@ -11,7 +11,9 @@ Patterns are named by module shape: ``moe_block`` (router + experts + combine),
 ``switch_glu`` (gathered gated experts), ``swiglu_mlp`` / ``geglu_mlp`` (dense gated MLP with
 separate ``gate_proj``/``up_proj``; Phi-3 and GLM-4 dense models fuse them into one
 ``gate_up_proj`` and are not listed), ``rms_norm``, ``layer_norm``, ``rope`` and
-``decode_attention`` (grouped-query attention; MLA attention is a different shape).
+``decode_attention`` (grouped-query attention) and ``mla_attention`` (mlx-lm's multi-head
+latent attention step of ``deepseek_v3`` and ``glm4_moe_lite``; DeepSeek-V2, V3.2's sparse
+attention and the Kimi types are other shapes or unverified families).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ PATTERNS: tuple[str, ...] = (
     "layer_norm",
     "rope",
     "decode_attention",
+    "mla_attention",
 )
 QUANTS: tuple[str, ...] = ("4bit", "6bit", "8bit", "mxfp4", "bf16")
 
@@ -60,6 +63,7 @@ DENSE_FUSED = _ATTN  # gate_up_proj in one matrix: no separate-gate MLP shape
 MOE = ("moe_block", "switch_glu", *_ATTN)
 MOE_SHARED = (*MOE, "swiglu_mlp")  # shared experts or dense prefix layers
 MOE_MLA = ("moe_block", "switch_glu", "swiglu_mlp", "rms_norm", "rope")  # MLA attention
+MOE_MLA_DECODE = (*MOE_MLA, "mla_attention")  # mlx-lm's MLA step that mla_attention takes
 
 
 def _e(name, hf_id, family, model_type, total, active, quant, patterns, zoo=None, notes=""):
@@ -105,7 +109,7 @@ CATALOG: tuple[ModelEntry, ...] = (
     _e("GLM-4.5-Air", MC + "GLM-4.5-Air-4bit", "glm", "glm4_moe", 106.0, 12.0, "4bit", MOE_SHARED),
     _e("GLM-4.6", MC + "GLM-4.6-4bit", "glm", "glm4_moe", 355.0, 32.0, "4bit", MOE_SHARED),
     _e("GLM-4.7", MC + "GLM-4.7-4bit", "glm", "glm4_moe", 355.0, 32.0, "4bit", MOE_SHARED),
-    _e("GLM-4.7-Flash", MC + "GLM-4.7-Flash-4bit", "glm", "glm4_moe_lite", 30.0, 3.0, "4bit", MOE_MLA, "glm4_moe_lite", "MLA attention"),
+    _e("GLM-4.7-Flash", MC + "GLM-4.7-Flash-4bit", "glm", "glm4_moe_lite", 30.0, 3.0, "4bit", MOE_MLA_DECODE, "glm4_moe_lite", "MLA attention"),
     _e("GLM-4-9B-0414", MC + "GLM-4-9B-0414-4bit", "glm", "glm4", 9.4, 9.4, "4bit", DENSE_FUSED),
     # GPT-OSS (experts in MXFP4 as released; the mlx-community Q8 keeps the rest at 8 bits)
     _e("gpt-oss-20b", MC + "gpt-oss-20b-MXFP4-Q8", "gpt_oss", "gpt_oss", 20.9, 3.6, "mxfp4", MOE, "gpt_oss", "clamped SwiGLU (SwigluOAI), attention sinks"),
@@ -121,15 +125,15 @@ CATALOG: tuple[ModelEntry, ...] = (
     # DeepSeek (MLA attention, shared experts, dense first layers)
     _e("DeepSeek-V2-Lite-Chat", MC + "DeepSeek-V2-Lite-Chat-4bit-mlx", "deepseek", "deepseek_v2", 15.7, 2.4, "4bit", MOE_MLA),
     _e("DeepSeek-V2-Chat", "deepseek-ai/DeepSeek-V2-Chat", "deepseek", "deepseek_v2", 236.0, 21.0, "bf16", MOE_MLA),
-    _e("DeepSeek-V3-0324", MC + "DeepSeek-V3-0324-4bit", "deepseek", "deepseek_v3", 671.0, 37.0, "4bit", MOE_MLA, "deepseek_v3", "zoo config keeps 8 of 61 layers"),
-    _e("DeepSeek-R1-0528", MC + "DeepSeek-R1-0528-4bit", "deepseek", "deepseek_v3", 671.0, 37.0, "4bit", MOE_MLA),
-    _e("DeepSeek-V3.1", MC + "DeepSeek-V3.1-4bit", "deepseek", "deepseek_v3", 671.0, 37.0, "4bit", MOE_MLA),
+    _e("DeepSeek-V3-0324", MC + "DeepSeek-V3-0324-4bit", "deepseek", "deepseek_v3", 671.0, 37.0, "4bit", MOE_MLA_DECODE, "deepseek_v3", "zoo config keeps 8 of 61 layers"),
+    _e("DeepSeek-R1-0528", MC + "DeepSeek-R1-0528-4bit", "deepseek", "deepseek_v3", 671.0, 37.0, "4bit", MOE_MLA_DECODE),
+    _e("DeepSeek-V3.1", MC + "DeepSeek-V3.1-4bit", "deepseek", "deepseek_v3", 671.0, 37.0, "4bit", MOE_MLA_DECODE),
     _e("DeepSeek-V3.2", MC + "DeepSeek-V3.2-8bit", "deepseek", "deepseek_v32", 671.0, 37.0, "8bit", MOE_MLA, None, "DeepSeek sparse attention"),
     # Kimi (DeepSeek-V3 architecture, and Kimi Linear)
     _e("Kimi-K2-Instruct", MC + "Kimi-K2-Instruct-4bit", "kimi", "kimi_k2", 1000.0, 32.0, "4bit", MOE_MLA, None, "runs as deepseek_v3"),
     _e("Kimi-K2-Thinking", MC + "Kimi-K2-Thinking", "kimi", "kimi_k2", 1000.0, 32.0, "4bit", MOE_MLA, None, "runs as deepseek_v3"),
     _e("Kimi-K2.5", MC + "Kimi-K2.5-4bit", "kimi", "kimi_k25", 1000.0, 32.0, "4bit", MOE_MLA),
-    _e("Moonlight-16B-A3B-Instruct", "moonshotai/Moonlight-16B-A3B-Instruct", "kimi", "deepseek_v3", 16.0, 3.0, "bf16", MOE_MLA),
+    _e("Moonlight-16B-A3B-Instruct", "moonshotai/Moonlight-16B-A3B-Instruct", "kimi", "deepseek_v3", 16.0, 3.0, "bf16", MOE_MLA_DECODE),
     _e("Kimi-Linear-48B-A3B-Instruct", "moonshotai/Kimi-Linear-48B-A3B-Instruct", "kimi", "kimi_linear", 48.0, 3.0, "bf16", MOE_MLA, None, "KDA linear attention + MLA"),
     # OLMoE
     _e("OLMoE-1B-7B-0924", "allenai/OLMoE-1B-7B-0924", "olmo", "olmoe", 6.9, 1.3, "bf16", MOE, "olmoe"),
