@@ -259,17 +259,11 @@ def micro_part(repeats: int, variants) -> dict:
     return out
 
 
-def table_patterns(family: str, backend: str = "cuda") -> list[str]:
-    """The patterns the safety table applies by default to ``family`` on ``backend``."""
-    from zmlx.patch.safety import default_patterns
-
-    return default_patterns(family, backend)
-
-
 def decode_part(family: str, num_layers: int | None, repeats: int, variants) -> dict:
     from zmlx.decode import compile_decode
     from zmlx.models import build
     from zmlx.patch import patch, unpatch
+    from zmlx.patch.safety import default_patterns
 
     quant = "mxfp4" if family == "gpt_oss" else "4bit"
     model = build(family, "full", quant=quant, num_layers=num_layers)
@@ -284,7 +278,7 @@ def decode_part(family: str, num_layers: int | None, repeats: int, variants) -> 
                     warnings.simplefilter("ignore")
                     patterns = conf.get("patterns")
                     if "extra_patterns" in conf:
-                        patterns = [*table_patterns(family), *conf["extra_patterns"]]
+                        patterns = [*default_patterns(family, "cuda"), *conf["extra_patterns"]]
                     patch(model, patterns=patterns)
                 m = compile_decode(model, attention=conf.get("attention", "auto"))
                 cache = m.make_cache()

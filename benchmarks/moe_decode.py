@@ -14,8 +14,10 @@ Variants (``--variants``, the last is the headline): ``stock``; ``compiled`` (st
 decode steps through :func:`zmlx.decode.compile_decode`); ``patched`` (``zmlx.patch``);
 ``zmlx_stock_attention`` (patched and compiled, mlx-lm's attention); ``zmlx`` (patched,
 compiled, ``compile_decode``'s default attention: zmlx's decode-attention kernel on a GPU);
-on request ``zmlx_attention`` (``zmlx`` with zmlx's decode-attention kernel named), ``zmlx_qkv`` and ``zmlx_residual`` (``zmlx`` with ``qkv_norm_rope`` or
-``moe_residual`` added). Each also gets a one-step profile:
+on request ``zmlx_attention`` (``zmlx`` with zmlx's decode-attention kernel named) and
+``zmlx_qkv``, ``zmlx_residual``, ``zmlx_linear``, ``zmlx_qkv_linear``, ``zmlx_linear_mla``
+(``zmlx`` with the patterns their names say added). The zmlx variants patch with the safety
+table's patterns for the family (``--patterns`` overrides). Each also gets a one-step profile:
 host time to build the step's graph, and the step's time when evaluated at once.
 """
 

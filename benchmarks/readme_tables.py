@@ -240,6 +240,10 @@ def _suites() -> list[str]:
             "the split-row kernels (gathered, dense), quant, quantized-linear and gated tests",
         ),
         ("gpu_tests_split_all_rows_h100.json", "the split-row, MoE and quant tests"),
+        (
+            "gpu_tests_linear_h100.json",
+            "the MoE, residual, quant, split-row, two-launch combine and patch tests",
+        ),
         ("gpu_tests_catalog_h200.json", "every catalog op's tests through its CUDA kernel"),
         ("gpu_tests_fidelity_h200.json", "the patch, decode and model-zoo tests"),
         ("gpu_tests_full_h200.json", "the whole suite"),

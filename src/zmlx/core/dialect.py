@@ -31,8 +31,8 @@ ignores),
 threads get the result), math ``zx_exp, zx_log, zx_log2, zx_log1p, zx_expm1, zx_sqrt,
 zx_rsqrt, zx_abs, zx_sign, zx_sin, zx_cos, zx_tan, zx_tanh, zx_sigmoid, zx_erf, zx_atan,
 zx_sinh, zx_cosh, zx_floor, zx_ceil, zx_pow, zx_max, zx_min, zx_isnan``, ``zx_imin`` (int),
-constants ``ZX_INF`` and ``ZX_NEG_INF``, and
-``zx_elem_to_loc(i, ZX_SHAPE(x), ZX_STRIDES(x), ZX_NDIM(x))`` for strided access to input ``x``. The warp size is 32 on both backends.
+constants ``ZX_INF`` and ``ZX_NEG_INF``, and ``zx_elem_to_loc(i, ZX_SHAPE(x), ZX_STRIDES(x),
+ZX_NDIM(x))`` for strided access to input ``x``. The warp size is 32 on both backends.
 
 CUDA launches whole blocks, so a body bounds-checks every access; Metal's ``dispatchThreads``
 launches exactly ``grid`` threads. zmlx always launches a multiple of the group size, so both

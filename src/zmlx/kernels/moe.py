@@ -348,7 +348,7 @@ def gather_qmv_combine(h, w, scales, biases, indices, weights, group_size=64, bi
                                mode, None if bias is None else [bias], None, verbose)  # fmt: skip
             if y is not None:
                 out = combine_launch(op, y, weights, shared, shared_gate, exact=True,
-                               residual=residual)  # fmt: skip
+                                     residual=residual)  # fmt: skip
                 if out is not None:
                     return out
         flags = (bias is not None, shared is not None, shared_gate is not None)

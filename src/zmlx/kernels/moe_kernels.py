@@ -43,6 +43,25 @@ def _add_bias(has_bias: bool) -> str:
     return f" if (row0 + r < D) {{ y = {_to_t('y + ' + bias)}; }}"
 
 
+def _shared_and_residual(at: str, has_shared: bool, has_gate: bool, has_res: bool) -> list[str]:
+    """Statements adding to ``v`` (the expert sum, already rounded to ``T``) the shared expert
+    (gated: qwen3_next's ``sigmoid(gate) * shared_expert(x)``, each rounded to ``T``) and the
+    residual stream ``rx + ra``, rounded as mlx-lm's expressions round; ``at``: the output
+    element's index expression (``[...]``) into ``shared``, ``rx`` and ``ra``."""
+    out = []
+    if has_shared:
+        sh = f"static_cast<float>(shared{at})"
+        if has_gate:
+            g = _to_t("zx_sigmoid(static_cast<float>(sgate[t]))")
+            sh = _to_t(f"{g} * {sh}")
+        out.append(f"v = v + {sh};")
+    if has_res:
+        if has_shared:
+            out.append(f"v = {_to_t('v')};")
+        out.append(f"v = v + {_to_t(f'static_cast<float>(rx{at}) + static_cast<float>(ra{at})')};")
+    return out
+
+
 def _epilogue(exact: bool, has_bias: bool, has_shared: bool, has_gate: bool,
               has_res: bool) -> str:  # fmt: skip
     """The combine kernels' store, by lane 0 of the warp holding ``tot[r]`` (rows ``row0 ..
@@ -59,20 +78,8 @@ def _epilogue(exact: bool, has_bias: bool, has_shared: bool, has_gate: bool,
             "        }",
         ]
     epi.append(f"        v = {_to_t('v')};")
-    if has_shared:
-        sh = "static_cast<float>(shared[(size_t)t * D + row])"
-        if has_gate:
-            # qwen3_next: sigmoid(gate) * shared_expert(x), each rounded to T, then added.
-            g = _to_t("zx_sigmoid(static_cast<float>(sgate[t]))")
-            sh = _to_t(f"{g} * {sh}")
-        epi.append(f"        v = v + {sh};")
-    if has_res:
-        if has_shared:
-            epi.append(f"        v = {_to_t('v')};")
-        at = "[(size_t)t * D + row]"
-        epi.append(
-            f"        v = v + {_to_t(f'static_cast<float>(rx{at}) + static_cast<float>(ra{at})')};"
-        )
+    epi += [f"        {ln}" for ln in _shared_and_residual("[(size_t)t * D + row]", has_shared,
+                                                          has_gate, has_res)]  # fmt: skip
     epi += ["        out[(size_t)t * D + row] = static_cast<T>(v);", "      }", "    }", "  }"]
     return "\n".join(epi) + "\n"
 
@@ -177,7 +184,7 @@ _COMBINE_BODY = """
 def combine_kernel(exact: bool, has_shared: bool, has_gate: bool, has_res: bool = False) -> Kernel:
     """The weighted sum over a token's ``K`` expert outputs ``y`` (one thread an output
     element), then the shared expert (gated) and, with ``has_res``, the residual stream
-    ``rx + ra``, rounded as :func:`_epilogue` rounds. Template constants: ``T``, ``K``, ``D``,
+    ``rx + ra`` (:func:`_shared_and_residual`, as the fused kernels add them). Template constants: ``T``, ``K``, ``D``,
     ``P`` (``exact``). Runtime: ``rt[0]`` = tokens."""
     if exact:
         # MLX rounds each product to P, then sums in P in order (CPU, and CUDA's
@@ -186,16 +193,9 @@ def combine_kernel(exact: bool, has_shared: bool, has_gate: bool, has_res: bool 
     else:
         step = "acc += wv * yv;"
     store = "float v = static_cast<float>(static_cast<T>(acc));"
-    if has_shared:
-        sh = "static_cast<float>(shared[i])"
-        if has_gate:
-            g = "static_cast<float>(static_cast<T>(zx_sigmoid(static_cast<float>(sgate[t]))))"
-            sh = f"static_cast<float>(static_cast<T>({g} * {sh}))"
-        store += f"\n  v = v + {sh};"
-    if has_res:
-        if has_shared:
-            store += f"\n  v = {_to_t('v')};"
-        store += f"\n  v = v + {_to_t('static_cast<float>(rx[i]) + static_cast<float>(ra[i])')};"
+    store += "".join(
+        f"\n  {ln}" for ln in _shared_and_residual("[i]", has_shared, has_gate, has_res)
+    )
     store += "\n  out[i] = static_cast<T>(v);"
     inputs = ["y", "wts"] + (["shared"] if has_shared else []) + (["sgate"] if has_gate else [])
     inputs += ["rx", "ra"] if has_res else []
@@ -247,8 +247,8 @@ def split_combine_kernel(mode: str, has_bias: bool, has_shared: bool, has_gate: 
     and leave their partial sums in shared memory, the weights' loads issued ahead of x's and
     of the math as in :func:`.quant_kernels._split_rows`. The first warp then rounds each
     expert's projection (its ``S`` partials added in order) to ``T`` with its bias and adds
-    the weighted projections in expert order, rounded as mlx-lm rounds. The one-warp kernel walks the
-    experts one after another in every warp, so a row waits for memory ``K`` times.
+    the weighted projections in expert order, rounded as mlx-lm rounds. The one-warp kernel
+    walks the experts one after another in every warp, so a row waits for memory ``K`` times.
 
     With ``S = 1`` a projection is one warp's sum, as in the one-warp kernel: bit-identical
     results. With ``S > 1`` its float32 sum runs in another order (last-place differences

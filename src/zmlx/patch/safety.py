@@ -89,7 +89,7 @@ TABLE: dict[tuple[str, str, str], Rule] = {
     ("*", "qkv_norm_rope", "cpu"): Rule(False, 16, _CPU_FIDELITY, _NO_GAIN),
     ("*", "moe_residual", "cpu"): Rule(False, 16, _CPU_FIDELITY, _NO_GAIN),
     ("*", "quantized_linear", "cpu"): Rule(False, 16, _CPU_FIDELITY, _NO_GAIN),
-    ("*", "mla_attention", "cpu"): Rule(False, 1, _CPU_FIDELITY, _NO_GAIN),
+    ("*", "mla_attention", "cpu"): Rule(False, 1, "tests/test_mla_pattern.py", _NO_GAIN),
     ("*", "rms_norm", "cpu"): Rule(False, None, "", "mx.fast.rms_norm is already one op: no gain"),
     ("*", "layer_norm", "cpu"): Rule(False, None, "", "mx.fast.layer_norm is already one op"),
     **{

@@ -14,8 +14,7 @@ PATTERNS = {
     p.name: p
     for p in (MoEResidualPattern(), MoEBlockPattern(), SwitchGLUPattern(), SwiGLUMLPPattern(),
               QKVNormAttentionPattern(), QKNormAttentionPattern(), MLAAttentionPattern(),
-              RMSNormPattern(),
-              LayerNormPattern(), QuantizedLinearPattern())
+              RMSNormPattern(), LayerNormPattern(), QuantizedLinearPattern())
 }  # fmt: skip
 
 __all__ = ["PATTERNS"]
