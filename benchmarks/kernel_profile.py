@@ -116,6 +116,8 @@ SETTINGS = {
     "zmlx_16B_loads": {"zmlx.kernels.quant_kernels.LOAD_WORDS": 4},
     "zmlx_batched_loads": {"zmlx.kernels.quant_kernels.BATCH_LOADS": True},
     "zmlx_fused_router": {"zmlx.patch.patterns.moe_block.FUSED_ROUTER": True},
+    "zmlx_one_group_router": {"zmlx.kernels.router_kernels.SPLIT": False},
+    "zmlx_two_launch_router": {"zmlx.patch.patterns.moe_block.FUSED_ROUTER": False},
     "zmlx_stock_attention": {"attention": "stock"},
     "zmlx_attention": {"attention": "zmlx"},
     "zmlx_split_rows": {"zmlx.kernels.quant_kernels.SPLIT_WARPS": 4},
@@ -144,6 +146,8 @@ SETTINGS = {
     "zmlx_plus_linear": {"extra_patterns": ["quantized_linear"]},
     "zmlx_plus_qkv_linear": {"extra_patterns": ["qkv_norm_rope", "quantized_linear"]},
     "zmlx_plus_mla": {"extra_patterns": ["mla_attention"]},
+    "zmlx_plus_residual": {"extra_patterns": ["moe_residual"]},
+    "zmlx_plus_qkv": {"extra_patterns": ["qkv_norm_rope"]},
     "zmlx_qkv_linear": {"patterns": ["moe_block", "qkv_norm_rope", "quantized_linear"]},
     "zmlx_qkv": {"patterns": ["moe_block", "qkv_norm_rope"]},
     "zmlx_linear_tile": {

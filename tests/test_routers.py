@@ -299,3 +299,94 @@ def test_large_expert_counts_take_the_reference_path(rng):
     assert (np.array(inds) == np.array(i2)).all()
     if backend() != "cpu":
         assert fallback.counts().get("route", 0) == before + 1
+
+
+_SPLIT_CASES = {
+    # rule, experts (not a multiple of the split's 8 warps in two), dtype, selection / Linear bias
+    "softmax_topk_e60": (R.RouterRule("softmax_topk", 6, norm=True), 60, mx.bfloat16, False, False),
+    "sigmoid_groups_e64": (R.RouterRule("sigmoid_topk", 4, n_group=4, topk_group=2, norm=True,
+                                        scale=2.5), 64, mx.float16, True, False),
+    "topk_softmax_bias_e20": (R.RouterRule("topk_softmax", 4), 20, mx.float32, False, True),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("quant", [False, True], ids=["float", "q4"])
+@pytest.mark.parametrize("case", list(_SPLIT_CASES))
+def test_split_router_matches_one_group_exactly(case, quant, monkeypatch, rng):
+    """CUDA's split router (the matvec over ceil(E / 8) groups a token, the last group routing)
+    computes every logit as the one-group kernel does, so both route 3 tokens bit for bit
+    alike, on the emulator; and as the reference, as sorted pairs."""
+    from test_quant import run_kernel
+
+    rule, e, dtype, sel, lin = _SPLIT_CASES[case]
+    d = 384
+    x = mx.array(rng.normal(size=(3, d)).astype(np.float32)).astype(dtype)
+    w = mx.array(rng.normal(size=(e, d)).astype(np.float32) * 0.05).astype(dtype)
+    kw = dict(select_bias=mx.array(rng.normal(size=(e,)).astype(np.float32) * 0.1)
+              if sel else None,
+              bias=mx.array(rng.normal(size=(e,)).astype(np.float32) * 0.1).astype(dtype)
+              if lin else None)  # fmt: skip
+    if quant:
+        w, s, b = mx.quantize(w, group_size=64, bits=4)
+        kw.update(scales=s, biases=b, group_size=64, bits=4)
+    outs = {}
+    for split in (True, False):
+        monkeypatch.setattr(RK, "SPLIT", split)
+        outs[split] = run_kernel(R.router_fused, x, w, rule, **kw)
+    for a, b in zip(outs[True], outs[False]):
+        assert a.dtype == b.dtype and (np.array(a.astype(mx.float32)) == np.array(
+            b.astype(mx.float32))).all()  # fmt: skip
+    want = R.router_fused_ref(x.astype(mx.float32), w, rule, kw["bias"], kw["select_bias"],
+                              kw.get("scales"), kw.get("biases"), 64, 4)  # fmt: skip
+    if dtype == mx.float32:
+        assert_same_routing(outs[True], want, atol=1e-5, rtol=1e-4)
+
+
+def test_split_router_folds_the_prenorm_as_one_group_does(monkeypatch, rng):
+    """With the post-attention norm folded in, the split router writes the normed input once
+    (group 0 of each token) and it equals the one-group kernel's, as do the routes."""
+    from test_quant import run_kernel
+
+    d, e = 256, 24
+    x, a = (mx.array(rng.normal(size=(2, d)).astype(np.float32)).astype(mx.bfloat16)
+            for _ in range(2))  # fmt: skip
+    nw = mx.array(rng.uniform(0.5, 1.5, size=(d,)).astype(np.float32)).astype(mx.bfloat16)
+    w = mx.array(rng.normal(size=(e, d)).astype(np.float32) * 0.05).astype(mx.bfloat16)
+    rule = R.RouterRule("softmax_topk", 4, norm=True)
+    outs = {}
+    for split in (True, False):
+        monkeypatch.setattr(RK, "SPLIT", split)
+        outs[split] = run_kernel(R.router_fused, x, w, rule, prenorm=(a, nw, 1e-6),
+                                 return_normed=True)  # fmt: skip
+    for got, one in zip(outs[True], outs[False]):
+        assert (np.array(got.astype(mx.float32)) == np.array(one.astype(mx.float32))).all()
+
+
+def test_split_router_workspace_errors(rng):
+    from zmlx.core.emulate import emulate
+
+    x = mx.zeros((3, 64), mx.bfloat16)
+    w = mx.zeros((16, 64), mx.bfloat16)
+    rule = R.RouterRule("softmax_topk", 2)
+    with emulate(), pytest.raises(ValueError, match=r"\[router_fused\] expected at least 3 uint32"):
+        R.router_fused(x, w, rule, workspace=mx.zeros((2,), mx.uint32))
+    with emulate(), pytest.raises(ValueError, match=r"\[router_fused\] expected at least 3 uint32"):
+        R.router_fused(x, w, rule, workspace=mx.zeros((16,), mx.int32))
+
+
+@pytest.mark.cuda
+def test_split_router_leaves_its_counters_zero(rng):
+    """On the GPU: one counter array reused over calls routes each call right and is zero
+    after every call (the last group clears it)."""
+    cnt = RK.counters()
+    rule = R.RouterRule("softmax_topk", 8, norm=True)
+    w = mx.array(rng.normal(size=(128, 2048)).astype(np.float32) * 0.05).astype(mx.bfloat16)
+    q, s, b = mx.quantize(w, group_size=64, bits=4)
+    for t in (1, 4, 16, 1):
+        x = mx.array(rng.normal(size=(t, 2048)).astype(np.float32)).astype(mx.bfloat16)
+        got = R.router_fused(x, q, rule, scales=s, biases=b, group_size=64, bits=4,
+                             workspace=cnt)  # fmt: skip
+        mx.eval(got)
+        assert (np.array(cnt) == 0).all()
+        want = R.router_fused_ref(x, q, rule, None, None, s, b, 64, 4)
+        assert (np.sort(np.array(got[0]), -1) == np.sort(np.array(want[0]), -1)).mean() > 0.95

@@ -27,6 +27,9 @@ memory), ``ZX_SHARED_PTR`` (qualifies a pointer to it in a helper's parameters),
 ``zx_atomic_add(&out[i], v)`` (atomic add of a float into a float32 output, or of an int into an
 int32 output; the kernel must be built with ``atomic_outputs=True``, which Metal needs and CUDA
 ignores),
+``zx_fence()``, ``zx_ticket(&cnt[i])``, ``zx_clear(&cnt[i])``, ``zx_ldcg(&p[i])`` (CUDA only:
+the last-group hand-off of a kernel whose groups finish one result together, see
+:mod:`zmlx.kernels.router_kernels`),
 ``zx_warp_sum/max/min(v)``, ``zx_block_sum/max/min(v, buf)`` (``buf``: 32 shared floats; all
 threads get the result), math ``zx_exp, zx_log, zx_log2, zx_log1p, zx_expm1, zx_sqrt,
 zx_rsqrt, zx_abs, zx_sign, zx_sin, zx_cos, zx_tan, zx_tanh, zx_sigmoid, zx_erf, zx_atan,
@@ -134,6 +137,14 @@ ZX_INLINE zx_u4 zx_ld4(const uint* p, bool al) {
 ZX_INLINE float zx_mul_rn(float a, float b) { return __fmul_rn(a, b); }
 ZX_INLINE void zx_atomic_add(float* p, float v) { atomicAdd(p, v); }
 ZX_INLINE void zx_atomic_add(int* p, int v) { atomicAdd(p, v); }
+// Grid-wide hand-off (CUDA only): a group publishes its writes (zx_fence), takes a ticket from a
+// counter that lives in an input buffer (zx_ticket returns the count before it), and the group
+// that draws the last ticket reads the others' writes past L1 (zx_ldcg) and clears the counter
+// for the next launch (zx_clear).
+ZX_INLINE void zx_fence() { __threadfence(); }
+ZX_INLINE uint zx_ticket(const uint* p) { return atomicAdd(const_cast<uint*>(p), 1u); }
+ZX_INLINE void zx_clear(const uint* p) { atomicExch(const_cast<uint*>(p), 0u); }
+ZX_INLINE float zx_ldcg(const float* p) { return __ldcg(p); }
 ZX_INLINE float zx_exp(float x) { return expf(x); }
 ZX_INLINE float zx_log(float x) { return logf(x); }
 ZX_INLINE float zx_log2(float x) { return log2f(x); }

@@ -277,7 +277,7 @@ _PRENORM_LOAD = r"""
   for (uint i = lid; i < (uint)DIN; i += lsize) {
     const float y = zx_rnd<XT>(xs[i] * nrm);
     xs[i] = zx_rnd<XT>(static_cast<float>(nrmw[i]) * y);
-    hn[tok * DIN + i] = static_cast<XT>(xs[i]);
+    @HN_IF@hn[tok * DIN + i] = static_cast<XT>(xs[i]);
   }
 """
 _PLAIN_LOAD = (
@@ -286,13 +286,74 @@ _PLAIN_LOAD = (
 )
 
 
+# The router split over groups (CUDA): group g of a token computes the logits of experts
+# g * W .. g * W + W - 1 (one warp each, W = SPLIT_WARPS), writes them out (``lgo``) and takes
+# a ticket from the token's counter; the group that draws the last ticket reads all E logits
+# back and routes the token. One launch, and the router matrix streams through E / W SMs
+# rather than one. The counter (``cnt``, uint32, one per token) must be zero before the launch;
+# the last group sets it back to zero.
+SPLIT_WARPS = 8
+SPLIT = True  # CUDA routes with the split launch (False: one group a token, as on Metal)
+_SPLIT_HEAD = r"""
+  const uint tok = gid_y;
+  if (tok >= dims[0]) { return; }
+  ZX_SHARED float xs[DIN];
+  ZX_SHARED uint r_last;
+@LOAD@  zx_barrier();
+  {
+    const int e = (int)(gid * (lsize / 32u) + warp);
+    if (e < E) {
+      float acc = 0.0f;
+"""
+_SPLIT_TAIL = (
+    r"""
+      acc = zx_warp_sum(acc);
+      if (lane == 0u) {
+        float lv = zx_rnd<LG>(acc);
+        if (HAS_LBIAS) {
+          lv = zx_rnd<LG>((QBITS > 0 ? lv : acc) + static_cast<float>(lbias[e]));
+        }
+        lgo[tok * E + e] = lv;
+        zx_fence();
+      }
+    }
+  }
+  zx_barrier();
+  if (lid == 0u) { r_last = (zx_ticket(&cnt[tok]) == ngroups - 1u) ? 1u : 0u; }
+  zx_barrier();
+  if (r_last == 0u || warp != 0u) { return; }
+  zx_fence();
+  if (lane == 0u) { zx_clear(&cnt[tok]); }
+#define LOGIT(e) zx_ldcg(&lgo[tok * E + (e)])
+"""
+    + _CORE
+    + "#undef LOGIT\n"
+)
+
+
+@functools.cache
+def split_kernel(quant: bool, norm: bool = False) -> Kernel:
+    """The router matvec split over ``ceil(E / SPLIT_WARPS)`` groups a token, the last group
+    routing (CUDA; see :data:`SPLIT_WARPS`). Inputs and outputs as :func:`fused_kernel`, plus
+    the counters ``cnt`` and the logits ``lgo`` (float32, written on the way)."""
+    load = (_PRENORM_LOAD if norm else _PLAIN_LOAD).replace("@HN_IF@", "if (gid == 0u) ")
+    return Kernel(
+        "moe_route_split" + ("_affine" if quant else "") + ("_prenorm" if norm else ""),
+        _FUSED_INPUTS[:-1] + (("xa", "nrmw", "npr") if norm else ()) + ("dims", "cnt"),
+        (("inds", "weights", "hn") if norm else ("inds", "weights")) + ("lgo",),
+        _SPLIT_HEAD.replace("@LOAD@", load) + (_DOT_AFFINE if quant else _DOT_FLOAT)
+        + _SPLIT_TAIL,
+    )  # fmt: skip
+
+
 @functools.cache
 def fused_kernel(quant: bool, norm: bool = False) -> Kernel:
     """The router matvec + routing kernel; float and affine-quantized weights differ only in
     the dot product. ``norm``: x is the residual stream, routed on its folded pre-norm
     (inputs ``xa``, ``nrmw``, ``npr``; template ``XT``), which is also written out (``hn``)
     for the kernels after the router."""
-    head = _FUSED_HEAD.replace("@LOAD@", _PRENORM_LOAD if norm else _PLAIN_LOAD)
+    load = (_PRENORM_LOAD if norm else _PLAIN_LOAD).replace("@HN_IF@", "")
+    head = _FUSED_HEAD.replace("@LOAD@", load)
     return Kernel(
         "moe_route_fused" + ("_affine" if quant else "") + ("_prenorm" if norm else ""),
         _FUSED_INPUTS[:-1] + (("xa", "nrmw", "npr") if norm else ()) + _FUSED_INPUTS[-1:],
@@ -352,11 +413,18 @@ def launch_route(logits: mx.array, sbias, plan, template, t: int) -> tuple[mx.ar
     return inds, weights
 
 
+def counters(n: int = FUSED_MAX_TOKENS) -> mx.array:
+    """Zeroed counters for the split router (one per token; the kernel leaves them zero)."""
+    return mx.zeros((n,), mx.uint32)
+
+
 def launch_fused(x, w, scales, qbias, lbias, sbias, plan, template, logits_dtype, bits, gsz, t, d,
-                 prenorm=None):  # fmt: skip
-    """Router matvec + routing for ``t`` tokens of ``d`` features: one group per token.
-    ``prenorm``: ``(xa, nw, eps)`` routes ``rms_norm(x + xa, nw, eps)`` instead of x, and
-    returns it third (``(t, d)`` in x's dtype)."""
+                 prenorm=None, split=False, cnt=None):  # fmt: skip
+    """Router matvec + routing for ``t`` tokens of ``d`` features: one group per token, or with
+    ``split`` ``ceil(E / SPLIT_WARPS)`` groups per token and the last one routing (``cnt``:
+    zeroed uint32 counters, at least ``t``; by default new ones). ``prenorm``: ``(xa, nw,
+    eps)`` routes ``rms_norm(x + xa, nw, eps)`` instead of x, and returns it third (``(t,
+    d)`` in x's dtype)."""
     extra = [
         ("DIN", d),
         ("QBITS", bits),
@@ -366,7 +434,7 @@ def launch_fused(x, w, scales, qbias, lbias, sbias, plan, template, logits_dtype
         ("LG", logits_dtype),
     ]
     z = dummy()
-    kernel = fused_kernel(bits > 0, prenorm is not None)
+    kernel = (split_kernel if split else fused_kernel)(bits > 0, prenorm is not None)
     norm_in = []
     if prenorm is not None:
         xa, nw, eps = prenorm
@@ -376,6 +444,19 @@ def launch_fused(x, w, scales, qbias, lbias, sbias, plan, template, logits_dtype
     if prenorm is not None:
         shapes.append((t, d))
         dtypes.append(x.dtype)
+    tail, grid, group = [], (t * FUSED_THREADS, 1, 1), (FUSED_THREADS, 1, 1)
+    if split:
+        n_exp = dict(template)["E"]
+        if cnt is None:
+            cnt = counters(t)
+        elif cnt.dtype != mx.uint32 or cnt.size < t:
+            raise ValueError(f"[router_fused] expected at least {t} uint32 counters, got "
+                             f"{cnt.size} {cnt.dtype}")  # fmt: skip
+        tail = [cnt]
+        shapes.append((t, n_exp))
+        dtypes.append(mx.float32)
+        grid = (math.ceil(n_exp / SPLIT_WARPS) * 32 * SPLIT_WARPS, t, 1)
+        group = (32 * SPLIT_WARPS, 1, 1)
     outs = kernel(
         x,
         w,
@@ -386,10 +467,11 @@ def launch_fused(x, w, scales, qbias, lbias, sbias, plan, template, logits_dtype
         params(plan.norm_eps, plan.scale),
         *norm_in,
         scalar(t, mx.uint32),
+        *tail,
         output_shapes=shapes,
         output_dtypes=dtypes,
-        grid=(t * FUSED_THREADS, 1, 1),
-        threadgroup=(FUSED_THREADS, 1, 1),
+        grid=grid,
+        threadgroup=group,
         template=template + extra,
     )
-    return tuple(outs)
+    return tuple(outs[:-1] if split else outs)

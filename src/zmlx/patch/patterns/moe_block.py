@@ -1,10 +1,10 @@
-"""``moe_block``: a whole MoE block (router, experts, combine, shared experts) in four launches.
+"""``moe_block``: a whole MoE block (router, experts, combine, shared experts) in three launches.
 
 Matched by structure: a module holding a ``SwitchGLU`` (``switch_mlp`` or ``experts``) with
 quantized experts and a router, in a model family whose routing rule zmlx knows
 (:func:`zmlx.kernels.routers.router_rule`). For up to ``max_tokens`` tokens (decode) the block
-runs the router (MLX's matmul, then :func:`~zmlx.kernels.routers.route`; see
-:data:`FUSED_ROUTER`),
+runs the router (on CUDA one launch, :func:`~zmlx.kernels.routers.router_fused`; elsewhere
+MLX's matmul, then :func:`~zmlx.kernels.routers.route`; see :data:`FUSED_ROUTER`),
 :func:`~zmlx.kernels.moe.gather_qmv_swiglu` (gate, up, activation of the selected experts) and
 :func:`~zmlx.kernels.moe.gather_qmv_combine` (down projection x router weight, summed over
 experts, plus the shared expert); longer inputs (prefill) run the original forward.
@@ -18,16 +18,27 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from ...kernels import moe as K
+from ...kernels import router_kernels as RK
 from ...kernels import routers as R
 from ..base import Context
 from .common import NO, DecodeFused, Pattern, Verdict, match, quantized_params, skip
 
 # The router in one launch (router_fused: matvec and routing) or in two (MLX's matmul, then
-# the routing kernel). One launch is one group per token, so its matvec streams the whole
-# router weight through one SM: 25-46 us a layer on an H100, against 3.5 us for MLX's
-# quantized matmul (kernel_profile_qwen3_h100.json). The folded pre-norm (moe_residual)
-# needs the one-launch form.
-FUSED_ROUTER = False
+# the routing kernel). None: one on CUDA, whose launch splits the router matrix over groups
+# (router_kernels.SPLIT_WARPS); two elsewhere, as Metal's one-launch form is one group per
+# token, which streams the whole router weight through one SM (25-46 us a layer on an H100,
+# against 3.5 us for MLX's quantized matmul, kernel_profile_qwen3_h100.json). The folded
+# pre-norm (moe_residual) always takes the one-launch form.
+FUSED_ROUTER: bool | None = None
+
+
+def fused_router() -> bool:
+    """Whether ``moe_block`` routes in one launch (:data:`FUSED_ROUTER`)."""
+    if FUSED_ROUTER is not None:
+        return FUSED_ROUTER
+    from ...core.backend import backend
+
+    return backend() == "cuda"
 
 # Per family: the router's attribute path, where the selection-only bias lives, and how the
 # shared expert joins ("add": y + shared(x); "gated": y + sigmoid(gate(x)) * shared(x)).
@@ -99,6 +110,13 @@ class FusedMoE(DecodeFused):
 
     zmlx_pattern = "moe_block"
 
+    def zmlx_setup(self, **cfg: Any) -> None:
+        # The split router's counters: zero between launches, one array per block so that
+        # blocks never share them (and evaluated now, never inside a compiled trace).
+        cnt = RK.counters()
+        mx.eval(cnt)
+        super().zmlx_setup(**cfg, counters=cnt)
+
     def __call__(self, x: mx.array) -> mx.array:
         if not self.zmlx_fused(x):
             return super().__call__(x)
@@ -119,7 +137,7 @@ class FusedMoE(DecodeFused):
         rp = quantized_params(router) if cfg["router_quantized"] else None
         # With prenorm the router's launch also writes the normed input for the experts.
         fold = dict(prenorm=prenorm, return_normed=prenorm is not None)
-        if prenorm is None and not FUSED_ROUTER:
+        if prenorm is None and not fused_router():
             if rp is not None:
                 logits = R.router_linear_ref(x, rp["w"], cfg["rule"], rp["bias"], rp["scales"],
                                              rp["biases"], rp["group_size"], rp["bits"])  # fmt: skip
@@ -130,10 +148,11 @@ class FusedMoE(DecodeFused):
             routed = R.router_fused(x, rp["w"], cfg["rule"], bias=rp["bias"], select_bias=sbias,
                                     scales=rp["scales"], biases=rp["biases"],
                                     group_size=rp["group_size"], bits=rp["bits"],
-                                    **fold)  # fmt: skip
+                                    workspace=cfg["counters"], **fold)  # fmt: skip
         else:
             routed = R.router_fused(x, router["weight"], cfg["rule"], bias=router.get("bias"),
-                                    select_bias=sbias, **fold)  # fmt: skip
+                                    select_bias=sbias, workspace=cfg["counters"],
+                                    **fold)  # fmt: skip
         inds, w = routed[:2]
         xn = routed[2] if prenorm is not None else x
         glu = self[cfg["experts"]]
