@@ -40,6 +40,7 @@ def fused_router() -> bool:
 
     return backend() == "cuda"
 
+
 # Per family: the router's attribute path, where the selection-only bias lives, and how the
 # shared expert joins ("add": y + shared(x); "gated": y + sigmoid(gate(x)) * shared(x)).
 FAMILIES: dict[str, dict[str, Any]] = {
