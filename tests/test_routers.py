@@ -362,31 +362,19 @@ def test_split_router_folds_the_prenorm_as_one_group_does(monkeypatch, rng):
         assert (np.array(got.astype(mx.float32)) == np.array(one.astype(mx.float32))).all()
 
 
-def test_split_router_workspace_errors(rng):
-    from zmlx.core.emulate import emulate
-
-    x = mx.zeros((3, 64), mx.bfloat16)
-    w = mx.zeros((16, 64), mx.bfloat16)
-    rule = R.RouterRule("softmax_topk", 2)
-    with emulate(), pytest.raises(ValueError, match=r"\[router_fused\] expected at least 3 uint32"):
-        R.router_fused(x, w, rule, workspace=mx.zeros((2,), mx.uint32))
-    with emulate(), pytest.raises(ValueError, match=r"\[router_fused\] expected at least 3 uint32"):
-        R.router_fused(x, w, rule, workspace=mx.zeros((16,), mx.int32))
-
-
 @pytest.mark.cuda
-def test_split_router_leaves_its_counters_zero(rng):
-    """On the GPU: one counter array reused over calls routes each call right and is zero
-    after every call (the last group clears it)."""
-    cnt = RK.counters()
+def test_split_router_launches_in_one_lazy_graph_do_not_interfere(rng):
+    """On the GPU: sixteen routings of the same router in one lazy graph, which MLX may run
+    concurrently (no data flows between them), each route right (the hand-off keeps no state
+    between launches)."""
     rule = R.RouterRule("softmax_topk", 8, norm=True)
     w = mx.array(rng.normal(size=(128, 2048)).astype(np.float32) * 0.05).astype(mx.bfloat16)
     q, s, b = mx.quantize(w, group_size=64, bits=4)
-    for t in (1, 4, 16, 1):
-        x = mx.array(rng.normal(size=(t, 2048)).astype(np.float32)).astype(mx.bfloat16)
-        got = R.router_fused(x, q, rule, scales=s, biases=b, group_size=64, bits=4,
-                             workspace=cnt)  # fmt: skip
-        mx.eval(got)
-        assert (np.array(cnt) == 0).all()
+    xs = [mx.array(rng.normal(size=(t, 2048)).astype(np.float32)).astype(mx.bfloat16)
+          for t in (1, 4, 16, 1) * 4]  # fmt: skip
+    got = [R.router_fused(x, q, rule, scales=s, biases=b, group_size=64, bits=4) for x in xs]
+    mx.eval(got)
+    for x, (inds, wts) in zip(xs, got):
         want = R.router_fused_ref(x, q, rule, None, None, s, b, 64, 4)
-        assert (np.sort(np.array(got[0]), -1) == np.sort(np.array(want[0]), -1)).mean() > 0.95
+        same = np.sort(np.array(inds), -1) == np.sort(np.array(want[0]), -1)
+        assert same.mean() > 0.95  # bfloat16 logits summed in another order: rare near-ties

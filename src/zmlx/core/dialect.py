@@ -27,9 +27,9 @@ memory), ``ZX_SHARED_PTR`` (qualifies a pointer to it in a helper's parameters),
 ``zx_atomic_add(&out[i], v)`` (atomic add of a float into a float32 output, or of an int into an
 int32 output; the kernel must be built with ``atomic_outputs=True``, which Metal needs and CUDA
 ignores),
-``zx_fence()``, ``zx_ticket(&cnt[i])``, ``zx_clear(&cnt[i])``, ``zx_ldcg(&p[i])`` (CUDA only:
-the last-group hand-off of a kernel whose groups finish one result together, see
-:mod:`zmlx.kernels.router_kernels`),
+``zx_fence()``, ``zx_flag_raise/zx_flag_up/zx_flag_lower(&flags[i])``, ``zx_ldcg(&p[i])``
+(CUDA only: the hand-off of a kernel whose groups finish one result together, the group that
+sees every group's flag finishing it; see :mod:`zmlx.kernels.router_kernels`),
 ``zx_warp_sum/max/min(v)``, ``zx_block_sum/max/min(v, buf)`` (``buf``: 32 shared floats; all
 threads get the result), math ``zx_exp, zx_log, zx_log2, zx_log1p, zx_expm1, zx_sqrt,
 zx_rsqrt, zx_abs, zx_sign, zx_sin, zx_cos, zx_tan, zx_tanh, zx_sigmoid, zx_erf, zx_atan,
@@ -137,13 +137,17 @@ ZX_INLINE zx_u4 zx_ld4(const uint* p, bool al) {
 ZX_INLINE float zx_mul_rn(float a, float b) { return __fmul_rn(a, b); }
 ZX_INLINE void zx_atomic_add(float* p, float v) { atomicAdd(p, v); }
 ZX_INLINE void zx_atomic_add(int* p, int v) { atomicAdd(p, v); }
-// Grid-wide hand-off (CUDA only): a group publishes its writes (zx_fence), takes a ticket from a
-// counter that lives in an input buffer (zx_ticket returns the count before it), and the group
-// that draws the last ticket reads the others' writes past L1 (zx_ldcg) and clears the counter
-// for the next launch (zx_clear).
+// Grid-wide hand-off (CUDA only): each group publishes its writes (zx_fence), raises its flag
+// in an output buffer and reads every group's flag; a group that sees them all raised reads the
+// others' writes past L1 (zx_ldcg), finishes the result and lowers the flags. The fences are
+// sequentially consistent, so some group always sees every flag; two may, and write the same
+// result. A flag is a NaN bit pattern no kernel writes, and a finishing group lowers every flag,
+// so a buffer MLX hands out again holds no raised flag.
+#define ZX_FLAG 0x7fc05a4du
 ZX_INLINE void zx_fence() { __threadfence(); }
-ZX_INLINE uint zx_ticket(const uint* p) { return atomicAdd(const_cast<uint*>(p), 1u); }
-ZX_INLINE void zx_clear(const uint* p) { atomicExch(const_cast<uint*>(p), 0u); }
+ZX_INLINE void zx_flag_raise(uint* p) { atomicExch(p, ZX_FLAG); }
+ZX_INLINE bool zx_flag_up(uint* p) { return atomicAdd(p, 0u) == ZX_FLAG; }
+ZX_INLINE void zx_flag_lower(uint* p) { atomicExch(p, 0u); }
 ZX_INLINE float zx_ldcg(const float* p) { return __ldcg(p); }
 ZX_INLINE float zx_exp(float x) { return expf(x); }
 ZX_INLINE float zx_log(float x) { return logf(x); }

@@ -154,8 +154,10 @@ ZX_INLINE float zx_mul_rn(float a, float b) { volatile float p = a * b; return p
 ZX_INLINE void zx_atomic_add(float* p, float v) { *p += v; }
 ZX_INLINE void zx_atomic_add(int* p, int v) { *p += v; }
 ZX_INLINE void zx_fence() {}
-ZX_INLINE uint zx_ticket(const uint* p) { return (*const_cast<uint*>(p))++; }
-ZX_INLINE void zx_clear(const uint* p) { *const_cast<uint*>(p) = 0u; }
+#define ZX_FLAG 0x7fc05a4du
+ZX_INLINE void zx_flag_raise(uint* p) { *p = ZX_FLAG; }
+ZX_INLINE bool zx_flag_up(uint* p) { return *p == ZX_FLAG; }
+ZX_INLINE void zx_flag_lower(uint* p) { *p = 0u; }
 ZX_INLINE float zx_ldcg(const float* p) { return *p; }
 ZX_INLINE float zx_shfl_down(float v, int d) { return zx_host_shfl(v, 3, d); }
 ZX_INLINE float zx_exp(float x) { return std::exp(x); }

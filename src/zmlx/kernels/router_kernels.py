@@ -287,11 +287,11 @@ _PLAIN_LOAD = (
 
 
 # The router split over groups (CUDA): group g of a token computes the logits of experts
-# g * W .. g * W + W - 1 (one warp each, W = SPLIT_WARPS), writes them out (``lgo``) and takes
-# a ticket from the token's counter; the group that draws the last ticket reads all E logits
-# back and routes the token. One launch, and the router matrix streams through E / W SMs
-# rather than one. The counter (``cnt``, uint32, one per token) must be zero before the launch;
-# the last group sets it back to zero.
+# g * W .. g * W + W - 1 (one warp each, W = SPLIT_WARPS) and writes them out (``lgo``); the
+# group that then sees every group's flag raised (``flg``; the dialect's zx_flag_* hand-off)
+# reads all E logits back and routes the token. One launch, and the router matrix streams
+# through E / W SMs rather than one. No state outlives a launch (the flags live in an output),
+# so launches that MLX runs concurrently (lazy graphs of several steps) never interfere.
 SPLIT_WARPS = 8
 SPLIT = True  # CUDA routes with the split launch (False: one group a token, as on Metal)
 _SPLIT_HEAD = r"""
@@ -319,11 +319,17 @@ _SPLIT_TAIL = (
     }
   }
   zx_barrier();
-  if (lid == 0u) { r_last = (zx_ticket(&cnt[tok]) == ngroups - 1u) ? 1u : 0u; }
+  if (lid == 0u) {
+    zx_flag_raise(&flg[tok * ngroups + gid]);
+    zx_fence();
+    uint all = 1u;
+    for (uint g = 0; g < ngroups; ++g) { all &= zx_flag_up(&flg[tok * ngroups + g]) ? 1u : 0u; }
+    r_last = all;
+  }
   zx_barrier();
   if (r_last == 0u || warp != 0u) { return; }
   zx_fence();
-  if (lane == 0u) { zx_clear(&cnt[tok]); }
+  for (uint g = lane; g < ngroups; g += 32u) { zx_flag_lower(&flg[tok * ngroups + g]); }
 #define LOGIT(e) zx_ldcg(&lgo[tok * E + (e)])
 """
     + _CORE
@@ -333,14 +339,14 @@ _SPLIT_TAIL = (
 
 @functools.cache
 def split_kernel(quant: bool, norm: bool = False) -> Kernel:
-    """The router matvec split over ``ceil(E / SPLIT_WARPS)`` groups a token, the last group
-    routing (CUDA; see :data:`SPLIT_WARPS`). Inputs and outputs as :func:`fused_kernel`, plus
-    the counters ``cnt`` and the logits ``lgo`` (float32, written on the way)."""
+    """The router matvec split over ``ceil(E / SPLIT_WARPS)`` groups a token, the group that
+    finishes it routing (CUDA; see :data:`SPLIT_WARPS`). Inputs and outputs as
+    :func:`fused_kernel`, plus the logits ``lgo`` (float32) and the groups' flags ``flg``."""
     load = (_PRENORM_LOAD if norm else _PLAIN_LOAD).replace("@HN_IF@", "if (gid == 0u) ")
     return Kernel(
         "moe_route_split" + ("_affine" if quant else "") + ("_prenorm" if norm else ""),
-        _FUSED_INPUTS[:-1] + (("xa", "nrmw", "npr") if norm else ()) + ("dims", "cnt"),
-        (("inds", "weights", "hn") if norm else ("inds", "weights")) + ("lgo",),
+        _FUSED_INPUTS[:-1] + (("xa", "nrmw", "npr") if norm else ()) + _FUSED_INPUTS[-1:],
+        (("inds", "weights", "hn") if norm else ("inds", "weights")) + ("lgo", "flg"),
         _SPLIT_HEAD.replace("@LOAD@", load) + (_DOT_AFFINE if quant else _DOT_FLOAT)
         + _SPLIT_TAIL,
     )  # fmt: skip
@@ -413,18 +419,12 @@ def launch_route(logits: mx.array, sbias, plan, template, t: int) -> tuple[mx.ar
     return inds, weights
 
 
-def counters(n: int = FUSED_MAX_TOKENS) -> mx.array:
-    """Zeroed counters for the split router (one per token; the kernel leaves them zero)."""
-    return mx.zeros((n,), mx.uint32)
-
-
 def launch_fused(x, w, scales, qbias, lbias, sbias, plan, template, logits_dtype, bits, gsz, t, d,
-                 prenorm=None, split=False, cnt=None):  # fmt: skip
+                 prenorm=None, split=False):  # fmt: skip
     """Router matvec + routing for ``t`` tokens of ``d`` features: one group per token, or with
-    ``split`` ``ceil(E / SPLIT_WARPS)`` groups per token and the last one routing (``cnt``:
-    zeroed uint32 counters, at least ``t``; by default new ones). ``prenorm``: ``(xa, nw,
-    eps)`` routes ``rms_norm(x + xa, nw, eps)`` instead of x, and returns it third (``(t,
-    d)`` in x's dtype)."""
+    ``split`` ``ceil(E / SPLIT_WARPS)`` groups per token (:func:`split_kernel`). ``prenorm``:
+    ``(xa, nw, eps)`` routes ``rms_norm(x + xa, nw, eps)`` instead of x, and returns it third
+    (``(t, d)`` in x's dtype)."""
     extra = [
         ("DIN", d),
         ("QBITS", bits),
@@ -444,18 +444,13 @@ def launch_fused(x, w, scales, qbias, lbias, sbias, plan, template, logits_dtype
     if prenorm is not None:
         shapes.append((t, d))
         dtypes.append(x.dtype)
-    tail, grid, group = [], (t * FUSED_THREADS, 1, 1), (FUSED_THREADS, 1, 1)
+    grid, group = (t * FUSED_THREADS, 1, 1), (FUSED_THREADS, 1, 1)
     if split:
         n_exp = dict(template)["E"]
-        if cnt is None:
-            cnt = counters(t)
-        elif cnt.dtype != mx.uint32 or cnt.size < t:
-            raise ValueError(f"[router_fused] expected at least {t} uint32 counters, got "
-                             f"{cnt.size} {cnt.dtype}")  # fmt: skip
-        tail = [cnt]
-        shapes.append((t, n_exp))
-        dtypes.append(mx.float32)
-        grid = (math.ceil(n_exp / SPLIT_WARPS) * 32 * SPLIT_WARPS, t, 1)
+        n_groups = math.ceil(n_exp / SPLIT_WARPS)
+        shapes += [(t, n_exp), (t, n_groups)]
+        dtypes += [mx.float32, mx.uint32]
+        grid = (n_groups * 32 * SPLIT_WARPS, t, 1)
         group = (32 * SPLIT_WARPS, 1, 1)
     outs = kernel(
         x,
@@ -467,11 +462,10 @@ def launch_fused(x, w, scales, qbias, lbias, sbias, plan, template, logits_dtype
         params(plan.norm_eps, plan.scale),
         *norm_in,
         scalar(t, mx.uint32),
-        *tail,
         output_shapes=shapes,
         output_dtypes=dtypes,
         grid=grid,
         threadgroup=group,
         template=template + extra,
     )
-    return tuple(outs[:-1] if split else outs)
+    return tuple(outs[:-2] if split else outs)

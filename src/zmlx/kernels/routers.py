@@ -164,12 +164,11 @@ def sigmoid_topk(logits, k: int, select_bias=None, *, score: str = "sigmoid",
 
 def router_fused(x, weight, rule: RouterRule, *, bias=None, select_bias=None, scales=None,
                  biases=None, group_size: int = 64, bits: int = 8, prenorm=None,
-                 return_normed: bool = False, workspace=None,
-                 verbose: bool = False):  # fmt: skip
+                 return_normed: bool = False, verbose: bool = False):  # fmt: skip
     """The router Linear and the routing in one launch, for decode (up to 16 tokens).
 
     On CUDA the launch splits the router matrix over ``ceil(E / 8)`` groups a token and the
-    group that finishes last routes (``router_kernels.SPLIT_WARPS``); on Metal one group a
+    group that finishes it routes (``router_kernels.split_kernel``); on Metal one group a
     token does both.
 
     ``logits = x @ weight.T (+ bias)`` as mlx-lm's router computes them (float ``nn.Linear``
@@ -189,10 +188,6 @@ def router_fused(x, weight, rule: RouterRule, *, bias=None, select_bias=None, sc
             (a decoder layer's post-attention norm, folded into the x load) instead of x.
         return_normed: with ``prenorm``, also return that normed input (written by the same
             launch), for the expert kernels after the router.
-        workspace: CUDA's split launch counts finished groups in a zeroed uint32 array (at
-            least one element a token) and leaves it zeroed; a caller that routes at every
-            decode step passes one it keeps (``router_kernels.counters()``), else each call
-            makes a new one.
         verbose: print why a slower path was taken.
 
     Returns:
@@ -252,7 +247,7 @@ def router_fused(x, weight, rule: RouterRule, *, bias=None, select_bias=None, sc
     outs = RK.launch_fused(
         x, weight, scales, biases, bias, select_bias if plan.has_bias else None, plan, template,
         logits_dtype, bits if quant else 0, group_size, t, d, prenorm,
-        split=RK.SPLIT and backend() == "cuda", cnt=workspace,
+        split=RK.SPLIT and backend() == "cuda",
     )  # fmt: skip
     shape = tuple(x.shape[:-1]) + (rule.k,)
     routed = (outs[0].reshape(shape), outs[1].reshape(shape))

@@ -18,7 +18,6 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from ...kernels import moe as K
-from ...kernels import router_kernels as RK
 from ...kernels import routers as R
 from ..base import Context
 from .common import NO, DecodeFused, Pattern, Verdict, match, quantized_params, skip
@@ -111,13 +110,6 @@ class FusedMoE(DecodeFused):
 
     zmlx_pattern = "moe_block"
 
-    def zmlx_setup(self, **cfg: Any) -> None:
-        # The split router's counters: zero between launches, one array per block so that
-        # blocks never share them (and evaluated now, never inside a compiled trace).
-        cnt = RK.counters()
-        mx.eval(cnt)
-        super().zmlx_setup(**cfg, counters=cnt)
-
     def __call__(self, x: mx.array) -> mx.array:
         if not self.zmlx_fused(x):
             return super().__call__(x)
@@ -149,11 +141,10 @@ class FusedMoE(DecodeFused):
             routed = R.router_fused(x, rp["w"], cfg["rule"], bias=rp["bias"], select_bias=sbias,
                                     scales=rp["scales"], biases=rp["biases"],
                                     group_size=rp["group_size"], bits=rp["bits"],
-                                    workspace=cfg["counters"], **fold)  # fmt: skip
+                                    **fold)  # fmt: skip
         else:
             routed = R.router_fused(x, router["weight"], cfg["rule"], bias=router.get("bias"),
-                                    select_bias=sbias, workspace=cfg["counters"],
-                                    **fold)  # fmt: skip
+                                    select_bias=sbias, **fold)  # fmt: skip
         inds, w = routed[:2]
         xn = routed[2] if prenorm is not None else x
         glu = self[cfg["experts"]]
