@@ -148,6 +148,7 @@ SETTINGS = {
     "zmlx_plus_mla": {"extra_patterns": ["mla_attention"]},
     "zmlx_plus_residual": {"extra_patterns": ["moe_residual"]},
     "zmlx_plus_qkv": {"extra_patterns": ["qkv_norm_rope"]},
+    "zmlx_plus_qkv_residual": {"extra_patterns": ["qkv_norm_rope", "moe_residual"]},
     "zmlx_qkv_linear": {"patterns": ["moe_block", "qkv_norm_rope", "quantized_linear"]},
     "zmlx_qkv": {"patterns": ["moe_block", "qkv_norm_rope"]},
     "zmlx_linear_tile": {

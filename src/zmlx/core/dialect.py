@@ -139,14 +139,14 @@ ZX_INLINE void zx_atomic_add(float* p, float v) { atomicAdd(p, v); }
 ZX_INLINE void zx_atomic_add(int* p, int v) { atomicAdd(p, v); }
 // Grid-wide hand-off (CUDA only): each group publishes its writes (zx_fence), raises its flag
 // in an output buffer and reads every group's flag; a group that sees them all raised reads the
-// others' writes past L1 (zx_ldcg), finishes the result and lowers the flags. The fences are
-// sequentially consistent, so some group always sees every flag; two may, and write the same
-// result. A flag is a NaN bit pattern no kernel writes, and a finishing group lowers every flag,
+// others' writes past L1 (zx_ldcg), finishes the result and lowers the flags. Raise, barrier,
+// then a fence in each reading thread before its reads: the fences are sequentially consistent,
+// so some group always sees every flag; two may, and write the same result. A flag is a NaN bit pattern no kernel writes, and a finishing group lowers every flag,
 // so a buffer MLX hands out again holds no raised flag.
 #define ZX_FLAG 0x7fc05a4du
 ZX_INLINE void zx_fence() { __threadfence(); }
 ZX_INLINE void zx_flag_raise(uint* p) { atomicExch(p, ZX_FLAG); }
-ZX_INLINE bool zx_flag_up(uint* p) { return atomicAdd(p, 0u) == ZX_FLAG; }
+ZX_INLINE bool zx_flag_up(uint* p) { return *reinterpret_cast<volatile uint*>(p) == ZX_FLAG; }
 ZX_INLINE void zx_flag_lower(uint* p) { atomicExch(p, 0u); }
 ZX_INLINE float zx_ldcg(const float* p) { return __ldcg(p); }
 ZX_INLINE float zx_exp(float x) { return expf(x); }

@@ -298,7 +298,6 @@ _SPLIT_HEAD = r"""
   const uint tok = gid_y;
   if (tok >= dims[0]) { return; }
   ZX_SHARED float xs[DIN];
-  ZX_SHARED uint r_last;
 @LOAD@  zx_barrier();
   {
     const int e = (int)(gid * (lsize / 32u) + warp);
@@ -319,16 +318,16 @@ _SPLIT_TAIL = (
     }
   }
   zx_barrier();
-  if (lid == 0u) {
-    zx_flag_raise(&flg[tok * ngroups + gid]);
-    zx_fence();
-    uint all = 1u;
-    for (uint g = 0; g < ngroups; ++g) { all &= zx_flag_up(&flg[tok * ngroups + g]) ? 1u : 0u; }
-    r_last = all;
-  }
+  if (lid == 0u) { zx_flag_raise(&flg[tok * ngroups + gid]); }
   zx_barrier();
-  if (r_last == 0u || warp != 0u) { return; }
+  if (warp != 0u) { return; }
+  // Warp 0 reads every group's flag, a lane a flag (fence first: see the dialect's hand-off).
   zx_fence();
+  float up = 1.0f;
+  for (uint g = lane; g < ngroups; g += 32u) {
+    up = zx_min(up, zx_flag_up(&flg[tok * ngroups + g]) ? 1.0f : 0.0f);
+  }
+  if (zx_warp_min(up) < 0.5f) { return; }
   for (uint g = lane; g < ngroups; g += 32u) { zx_flag_lower(&flg[tok * ngroups + g]); }
 #define LOGIT(e) zx_ldcg(&lgo[tok * E + (e)])
 """
