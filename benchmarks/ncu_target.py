@@ -3,7 +3,8 @@ Compute to profile.
 
     ncu --kernel-name regex:zx_ --launch-skip 2 --launch-count 2 \\
         --section SpeedOfLight --section Occupancy --section WarpStateStats \\
-        python benchmarks/ncu_target.py [--op swiglu|combine|qmv] [--tokens 1] \\
+        python benchmarks/ncu_target.py [--op swiglu|combine|gather|qmv|router|route] \\
+        [--tokens 1] [--router-bits 8] [--prenorm] \\
         [--model glm_4_7_flash] [--set zmlx.MODULE.NAME=VALUE ...]
 
 Runs the op a few times (the first launches build the kernel), with the fallback notes on, so
@@ -30,7 +31,20 @@ from zmlx.kernels.quant_specs import random_qweight  # noqa: E402
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--op", default="swiglu", choices=["swiglu", "combine", "gather", "qmv"])
+    p.add_argument(
+        "--op", default="swiglu", choices=["swiglu", "combine", "gather", "qmv", "router", "route"]
+    )
+    p.add_argument(
+        "--router-bits",
+        type=int,
+        default=8,
+        help="router: its weight's bits (mlx-lm quantizes MoE routers to 8)",
+    )
+    p.add_argument(
+        "--prenorm",
+        action="store_true",
+        help="router: with the post-attention norm folded in (moe_residual)",
+    )
     p.add_argument("--tokens", type=int, default=1)
     p.add_argument("--runs", type=int, default=5)
     sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -92,6 +106,22 @@ def main(argv=None) -> int:
 
         def run():
             return K.gather_qmv_combine(h, *dn, idx, wts, gs, bits, mode, bias, verbose=True)
+    elif args.op in ("router", "route"):  # the router matvec + routing / the routing alone
+        from zmlx.kernels import routers as R
+
+        rule = R.RouterRule("softmax_topk", k, norm=True)
+        w = mx.random.normal((e, d)).astype(bf) * 0.05
+        rq = mx.quantize(w, group_size=64, bits=args.router_bits)
+        logits = (x @ w.T).astype(bf)
+        nw = mx.ones((d,), dtype=bf)
+        a = mx.random.normal((t, d)).astype(bf)
+        pre = dict(prenorm=(a, nw, 1e-6), return_normed=True) if args.prenorm else {}
+
+        def run():
+            if args.op == "route":
+                return R.route(logits, rule, verbose=True)
+            return R.router_fused(x, rq[0], rule, scales=rq[1], biases=rq[2], group_size=64,
+                                  bits=args.router_bits, verbose=True, **pre)  # fmt: skip
     else:
         wq = place(random_qweight(rng, (4096, d), bf, bits, gs, mode))
 

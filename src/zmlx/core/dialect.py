@@ -137,12 +137,13 @@ ZX_INLINE zx_u4 zx_ld4(const uint* p, bool al) {
 ZX_INLINE float zx_mul_rn(float a, float b) { return __fmul_rn(a, b); }
 ZX_INLINE void zx_atomic_add(float* p, float v) { atomicAdd(p, v); }
 ZX_INLINE void zx_atomic_add(int* p, int v) { atomicAdd(p, v); }
-// Grid-wide hand-off (CUDA only): each group publishes its writes (zx_fence), raises its flag
-// in an output buffer and reads every group's flag; a group that sees them all raised reads the
-// others' writes past L1 (zx_ldcg), finishes the result and lowers the flags. Raise, barrier,
-// then a fence in each reading thread before its reads: the fences are sequentially consistent,
-// so some group always sees every flag; two may, and write the same result. A flag is a NaN bit pattern no kernel writes, and a finishing group lowers every flag,
-// so a buffer MLX hands out again holds no raised flag.
+// Grid-wide hand-off (CUDA only), for a result that every group of a launch contributes to:
+// barrier; one thread fences (publishing the group's writes) and raises the group's flag in an
+// output buffer; barrier; reading threads fence, then read every group's flag. A group that
+// sees them all raised fences again, reads the others' writes past L1 (zx_ldcg), finishes the
+// result and lowers the flags. The fences are sequentially consistent, so some group always
+// sees every flag (two may, and write the same result). A flag is a NaN bit pattern no kernel
+// writes, and a finishing group lowers every flag, so a buffer MLX hands out again holds none.
 #define ZX_FLAG 0x7fc05a4du
 ZX_INLINE void zx_fence() { __threadfence(); }
 ZX_INLINE void zx_flag_raise(uint* p) { atomicExch(p, ZX_FLAG); }

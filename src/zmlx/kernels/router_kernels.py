@@ -313,21 +313,25 @@ _SPLIT_TAIL = (
           lv = zx_rnd<LG>((QBITS > 0 ? lv : acc) + static_cast<float>(lbias[e]));
         }
         lgo[tok * E + e] = lv;
-        zx_fence();
       }
     }
   }
+  // The hand-off (see the dialect): the group's logits published, its flag raised, then warp 0
+  // reads every group's flag, a lane a flag; the group that sees them all routes.
   zx_barrier();
-  if (lid == 0u) { zx_flag_raise(&flg[tok * ngroups + gid]); }
+  if (lid == 0u) {
+    zx_fence();
+    zx_flag_raise(&flg[tok * ngroups + gid]);
+  }
   zx_barrier();
   if (warp != 0u) { return; }
-  // Warp 0 reads every group's flag, a lane a flag (fence first: see the dialect's hand-off).
   zx_fence();
   float up = 1.0f;
   for (uint g = lane; g < ngroups; g += 32u) {
     up = zx_min(up, zx_flag_up(&flg[tok * ngroups + g]) ? 1.0f : 0.0f);
   }
   if (zx_warp_min(up) < 0.5f) { return; }
+  zx_fence();
   for (uint g = lane; g < ngroups; g += 32u) { zx_flag_lower(&flg[tok * ngroups + g]); }
 #define LOGIT(e) zx_ldcg(&lgo[tok * E + (e)])
 """
