@@ -1,10 +1,10 @@
-"""``moe_block``: a whole MoE block (router, experts, combine, shared experts) in three launches.
+"""``moe_block``: a whole MoE block (router, experts, combine, shared experts) in four launches.
 
 Matched by structure: a module holding a ``SwitchGLU`` (``switch_mlp`` or ``experts``) with
 quantized experts and a router, in a model family whose routing rule zmlx knows
 (:func:`zmlx.kernels.routers.router_rule`). For up to ``max_tokens`` tokens (decode) the block
-runs the router (on CUDA one launch, :func:`~zmlx.kernels.routers.router_fused`; elsewhere
-MLX's matmul, then :func:`~zmlx.kernels.routers.route`; see :data:`FUSED_ROUTER`),
+runs the router (MLX's matmul, then :func:`~zmlx.kernels.routers.route`; see
+:data:`FUSED_ROUTER`),
 :func:`~zmlx.kernels.moe.gather_qmv_swiglu` (gate, up, activation of the selected experts) and
 :func:`~zmlx.kernels.moe.gather_qmv_combine` (down projection x router weight, summed over
 experts, plus the shared expert); longer inputs (prefill) run the original forward.
@@ -23,21 +23,13 @@ from ..base import Context
 from .common import NO, DecodeFused, Pattern, Verdict, match, quantized_params, skip
 
 # The router in one launch (router_fused: matvec and routing) or in two (MLX's matmul, then
-# the routing kernel). None: one on CUDA, whose launch splits the router matrix over groups
-# (router_kernels.SPLIT_WARPS); two elsewhere, as Metal's one-launch form is one group per
-# token, which streams the whole router weight through one SM (25-46 us a layer on an H100,
-# against 3.5 us for MLX's quantized matmul, kernel_profile_qwen3_h100.json). The folded
-# pre-norm (moe_residual) always takes the one-launch form.
-FUSED_ROUTER: bool | None = None
-
-
-def fused_router() -> bool:
-    """Whether ``moe_block`` routes in one launch (:data:`FUSED_ROUTER`)."""
-    if FUSED_ROUTER is not None:
-        return FUSED_ROUTER
-    from ...core.backend import backend
-
-    return backend() == "cuda"
+# the routing kernel). Two by default: on an H100 the one launch (on CUDA split over E / 8
+# groups, the group that finishes routing) took 12.4-14.3 us a Qwen3-30B-A3B layer against
+# 5.3 + 4.3 us for the two, and the decode step's device span grew by 76 us over 8 layers
+# (kernel_profile_router_flags_qwen3_h100.json); Metal's one launch is one group a token
+# (25-46 us a layer on an H100, kernel_profile_qwen3_h100.json). The folded pre-norm
+# (moe_residual) always takes the one-launch form.
+FUSED_ROUTER = False
 
 
 # Per family: the router's attribute path, where the selection-only bias lives, and how the
@@ -130,7 +122,7 @@ class FusedMoE(DecodeFused):
         rp = quantized_params(router) if cfg["router_quantized"] else None
         # With prenorm the router's launch also writes the normed input for the experts.
         fold = dict(prenorm=prenorm, return_normed=prenorm is not None)
-        if prenorm is None and not fused_router():
+        if prenorm is None and not FUSED_ROUTER:
             if rp is not None:
                 logits = R.router_linear_ref(x, rp["w"], cfg["rule"], rp["bias"], rp["scales"],
                                              rp["biases"], rp["group_size"], rp["bits"])  # fmt: skip
