@@ -185,6 +185,8 @@ _FUSED_HEAD = r"""
   ZX_SHARED float lg[E];
 @LOAD@  zx_barrier();
   const int nw = (int)(lsize / 32u);
+  const int r_sl = 0;  // a warp takes whole rows
+  const int r_nsl = 1;
   for (int e = (int)warp; e < E; e += nw) {
     float acc = 0.0f;
 """
@@ -196,20 +198,23 @@ _DOT_AFFINE = r"""
     const int wpr = DIN / vpw;
     const int ngr = DIN / GSZ;
     const uint qmask = (1u << QBITS) - 1u;
-    for (int i0 = (int)lane; i0 < wpr; i0 += 32 * WU) {
+    const int r_len = (wpr + r_nsl - 1) / r_nsl;  // this warp's slice of the row's words
+    const int r_lo = r_sl * r_len;
+    const int r_hi = zx_imin(wpr, r_lo + r_len);
+    for (int i0 = r_lo + (int)lane; i0 < r_hi; i0 += 32 * WU) {
       uint words[WU];
       float wsc[WU];
       float wbi[WU];
       for (int u = 0; u < WU; ++u) {
         const int i = i0 + 32 * u;
         const int g = (i * vpw) / GSZ;
-        words[u] = (i < wpr) ? rw[e * wpr + i] : 0u;
-        wsc[u] = (i < wpr) ? static_cast<float>(scales[e * ngr + g]) : 0.0f;
-        wbi[u] = (i < wpr) ? static_cast<float>(qbias[e * ngr + g]) : 0.0f;
+        words[u] = (i < r_hi) ? rw[e * wpr + i] : 0u;
+        wsc[u] = (i < r_hi) ? static_cast<float>(scales[e * ngr + g]) : 0.0f;
+        wbi[u] = (i < r_hi) ? static_cast<float>(qbias[e * ngr + g]) : 0.0f;
       }
       for (int u = 0; u < WU; ++u) {
         const int i = i0 + 32 * u;
-        if (i < wpr) {
+        if (i < r_hi) {
           const int k0 = i * vpw;
           float dq = 0.0f;
           float xsum = 0.0f;
@@ -224,15 +229,18 @@ _DOT_AFFINE = r"""
     }
 """
 _DOT_FLOAT = r"""
-    for (int i0 = (int)lane; i0 < DIN; i0 += 32 * WU) {
+    const int r_len = (DIN + r_nsl - 1) / r_nsl;  // this warp's slice of the row
+    const int r_lo = r_sl * r_len;
+    const int r_hi = zx_imin(DIN, r_lo + r_len);
+    for (int i0 = r_lo + (int)lane; i0 < r_hi; i0 += 32 * WU) {
       float wv[WU];
       for (int u = 0; u < WU; ++u) {
         const int i = i0 + 32 * u;
-        wv[u] = (i < DIN) ? static_cast<float>(rw[e * DIN + i]) : 0.0f;
+        wv[u] = (i < r_hi) ? static_cast<float>(rw[e * DIN + i]) : 0.0f;
       }
       for (int u = 0; u < WU; ++u) {
         const int i = i0 + 32 * u;
-        if (i < DIN) { acc += wv[u] * xs[i]; }
+        if (i < r_hi) { acc += wv[u] * xs[i]; }
       }
     }
 """
@@ -286,35 +294,48 @@ _PLAIN_LOAD = (
 )
 
 
-# The router split over groups (CUDA): group g of a token computes the logits of experts
-# g * W .. g * W + W - 1 (one warp each, W = SPLIT_WARPS) and writes them out (``lgo``); the
-# group that then sees every group's flag raised (``flg``; the dialect's zx_flag_* hand-off)
-# reads all E logits back and routes the token. One launch, and the router matrix streams
-# through E / W SMs rather than one. No state outlives a launch (the flags live in an output),
-# so launches that MLX runs concurrently (lazy graphs of several steps) never interfere.
+# The router split over groups (CUDA): each group of a token computes the logits of
+# SPLIT_WARPS / SPLIT_SLICES experts (SPLIT_SLICES warps a row, each a slice of it) and writes
+# them out (``lgo``); the group that then sees every group's flag raised (``flg``; the
+# dialect's zx_flag_* hand-off) reads all E logits back and routes the token. One launch, and
+# the router matrix streams through many SMs rather than one. No state outlives a launch (the
+# flags live in an output), so launches that MLX runs concurrently (lazy graphs of several
+# steps) never interfere.
 SPLIT_WARPS = 8
+# Warps a router row (each a slice of it, the slices summed in order): Qwen3-30B-A3B's 128
+# experts run as 64 groups of two rows. One warp a row left 770 instructions a warp at 28
+# cycles each (18 us under ncu, ncu_sweep_router_h100.json).
+SPLIT_SLICES = 4
 SPLIT = True  # CUDA routes with the split launch (False: one group a token, as on Metal)
 _SPLIT_HEAD = r"""
   const uint tok = gid_y;
   if (tok >= dims[0]) { return; }
   ZX_SHARED float xs[DIN];
 @LOAD@  zx_barrier();
-  {
-    const int e = (int)(gid * (lsize / 32u) + warp);
-    if (e < E) {
-      float acc = 0.0f;
+  // WPE warps a row, each a slice of it; lsize / 32 / WPE rows a group.
+  ZX_SHARED float r_part[32];
+  const int r_nsl = WPE;
+  const int r_sl = (int)warp % WPE;
+  const int epg = (int)(lsize / 32u) / WPE;
+  const int e = (int)gid * epg + (int)warp / WPE;
+  float acc = 0.0f;
+  if (e < E) {
 """
 _SPLIT_TAIL = (
     r"""
-      acc = zx_warp_sum(acc);
-      if (lane == 0u) {
-        float lv = zx_rnd<LG>(acc);
-        if (HAS_LBIAS) {
-          lv = zx_rnd<LG>((QBITS > 0 ? lv : acc) + static_cast<float>(lbias[e]));
-        }
-        lgo[tok * E + e] = lv;
-      }
+  }
+  acc = zx_warp_sum(acc);
+  if (lane == 0u) { r_part[warp] = acc; }
+  zx_barrier();
+  if ((int)lid < epg && (int)gid * epg + (int)lid < E) {  // the slices summed in order
+    const int er = (int)gid * epg + (int)lid;
+    float a = 0.0f;
+    for (int sl = 0; sl < WPE; ++sl) { a += r_part[(int)lid * WPE + sl]; }
+    float lv = zx_rnd<LG>(a);
+    if (HAS_LBIAS) {
+      lv = zx_rnd<LG>((QBITS > 0 ? lv : a) + static_cast<float>(lbias[er]));
     }
+    lgo[tok * E + er] = lv;
   }
   // The hand-off (see the dialect): the group's logits published, its flag raised, then warp 0
   // reads every group's flag, a lane a flag; the group that sees them all routes.
@@ -342,8 +363,8 @@ _SPLIT_TAIL = (
 
 @functools.cache
 def split_kernel(quant: bool, norm: bool = False) -> Kernel:
-    """The router matvec split over ``ceil(E / SPLIT_WARPS)`` groups a token, the group that
-    finishes it routing (CUDA; see :data:`SPLIT_WARPS`). Inputs and outputs as
+    """The router matvec split over ``ceil(E * SPLIT_SLICES / SPLIT_WARPS)`` groups a token,
+    the group that finishes it routing (CUDA; see :data:`SPLIT_WARPS`). Inputs and outputs as
     :func:`fused_kernel`, plus the logits ``lgo`` (float32) and the groups' flags ``flg``."""
     load = (_PRENORM_LOAD if norm else _PLAIN_LOAD).replace("@HN_IF@", "if (gid == 0u) ")
     return Kernel(
@@ -425,7 +446,7 @@ def launch_route(logits: mx.array, sbias, plan, template, t: int) -> tuple[mx.ar
 def launch_fused(x, w, scales, qbias, lbias, sbias, plan, template, logits_dtype, bits, gsz, t, d,
                  prenorm=None, split=False):  # fmt: skip
     """Router matvec + routing for ``t`` tokens of ``d`` features: one group per token, or with
-    ``split`` ``ceil(E / SPLIT_WARPS)`` groups per token (:func:`split_kernel`). ``prenorm``:
+    ``split`` several groups per token (:func:`split_kernel`). ``prenorm``:
     ``(xa, nw, eps)`` routes ``rms_norm(x + xa, nw, eps)`` instead of x, and returns it third
     (``(t, d)`` in x's dtype)."""
     extra = [
@@ -450,7 +471,8 @@ def launch_fused(x, w, scales, qbias, lbias, sbias, plan, template, logits_dtype
     grid, group = (t * FUSED_THREADS, 1, 1), (FUSED_THREADS, 1, 1)
     if split:
         n_exp = dict(template)["E"]
-        n_groups = math.ceil(n_exp / SPLIT_WARPS)
+        n_groups = math.ceil(n_exp / (SPLIT_WARPS // SPLIT_SLICES))
+        extra.append(("WPE", SPLIT_SLICES))
         shapes += [(t, n_exp), (t, n_groups)]
         dtypes += [mx.float32, mx.uint32]
         grid = (n_groups * 32 * SPLIT_WARPS, t, 1)

@@ -167,7 +167,7 @@ def router_fused(x, weight, rule: RouterRule, *, bias=None, select_bias=None, sc
                  return_normed: bool = False, verbose: bool = False):  # fmt: skip
     """The router Linear and the routing in one launch, for decode (up to 16 tokens).
 
-    On CUDA the launch splits the router matrix over ``ceil(E / 8)`` groups a token and the
+    On CUDA the launch splits the router matrix over ``E / 2`` groups a token and the
     group that finishes it routes (``router_kernels.split_kernel``); on Metal one group a
     token does both.
 
