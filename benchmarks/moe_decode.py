@@ -16,9 +16,9 @@ decode steps through :func:`zmlx.decode.compile_decode`); ``patched`` (``zmlx.pa
 compiled, ``compile_decode``'s default attention: zmlx's decode-attention kernel on a GPU);
 on request ``zmlx_attention`` (``zmlx`` with zmlx's decode-attention kernel named) and
 ``zmlx_qkv``, ``zmlx_residual``, ``zmlx_linear``, ``zmlx_qkv_linear``, ``zmlx_linear_mla``,
-``zmlx_qkv_residual`` (``zmlx`` with the patterns their names say added) and ``zmlx_fused_router`` (``zmlx`` with
-the router in one launch, ``moe_block.FUSED_ROUTER``). The zmlx variants patch with the safety
-table's patterns for the family (``--patterns`` overrides). Each also gets a one-step profile:
+``zmlx_qkv_residual`` (``zmlx`` with the patterns their names say added) and
+``zmlx_fused_router`` (``zmlx`` with the router in one launch, ``moe_block.FUSED_ROUTER``).
+The zmlx variants patch with the safety table's patterns for the family (``--patterns`` overrides). Each also gets a one-step profile:
 host time to build the step's graph, and the step's time when evaluated at once.
 """
 
