@@ -23,12 +23,13 @@ from ..base import Context
 from .common import NO, DecodeFused, Pattern, Verdict, match, quantized_params, skip
 
 # The router in one launch (router_fused: matvec and routing) or in two (MLX's matmul, then
-# the routing kernel). Two by default: on an H100 the one launch (on CUDA split over E / 8
-# groups, the group that finishes routing) took 12.4-14.3 us a Qwen3-30B-A3B layer against
-# 5.3 + 4.3 us for the two, and the decode step's device span grew by 76 us over 8 layers
-# (kernel_profile_router_flags_qwen3_h100.json); Metal's one launch is one group a token
-# (25-46 us a layer on an H100, kernel_profile_qwen3_h100.json). The folded pre-norm
-# (moe_residual) always takes the one-launch form.
+# the routing kernel). Two by default. On CUDA the one launch splits the router matrix over
+# E / 2 groups and the group that finishes routes: 9.4 us a Qwen3-30B-A3B layer in the decode
+# step against 5.3 + 4.3 us for the two, but the step's device span grew from 107.2 to 123.5
+# us a layer (kernel_profile_router_slices_qwen3_h100.json) and decode measured slower, median
+# 102.0 against 116.1 tok/s (moe_decode_qwen3_launches_h100.json). Metal's one launch is one
+# group a token (25-46 us a layer on an H100, kernel_profile_qwen3_h100.json). The folded
+# pre-norm (moe_residual) always takes the one-launch form.
 FUSED_ROUTER = False
 
 

@@ -7,10 +7,12 @@ launches (two adds and the norm) between the attention and the block's own. Here
 (``moe_block``) reads the residual stream instead: its router kernel computes
 ``rms_norm(x + r)`` as it loads x and writes it out for the gate/up kernel, and its
 down-projection kernel adds ``x + r`` last, rounded as mlx-lm rounds (``h`` and ``out`` in
-the activation dtype; the norm's product in the activation dtype). Three launches a layer
-fewer measured no faster on an H100 (116.0 against 118.3 tok/s,
-``benchmarks/capsules/moe_decode_qwen3_residual_h100.json``), so no safety entry turns it on;
-folding the norm into the gate/up kernel as well, every warp recomputing it, measured slower
+the activation dtype; the norm's product in the activation dtype). With the router in one
+launch that splits its matrix over many groups (CUDA), three launches a layer fewer (with
+``qkv_norm_rope``, five) decode Qwen3-30B-A3B faster on an H100, and the safety table turns
+it on there (``zmlx.patch.safety``); with the earlier one-group router the fold measured no
+faster (116.0 against 118.3 tok/s, ``benchmarks/capsules/moe_decode_qwen3_residual_h100.json``).
+Folding the norm into the gate/up kernel as well, every warp recomputing it, measured slower
 (``benchmarks/capsules/moe_decode_qwen3_residual_h200.json``).
 
 Matched by structure, per family (:data:`LAYOUTS`: qwen3_moe, mixtral, minimax, lfm2_moe): a
