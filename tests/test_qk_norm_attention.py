@@ -104,5 +104,13 @@ def test_qkv_variant_needs_one_quantized_format():
     report = _patched(model, ["qkv_norm_rope", "qk_norm_rope"])
     assert report.patterns() == {"qkv_norm_rope": 1}
     unpatch(model)
-    report = patch(model)  # no safety entry anywhere yet: not applied by default
+    from zmlx.core.backend import force_backend
+
+    with force_backend("cpu"):  # the CPU's entries apply nothing by default
+        report = patch(model)
     assert "qkv_norm_rope" not in report.patterns()
+    unpatch(model)
+    with force_backend("cuda"):  # CUDA's apply it to qwen3_moe (one launch for q, k, v)
+        report = patch(model)
+    assert "qkv_norm_rope" in report.patterns()
+    unpatch(model)
