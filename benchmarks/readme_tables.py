@@ -30,12 +30,14 @@ def _cap(name: str) -> dict | None:
 # (capsule, model, the variant that runs the safety table's current CUDA patterns), the newest
 # such run of each family.
 HEADLINE = [
-    ("moe_decode_qwen3_lfm2_linear_h100.json", "qwen3_moe", "zmlx_linear"),
+    ("moe_decode_qwen3_defaults_h100.json", "qwen3_moe", "zmlx"),
     ("moe_decode_qwen3_lfm2_linear_h100.json", "lfm2_moe", "zmlx"),
     ("moe_decode_glm_mla_h100.json", "glm4_moe_lite", "zmlx_linear_mla"),
     ("moe_decode_glm_gpt_oss_linear_h100.json", "gpt_oss", "zmlx"),
 ]
 DECODE_VARIANTS = [
+    "moe_decode_qwen3_defaults_h100.json",
+    "moe_decode_qwen3_launches_h100.json",
     "moe_decode_glm_mla_h100.json",
     "moe_decode_qwen3_lfm2_linear_h100.json",
     "moe_decode_glm_gpt_oss_linear_h100.json",
@@ -63,7 +65,8 @@ DECODE_VARIANTS = [
     "moe_decode_qwen3_30b_a3b_h100_qk.json",
     "moe_decode_qwen3_30b_a3b_h100_noqk.json",
 ]
-FIXTURE_CAPSULES = ["fixture_decode_split_linear_128x5_h100.json",
+FIXTURE_CAPSULES = ["fixture_decode_qkv_residual_128x5_h100.json",
+                    "fixture_decode_split_linear_128x5_h100.json",
                     "fixture_decode_split_dense_128x5_h100.json",
                     "fixture_decode_qkv_split_128x5_h100.json",
                     "fixture_decode_split_128x5_h100.json",
@@ -84,6 +87,8 @@ VARIANT_TEXT = {
     "zmlx_qkv_linear": "`patch` (with `qkv_norm_rope`, `quantized_linear`) + `compile_decode`",
     "zmlx_linear_mla": "`patch` (with `quantized_linear`, `mla_attention`) + `compile_decode`",
     "zmlx_residual": "`patch` (with `moe_residual`) + `compile_decode`",
+    "zmlx_qkv_residual": "`patch` (with `qkv_norm_rope`, `moe_residual`) + `compile_decode`",
+    "zmlx_fused_router": "`patch` (router in one launch) + `compile_decode`",
     "stock": "mlx-lm as is",
     "compiled": "`compile_decode` only",
     "patched": "`patch` only",
@@ -167,7 +172,7 @@ def _headline() -> list[str]:
     if not rows:
         return []
     out = ["Decode of the four full-size MoE families (random weights, 64-token prompt, median "
-           "of 3 runs of 256 tokens; prefill of 1024 tokens), stock mlx-lm against zmlx "
+           "of 3-5 runs of 256 tokens; prefill of 1024 tokens), stock mlx-lm against zmlx "
            "(`patch` + `compile_decode`) in the same process. *top-1* is teacher-forced "
            "agreement with stock over 256 positions; *compile only* is the same for stock "
            "kernels under `compile_decode`, the floor that rounding differences alone give "
