@@ -31,12 +31,13 @@ def _cap(name: str) -> dict | None:
 # such run of each family.
 HEADLINE = [
     ("moe_decode_qwen3_defaults_h100.json", "qwen3_moe", "zmlx"),
-    ("moe_decode_qwen3_lfm2_linear_h100.json", "lfm2_moe", "zmlx"),
+    ("moe_decode_lfm2_residual_h100.json", "lfm2_moe", "zmlx_residual"),
     ("moe_decode_glm_mla_h100.json", "glm4_moe_lite", "zmlx_linear_mla"),
     ("moe_decode_glm_gpt_oss_linear_h100.json", "gpt_oss", "zmlx"),
 ]
 DECODE_VARIANTS = [
     "moe_decode_qwen3_defaults_h100.json",
+    "moe_decode_lfm2_residual_h100.json",
     "moe_decode_qwen3_launches_h100.json",
     "moe_decode_glm_mla_h100.json",
     "moe_decode_qwen3_lfm2_linear_h100.json",

@@ -42,7 +42,9 @@ _SPEED = {
     "benchmarks/capsules/kernel_profile_router_slices_qwen3_h100.json ; "
     "benchmarks/capsules/moe_decode_qwen3_lfm2_linear_h100.json ; "
     "benchmarks/capsules/kernel_profile_linear_qwen3_moe_h100.json",
-    "lfm2_moe": "benchmarks/capsules/moe_decode_qwen3_lfm2_linear_h100.json",
+    "lfm2_moe": "benchmarks/capsules/moe_decode_lfm2_residual_h100.json ; "
+    "benchmarks/capsules/kernel_profile_residual_lfm2_moe_h100.json ; "
+    "benchmarks/capsules/moe_decode_qwen3_lfm2_linear_h100.json",
     "glm4_moe_lite": "benchmarks/capsules/moe_decode_glm_mla_h100.json ; "
     "benchmarks/capsules/moe_decode_glm_gpt_oss_linear_h100.json ; "
     "benchmarks/capsules/kernel_profile_linear_glm4_moe_lite_h100.json",
@@ -58,9 +60,12 @@ _SPEED = {
 # a layer (kernel_profile_router_slices_qwen3_h100.json), decode faster in 4 of 5 runs
 # interleaved with the previous defaults in one process, median 124.4 against 116.1 tok/s
 # (moe_decode_qwen3_launches_h100.json): the decode step is bound by the host's launches.
+# LFM2-8B-A1B with moe_residual: 14.4 launches a layer against 17.4, span 89.5 against 101.7
+# us (kernel_profile_residual_lfm2_moe_h100.json), decode faster in 4 of 5 interleaved runs,
+# median 324.2 against 300.5 tok/s (moe_decode_lfm2_residual_h100.json).
 _CUDA_PATTERNS = {
     "qwen3_moe": ("moe_block", "qkv_norm_rope", "qk_norm_rope", "quantized_linear", "moe_residual"),
-    "lfm2_moe": ("moe_block", "swiglu_mlp"),
+    "lfm2_moe": ("moe_block", "swiglu_mlp", "moe_residual"),
     "glm4_moe_lite": ("moe_block", "swiglu_mlp", "quantized_linear", "mla_attention"),
     "gpt_oss": ("moe_block",),
 }
