@@ -370,6 +370,15 @@ def test_split_router_folds_the_prenorm_as_one_group_does(monkeypatch, rng):
         assert (np.array(got.astype(mx.float32)) == np.array(one.astype(mx.float32))).all()
 
 
+def test_split_router_refuses_bad_slicing(monkeypatch):
+    from zmlx.core.emulate import emulate
+
+    monkeypatch.setattr(RK, "SPLIT_SLICES", 3)
+    x, w = mx.zeros((1, 64), mx.bfloat16), mx.zeros((16, 64), mx.bfloat16)
+    with emulate(), pytest.raises(ValueError, match=r"\[router_fused\] expected SPLIT_WARPS"):
+        R.router_fused(x, w, R.RouterRule("softmax_topk", 2))
+
+
 @pytest.mark.cuda
 def test_split_router_launches_in_one_lazy_graph_do_not_interfere(rng):
     """On the GPU: sixteen routings of one router in one lazy graph, which MLX may run

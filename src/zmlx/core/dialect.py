@@ -142,8 +142,9 @@ ZX_INLINE void zx_atomic_add(int* p, int v) { atomicAdd(p, v); }
 // output buffer; barrier; reading threads fence, then read every group's flag. A group that
 // sees them all raised fences again, reads the others' writes past L1 (zx_ldcg), finishes the
 // result and lowers the flags. The fences are sequentially consistent, so some group always
-// sees every flag (two may, and write the same result). A flag is a NaN bit pattern no kernel
-// writes, and a finishing group lowers every flag, so a buffer MLX hands out again holds none.
+// sees every flag (two may, and write the same result). A finishing group lowers every flag,
+// so a buffer MLX hands out again holds none raised by zmlx; a flag is a NaN payload that
+// float arithmetic does not produce (other data matches it at odds of 2^-32 a flag).
 #define ZX_FLAG 0x7fc05a4du
 ZX_INLINE void zx_fence() { __threadfence(); }
 ZX_INLINE void zx_flag_raise(uint* p) { atomicExch(p, ZX_FLAG); }
