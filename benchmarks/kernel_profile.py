@@ -118,6 +118,7 @@ SETTINGS = {
     "zmlx_fused_router": {"zmlx.patch.patterns.moe_block.FUSED_ROUTER": True},
     "zmlx_one_group_router": {"zmlx.kernels.router_kernels.SPLIT": False},
     "zmlx_two_launch_router": {"zmlx.patch.patterns.moe_block.FUSED_ROUTER": False},
+    "zmlx_fused_attention_combine": {"zmlx.kernels.attention_kernels.FUSED_COMBINE": True},
     "zmlx_stock_attention": {"attention": "stock"},
     "zmlx_attention": {"attention": "zmlx"},
     "zmlx_split_rows": {"zmlx.kernels.quant_kernels.SPLIT_WARPS": 4},

@@ -16,10 +16,12 @@ decode steps through :func:`zmlx.decode.compile_decode`); ``patched`` (``zmlx.pa
 compiled, ``compile_decode``'s default attention: zmlx's decode-attention kernel on a GPU);
 on request ``zmlx_attention`` (``zmlx`` with zmlx's decode-attention kernel named) and
 ``zmlx_qkv``, ``zmlx_residual``, ``zmlx_linear``, ``zmlx_qkv_linear``, ``zmlx_linear_mla``,
-``zmlx_qkv_residual`` (``zmlx`` with the patterns their names say added) and
-``zmlx_fused_router`` (``zmlx`` with the router in one launch, ``moe_block.FUSED_ROUTER``).
-The zmlx variants patch with the safety table's patterns for the family (``--patterns`` overrides). Each also gets a one-step profile:
-host time to build the step's graph, and the step's time when evaluated at once.
+``zmlx_qkv_residual`` (``zmlx`` with the patterns their names say added),
+``zmlx_fused_router`` (``zmlx`` with the router in one launch, ``moe_block.FUSED_ROUTER``) and
+``zmlx_fused_attention_combine`` (the decode attention's combine folded into its partial
+launch, ``attention_kernels.FUSED_COMBINE``). The zmlx variants patch with the safety table's
+patterns for the family (``--patterns`` overrides). Each also gets a one-step profile: host
+time to build the step's graph, and the step's time when evaluated at once.
 """
 
 from __future__ import annotations
@@ -59,15 +61,18 @@ VARIANTS = {
     "zmlx_linear_mla": (True, "auto", ("quantized_linear", "mla_attention")),  # on request
     "zmlx_qkv_residual": (True, "auto", ("qkv_norm_rope", "moe_residual")),  # on request
     "zmlx_fused_router": (True, "auto", ()),  # on request, with VARIANT_SETTINGS
+    "zmlx_fused_attention_combine": (True, "auto", ()),  # on request, with VARIANT_SETTINGS
     "zmlx": (True, "auto", ()),
 }
 DEFAULT_VARIANTS = [v for v in VARIANTS if v not in ("zmlx_qkv", "zmlx_residual", "zmlx_attention",
                                                     "zmlx_linear", "zmlx_qkv_linear",
                                                     "zmlx_linear_mla", "zmlx_qkv_residual",
-                                                    "zmlx_fused_router")]  # fmt: skip
+                                                    "zmlx_fused_router",
+                                                    "zmlx_fused_attention_combine")]  # fmt: skip
 # zmlx settings a variant runs with (restored for the next variant).
 VARIANT_SETTINGS = {
     "zmlx_fused_router": {"zmlx.patch.patterns.moe_block.FUSED_ROUTER": True},
+    "zmlx_fused_attention_combine": {"zmlx.kernels.attention_kernels.FUSED_COMBINE": True},
 }
 _restore: dict = {}
 

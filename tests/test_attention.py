@@ -8,6 +8,7 @@ import pytest
 
 from zmlx.core import emulate, fallback
 from zmlx.core.backend import backend
+from zmlx.core.kernel import launch_count
 from zmlx.kernels import attention as A
 from zmlx.kernels import attention_kernels as AK
 from zmlx.testing import assert_close
@@ -95,6 +96,38 @@ def test_split_k_path_on_emulator(dtype, forced, monkeypatch, rng):
         got = A.mla_decode_attention(ql, qp, kv, kp, 0.1)
         mx.eval(got)
     assert_close(got, A.mla_decode_attention_ref(ql, qp, kv, kp, 0.1), **tol)
+
+
+@pytest.mark.no_emulate  # it enters the emulator itself
+@pytest.mark.skipif(not emulate.available(), reason="needs a C++ compiler")
+@pytest.mark.parametrize("dtype", [mx.float32, mx.bfloat16], ids=["f32", "bf16"])
+def test_fused_combine_equals_the_combine_launch(dtype, monkeypatch, rng):
+    """With the combine folded into the partial launch (the group that sees every chunk's
+    flag merges its heads), the output is bit for bit the two-launch one: GQA with a mask, a
+    sink and a window, two batch rows, and MLA, on the emulator."""
+    _many_chunks(monkeypatch)
+    q = _arr(rng, 2, 8, 1, 64, dtype=dtype)
+    k, v = _arr(rng, 2, 2, 100, 64, dtype=dtype), _arr(rng, 2, 2, 100, 64, dtype=dtype)
+    mask = mx.array(rng.random((2, 8, 1, 100)) < 0.8)
+    sinks = _arr(rng, 8, dtype=dtype)
+    ql, qp = _arr(rng, 1, 4, 1, 256, dtype=dtype, scale=0.5), _arr(rng, 1, 4, 1, 48, dtype=dtype)
+    kv, kp = _arr(rng, 1, 1, 70, 256, dtype=dtype), _arr(rng, 1, 1, 70, 48, dtype=dtype)
+    calls = [lambda a=a: A.decode_attention(q, k, v, 0.125, *a)
+             for a in ((None, None, None), (mask, sinks, None), (None, sinks, 70))]  # fmt: skip
+    calls.append(lambda: A.mla_decode_attention(ql, qp, kv, kp, 0.1))
+    for call in calls:
+        outs = {}
+        for fused in (False, True):
+            monkeypatch.setattr(AK, "FUSED_COMBINE", fused)
+            with emulate.emulate():
+                before = launch_count()
+                outs[fused] = call()
+                mx.eval(outs[fused])
+                launches = launch_count() - before
+            assert launches == (1 if fused else 2)
+        assert outs[True].dtype == outs[False].dtype
+        assert (np.array(outs[True].astype(mx.float32))
+                == np.array(outs[False].astype(mx.float32))).all()  # fmt: skip
 
 
 def test_chunking_choices():
@@ -251,3 +284,30 @@ def test_mla_kernels_compile(r, p):
 
     checked = assert_compiles(step, ql)
     assert checked >= 2 or not (syntax.cuda_available() or syntax.metal_available())
+
+
+@pytest.mark.parametrize("mla", [False, True], ids=["gqa", "mla"])
+def test_fused_combine_compiles(mla, monkeypatch):
+    """The partial launch with the combine folded in, at Qwen3-30B-A3B's GQA shape (4 kv
+    heads, 512 keys) and GLM-4.7-Flash's MLA shape, compiles with NVRTC (CUDA only: Metal
+    keeps the combine launch)."""
+    from kernel_checks import assert_compiles
+    from zmlx.core import syntax
+
+    monkeypatch.setattr(AK, "FUSED_COMBINE", True)
+    if mla:
+        ql, qp = mx.zeros((1, 20, 1, 512), mx.bfloat16), mx.zeros((1, 20, 1, 64), mx.bfloat16)
+        kv, kp = mx.zeros((1, 1, 512, 512), mx.bfloat16), mx.zeros((1, 1, 512, 64), mx.bfloat16)
+
+        def step(x):
+            return A.mla_decode_attention(x, qp, kv, kp, 0.1)
+
+        x = ql
+    else:
+        x, k = mx.zeros((1, 32, 1, 128), mx.bfloat16), mx.zeros((1, 4, 512, 128), mx.bfloat16)
+
+        def step(x):
+            return A.decode_attention(x, k, k, 0.1)
+
+    checked = assert_compiles(step, x, backends=("cuda",), only="fused")
+    assert checked == 1 or not syntax.cuda_available()

@@ -12,7 +12,8 @@ head (GQA; MLA shares one latent cache among all heads):
 3. P V: each thread owns value dims and accumulates all GP heads (V read once).
 
 With one chunk the group normalises (with the attention sink, if any) and writes the output;
-otherwise it writes float32 partials and :data:`COMBINE` merges them. K, V, Q and the mask
+otherwise it writes float32 partials and :data:`COMBINE` merges them (or, with
+:data:`FUSED_COMBINE` on CUDA, the last group of each head block does, in the same launch). K, V, Q and the mask
 are read through their strides (``ensure_row_contiguous=False``): a KV cache is a slice of
 a larger buffer, and copying it every step would cost more than the attention.
 """
@@ -23,6 +24,7 @@ import math
 
 import mlx.core as mx
 
+from ..core.backend import backend
 from ..core.kernel import Kernel, scalar
 from ._common import vector
 
@@ -241,11 +243,82 @@ COMBINE_BODY = r"""
   }
 """
 
+# The combine folded into the partial launch (CUDA): each group raises its flag once its
+# partials are written (the dialect's zx_flag_* hand-off); the group of a (batch, kv head,
+# head block) that sees all its chunks' flags raised merges the partials of its heads, as
+# COMBINE_BODY does (same order, so bit for bit the same output), and the separate combine
+# launch goes away. The merge then runs on one group per head block rather than one per row.
+# Off by default: not yet measured on a GPU.
+FUSED_COMBINE = False
+FUSED_TAIL = r"""
+  ZX_SHARED float wc[MAXC];
+  ZX_SHARED float red[2];
+  ZX_SHARED uint r_all;
+  zx_barrier();
+  if (lid == 0u) {
+    zx_fence();
+    zx_flag_raise(&flg[gid_y * (uint)NC + (uint)chunk]);
+  }
+  zx_barrier();
+  if (warp == 0u) {
+    zx_fence();
+    float up = 1.0f;
+    for (int c = (int)lane; c < NC; c += 32) {
+      up = zx_min(up, zx_flag_up(&flg[gid_y * (uint)NC + (uint)c]) ? 1.0f : 0.0f);
+    }
+    up = zx_warp_min(up);
+    if (lane == 0u) { r_all = up > 0.5f ? 1u : 0u; }
+  }
+  zx_barrier();
+  if (r_all == 0u) { return; }
+  zx_fence();
+  for (int c = (int)lid; c < NC; c += (int)lsize) { zx_flag_lower(&flg[gid_y * (uint)NC + (uint)c]); }
+  for (int g = 0; g < GP; ++g) {
+    if (g >= HB || hb * HB + g >= G) { continue; }
+    const long row = (long)b * HQ + h0 + g;
+    if (warp == 0u) {  // the chunks' weights, as COMBINE_BODY
+      float M = ZX_NEG_INF;
+      for (int c = (int)lane; c < NC; c += 32) { M = zx_max(M, zx_ldcg(&ml[(row * NC + c) * 2])); }
+      M = zx_warp_max(M);
+      float sk = ZX_NEG_INF;
+      if (SINKS) {
+        sk = zx_rnd<O>(static_cast<float>(sinks[(h0 + g) * ZX_STRIDES(sinks)[0]]));
+        M = zx_max(M, sk);
+      }
+      float L = 0.0f;
+      for (int c = (int)lane; c < NC; c += 32) {
+        const float w = zx_exp(zx_ldcg(&ml[(row * NC + c) * 2]) - M);
+        wc[c] = w;
+        L += zx_ldcg(&ml[(row * NC + c) * 2 + 1]) * w;
+      }
+      L = zx_warp_sum(L);
+      if (SINKS) { L += zx_exp(sk - M); }
+      if (lane == 0u) { red[0] = L > 0.0f ? 1.0f / L : 0.0f; }
+    }
+    zx_barrier();
+    const float inv = red[0];
+    for (uint d = lid; d < (uint)DV; d += lsize) {
+      float o = 0.0f;
+      for (int c = 0; c < NC; ++c) { o += zx_ldcg(&opart[(row * NC + c) * DV + d]) * wc[c]; }
+      out[row * DV + d] = static_cast<O>(o * inv);
+    }
+    zx_barrier();
+  }
+"""
+
 PARTIAL = Kernel(
     "decode_attention_partial",
     ("q", "kk", "vv", "qpe", "kpe", "mask", "sinks", "ip", "fp"),
     ("out", "opart", "ml"),
     PARTIAL_BODY,
+    header=HEADER,
+    ensure_row_contiguous=False,
+)
+PARTIAL_FUSED = Kernel(
+    "decode_attention_partial_fused",
+    ("q", "kk", "vv", "qpe", "kpe", "mask", "sinks", "ip", "fp"),
+    ("out", "opart", "ml", "flg"),
+    PARTIAL_BODY + FUSED_TAIL,
     header=HEADER,
     ensure_row_contiguous=False,
 )
@@ -328,7 +401,8 @@ def _static(b, hq, hkv, dm, dp, dv, out_dtype, mask_mode, has_sinks) -> tuple:
 
 def launch(q, kk, vv, qpe, kpe, mask, sinks, scale, *, b, hq, hkv, s, s0, dm, dp, dv, out_dtype,
            mask_mode):  # fmt: skip
-    """Launch the partial kernel (and the combine kernel when the keys span several chunks).
+    """Launch the partial kernel (and the combine kernel when the keys span several chunks;
+    with :data:`FUSED_COMBINE` on CUDA the partial launch merges them itself).
 
     Returns the output ``(b, hq, 1, dv)``, or None when the shape is not covered.
     """
@@ -345,6 +419,20 @@ def launch(q, kk, vv, qpe, kpe, mask, sinks, scale, *, b, hq, hkv, s, s0, dm, dp
         template = _TEMPLATES[(key, c, final)] = base + [("C", c), ("FINAL", final)]
     ip = vector((s, s0, nc, hq, hkv, nhb), mx.int32)
     rows = b * hq
+    if not final and FUSED_COMBINE and backend() == "cuda":
+        return PARTIAL_FUSED(
+            q, kk, vv,
+            qpe if qpe is not None else dummy4(),
+            kpe if kpe is not None else dummy4(),
+            mask if mask is not None else dummy4(),
+            sinks if sinks is not None else scalar(0.0),
+            ip, vector((float(scale),), mx.float32),
+            output_shapes=[(b, hq, 1, dv), (rows, nc, dv), (rows, nc, 2), (b * hkv * nhb, nc)],
+            output_dtypes=[out_dtype, mx.float32, mx.float32, mx.uint32],
+            grid=(nc * nt, b * hkv * nhb, 1),
+            threadgroup=(nt, 1, 1),
+            template=template + [("MAXC", MAX_CHUNKS)],
+        )[0]  # fmt: skip
     out, opart, ml = PARTIAL(
         q, kk, vv,
         qpe if qpe is not None else dummy4(),
