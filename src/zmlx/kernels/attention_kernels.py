@@ -306,9 +306,10 @@ FUSED_TAIL = r"""
   }
 """
 
+_PARTIAL_INPUTS = ("q", "kk", "vv", "qpe", "kpe", "mask", "sinks", "ip", "fp")
 PARTIAL = Kernel(
     "decode_attention_partial",
-    ("q", "kk", "vv", "qpe", "kpe", "mask", "sinks", "ip", "fp"),
+    _PARTIAL_INPUTS,
     ("out", "opart", "ml"),
     PARTIAL_BODY,
     header=HEADER,
@@ -316,7 +317,7 @@ PARTIAL = Kernel(
 )
 PARTIAL_FUSED = Kernel(
     "decode_attention_partial_fused",
-    ("q", "kk", "vv", "qpe", "kpe", "mask", "sinks", "ip", "fp"),
+    _PARTIAL_INPUTS,
     ("out", "opart", "ml", "flg"),
     PARTIAL_BODY + FUSED_TAIL,
     header=HEADER,
@@ -419,14 +420,17 @@ def launch(q, kk, vv, qpe, kpe, mask, sinks, scale, *, b, hq, hkv, s, s0, dm, dp
         template = _TEMPLATES[(key, c, final)] = base + [("C", c), ("FINAL", final)]
     ip = vector((s, s0, nc, hq, hkv, nhb), mx.int32)
     rows = b * hq
+    ins = [
+        q, kk, vv,
+        qpe if qpe is not None else dummy4(),
+        kpe if kpe is not None else dummy4(),
+        mask if mask is not None else dummy4(),
+        sinks if sinks is not None else scalar(0.0),
+        ip, vector((float(scale),), mx.float32),
+    ]  # fmt: skip
     if not final and FUSED_COMBINE and backend() == "cuda":
         return PARTIAL_FUSED(
-            q, kk, vv,
-            qpe if qpe is not None else dummy4(),
-            kpe if kpe is not None else dummy4(),
-            mask if mask is not None else dummy4(),
-            sinks if sinks is not None else scalar(0.0),
-            ip, vector((float(scale),), mx.float32),
+            *ins,
             output_shapes=[(b, hq, 1, dv), (rows, nc, dv), (rows, nc, 2), (b * hkv * nhb, nc)],
             output_dtypes=[out_dtype, mx.float32, mx.float32, mx.uint32],
             grid=(nc * nt, b * hkv * nhb, 1),
@@ -434,12 +438,7 @@ def launch(q, kk, vv, qpe, kpe, mask, sinks, scale, *, b, hq, hkv, s, s0, dm, dp
             template=template + [("MAXC", MAX_CHUNKS)],
         )[0]  # fmt: skip
     out, opart, ml = PARTIAL(
-        q, kk, vv,
-        qpe if qpe is not None else dummy4(),
-        kpe if kpe is not None else dummy4(),
-        mask if mask is not None else dummy4(),
-        sinks if sinks is not None else scalar(0.0),
-        ip, vector((float(scale),), mx.float32),
+        *ins,
         output_shapes=[(b, hq, 1, dv) if final else (1,), (rows, nc, dv) if not final else (1,),
                        (rows, nc, 2) if not final else (1,)],
         output_dtypes=[out_dtype, mx.float32, mx.float32],
