@@ -10,7 +10,7 @@ never imports it. For each target, evaluated ``--repeats`` times while recording
 evaluation: the span from the first kernel's start to the last kernel's end, the time some
 kernel is running (``busy``), and per kernel name its count and device time. ``span - busy``
 is the device idling between dependent kernels (launch latency inside a CUDA graph, and
-waiting for the host).
+waiting for the host); per kernel name, ``idle_before_us`` is that idling just before it.
 
 Targets: ``--moe-blocks N`` chains N Qwen3-30B-A3B MoE blocks at decode (built by
 ``launch_cost.py``'s part 3): stock mlx-lm, zmlx's expert kernels after stock's routing ops
@@ -82,9 +82,14 @@ def summarize(kernels: list[tuple[float, float, str]], repeats: int) -> dict:
     cuts = sorted(gaps[-(repeats - 1) :]) if repeats > 1 else []
     groups = [kernels[a:b] for a, b in zip([0, *cuts], [*cuts, len(kernels)])]
     per = []
+    # The device's idle time just before each kernel (since every earlier kernel of its
+    # evaluation ended), by kernel name: where the span exceeds the busy time.
+    idle: dict[str, list] = collections.defaultdict(list)
     for g in groups:
         busy, end = 0.0, g[0][0]
-        for s, e, _ in g:  # union of intervals (kernels of one stream do not overlap)
+        for i, (s, e, n) in enumerate(g):  # union of intervals (overlaps counted once)
+            if i:
+                idle[_short(n)].append(max(0.0, s - end))
             busy += max(0.0, e - max(s, end))
             end = max(end, e)
         per.append({"span_us": g[-1][1] - g[0][0], "busy_us": busy, "kernels": len(g)})
@@ -93,7 +98,8 @@ def summarize(kernels: list[tuple[float, float, str]], repeats: int) -> dict:
         by_name[_short(n)].append(e - s)
     table = sorted(
         ({"name": n, "per_eval": len(d) / repeats, "mean_us": statistics.mean(d),
-          "total_us": sum(d) / repeats} for n, d in by_name.items()),
+          "total_us": sum(d) / repeats, "idle_before_us": sum(idle.get(n, [])) / repeats}
+         for n, d in by_name.items()),
         key=lambda r: -r["total_us"],
     )  # fmt: skip
     med = {k: statistics.median(p[k] for p in per) for k in per[0]}
@@ -106,7 +112,8 @@ def _print(title: str, p: dict, scale: int = 1) -> None:
           f"{p['kernels'] / scale:6.1f} kernels{s}", flush=True)  # fmt: skip
     for r in p["by_name"][:12]:
         print(f"      {r['total_us'] / scale:8.2f} us  {r['per_eval'] / scale:5.2f} x "
-              f"{r['mean_us']:7.2f} us  {r['name']}", flush=True)  # fmt: skip
+              f"{r['mean_us']:7.2f} us  idle before {r['idle_before_us'] / scale:6.2f} us  "
+              f"{r['name']}", flush=True)  # fmt: skip
 
 
 # zmlx settings a variant runs with ("module.NAME": value), restored after it; "attention" is

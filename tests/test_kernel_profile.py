@@ -31,6 +31,9 @@ def test_records_split_into_evaluations_at_the_host_syncs():
     assert p["busy_us"] == 9.25 and p["kernels"] == 3
     top = p["by_name"][0]
     assert top["name"] == "a" and top["per_eval"] == 1.5 and top["total_us"] == 5.5
+    # idle before: b 0.5 and 2.0 us, c overlapping b none, a's second launch none
+    idle = {r["name"]: r["idle_before_us"] for r in p["by_name"]}
+    assert idle == {"a": 0.0, "b": 1.25, "c": 0.0}
 
 
 def test_settings_are_restored():
