@@ -236,6 +236,16 @@ def _suites() -> list[str]:
     out = []
     for name, what in (
         (
+            "gpu_tests_defaults_h100.json",
+            "the patch, residual, qk-norm attention, router and MLA tests at the new defaults; "
+            "the failure was a test that expected qkv_norm_rope off on CUDA, fixed after the run",
+        ),
+        ("gpu_tests_defaults2_h100.json", "the qk-norm attention and residual tests, rerun"),
+        (
+            "gpu_tests_router_slices_h100.json",
+            "the router, prenorm, residual and patch tests with the split router",
+        ),
+        (
             "gpu_tests_patch_h100.json",
             "the patch, decode and model-zoo tests (tiny models in "
             "groups of 32); both failures were tests that assumed the CPU backend, fixed after the "
