@@ -59,7 +59,7 @@ _SPEED = {
 # (moe_residual): 12.6 launches a layer against 18.6, the device span 117.1 against 107.2 us
 # a layer (kernel_profile_router_slices_qwen3_h100.json), decode faster in 4 of 5 runs
 # interleaved with the previous defaults in one process, median 124.4 against 116.1 tok/s
-# (moe_decode_qwen3_launches_h100.json): the decode step is bound by the host's launches.
+# (moe_decode_qwen3_launches_h100.json), which points to a step bound by the host's launches.
 # LFM2-8B-A1B with moe_residual: 14.4 launches a layer against 17.4, span 89.5 against 101.7
 # us (kernel_profile_residual_lfm2_moe_h100.json), decode faster in 4 of 5 interleaved runs,
 # median 324.2 against 300.5 tok/s (moe_decode_lfm2_residual_h100.json).
