@@ -29,7 +29,7 @@ int32 output; the kernel must be built with ``atomic_outputs=True``, which Metal
 ignores),
 ``zx_fence()``, ``zx_flag_raise/zx_flag_up/zx_flag_lower(&flags[i])``, ``zx_ldcg(&p[i])``
 (CUDA only: the hand-off of a kernel whose groups finish one result together, the group that
-sees every group's flag finishing it; see :mod:`zmlx.kernels.router_kernels`),
+sees every group's flag finishing it; :func:`zmlx.kernels._common.flag_handoff` writes it),
 ``zx_warp_sum/max/min(v)``, ``zx_block_sum/max/min(v, buf)`` (``buf``: 32 shared floats; all
 threads get the result), math ``zx_exp, zx_log, zx_log2, zx_log1p, zx_expm1, zx_sqrt,
 zx_rsqrt, zx_abs, zx_sign, zx_sin, zx_cos, zx_tan, zx_tanh, zx_sigmoid, zx_erf, zx_atan,

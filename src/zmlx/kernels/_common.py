@@ -94,3 +94,51 @@ def prenorm_foldable(x: mx.array, prenorm) -> bool:
     """Whether a kernel can fold ``prenorm`` (its weight in x's dtype, so the product rounds
     as MLX's rms_norm rounds it)."""
     return prenorm is not None and prenorm[1].dtype == x.dtype
+
+
+def flag_handoff(flag: str, count: str, me: str, *, block: bool) -> str:
+    """Kernel text of the dialect's grid-wide hand-off (CUDA; ``zx_flag_*`` in
+    :mod:`zmlx.core.dialect`): the group publishes its writes and raises its flag, then reads
+    every flag, and only a group that sees them all raised goes on, after lowering them.
+
+    ``flag``: the expression of flag ``i`` with ``{i}`` in it (e.g. ``"flg[tok * n + {i}]"``);
+    ``count``: how many flags; ``me``: this group's flag index. ``block``: every thread of the
+    finishing group goes on (warp 0 reads the flags and tells the others through shared memory);
+    otherwise only its warp 0 does.
+    """
+
+    def at(i: str) -> str:
+        return "&" + flag.format(i=i)
+
+    n = f"(uint)({count})"
+    text = (
+        "  zx_barrier();\n"
+        "  if (lid == 0u) {\n"
+        "    zx_fence();\n"
+        f"    zx_flag_raise({at(me)});\n"
+        "  }\n"
+        "  zx_barrier();\n"
+    )
+    check = (
+        "  zx_fence();\n"
+        "  float hf_up = 1.0f;\n"
+        f"  for (uint hf = lane; hf < {n}; hf += 32u) {{\n"
+        f"    hf_up = zx_min(hf_up, zx_flag_up({at('hf')}) ? 1.0f : 0.0f);\n"
+        "  }\n"
+    )
+    if not block:
+        return (
+            text + "  if (warp != 0u) { return; }\n" + check
+            + "  if (zx_warp_min(hf_up) < 0.5f) { return; }\n"
+            + "  zx_fence();\n"
+            + f"  for (uint hf = lane; hf < {n}; hf += 32u) {{ zx_flag_lower({at('hf')}); }}\n"
+        )  # fmt: skip
+    return (
+        "  ZX_SHARED uint hf_all;\n" + text + "  if (warp == 0u) {\n" + check
+        + "    hf_up = zx_warp_min(hf_up);\n"
+        + "    if (lane == 0u) { hf_all = hf_up > 0.5f ? 1u : 0u; }\n"
+        + "  }\n  zx_barrier();\n"
+        + "  if (hf_all == 0u) { return; }\n"
+        + "  zx_fence();\n"
+        + f"  for (uint hf = lid; hf < {n}; hf += lsize) {{ zx_flag_lower({at('hf')}); }}\n"
+    )  # fmt: skip

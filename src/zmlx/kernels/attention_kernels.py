@@ -26,7 +26,7 @@ import mlx.core as mx
 
 from ..core.backend import backend
 from ..core.kernel import Kernel, scalar
-from ._common import vector
+from ._common import flag_handoff, vector
 
 # Split so the groups fill the GPU (an H100 has 132 SMs). Qwen3-30B-A3B has 4 kv heads: over
 # compile_decode's 512-key buffer, chunks of at least 64 keys gave 32 groups and 20 us a layer;
@@ -212,23 +212,26 @@ PARTIAL_BODY = r"""
   }
 """
 
-COMBINE_BODY = r"""
-  const int NC = ip[2];
-  const int HQ = ip[3];
-  const long row = gid;
-  ZX_SHARED float wc[MAXC];
-  ZX_SHARED float red[2];
+
+def _merge(sink: str, past_l1: bool) -> str:
+    """The merge of one output row's chunk partials (``row``; ``wc``, ``red`` in shared memory):
+    the chunks' weights by warp 0, then every thread's value dims. ``sink``: the row's sink
+    logit; ``past_l1``: read the partials with ``zx_ldcg`` (written by other groups of the same
+    launch)."""
+    ld, end = ("zx_ldcg(&", ")") if past_l1 else ("", "")
+    return (
+        r"""
   if (warp == 0u) {  // the chunks' weights: one warp, a chunk per lane at a time
     float M = ZX_NEG_INF;
-    for (int c = (int)lane; c < NC; c += 32) { M = zx_max(M, ml[(row * NC + c) * 2]); }
+    for (int c = (int)lane; c < NC; c += 32) { M = zx_max(M, @ml[(row * NC + c) * 2]@); }
     M = zx_warp_max(M);
     float sk = ZX_NEG_INF;
-    if (SINKS) { sk = zx_rnd<O>(static_cast<float>(sinks[row % HQ])); M = zx_max(M, sk); }
+    if (SINKS) { sk = zx_rnd<O>(static_cast<float>(@SINK@)); M = zx_max(M, sk); }
     float L = 0.0f;
     for (int c = (int)lane; c < NC; c += 32) {
-      const float w = zx_exp(ml[(row * NC + c) * 2] - M);
+      const float w = zx_exp(@ml[(row * NC + c) * 2]@ - M);
       wc[c] = w;
-      L += ml[(row * NC + c) * 2 + 1] * w;
+      L += @ml[(row * NC + c) * 2 + 1]@ * w;
     }
     L = zx_warp_sum(L);
     if (SINKS) { L += zx_exp(sk - M); }
@@ -238,10 +241,22 @@ COMBINE_BODY = r"""
   const float inv = red[0];
   for (uint d = lid; d < (uint)DV; d += lsize) {
     float o = 0.0f;
-    for (int c = 0; c < NC; ++c) { o += opart[(row * NC + c) * DV + d] * wc[c]; }
+    for (int c = 0; c < NC; ++c) { o += @opart[(row * NC + c) * DV + d]@ * wc[c]; }
     out[row * DV + d] = static_cast<O>(o * inv);
   }
 """
+        .replace("@SINK@", sink)
+        .replace("@ml", ld + "ml").replace("@opart", ld + "opart").replace("]@", "]" + end)
+    )  # fmt: skip
+
+
+COMBINE_BODY = r"""
+  const int NC = ip[2];
+  const int HQ = ip[3];
+  const long row = gid;
+  ZX_SHARED float wc[MAXC];
+  ZX_SHARED float red[2];
+""" + _merge("sinks[row % HQ]", past_l1=False)
 
 # The combine folded into the partial launch (CUDA): each group raises its flag once its
 # partials are written (the dialect's zx_flag_* hand-off); the group of a (batch, kv head,
@@ -250,61 +265,23 @@ COMBINE_BODY = r"""
 # launch goes away. The merge then runs on one group per head block rather than one per row.
 # Off by default: not yet measured on a GPU.
 FUSED_COMBINE = False
-FUSED_TAIL = r"""
+FUSED_TAIL = (
+    r"""
   ZX_SHARED float wc[MAXC];
   ZX_SHARED float red[2];
-  ZX_SHARED uint r_all;
-  zx_barrier();
-  if (lid == 0u) {
-    zx_fence();
-    zx_flag_raise(&flg[gid_y * (uint)NC + (uint)chunk]);
-  }
-  zx_barrier();
-  if (warp == 0u) {
-    zx_fence();
-    float up = 1.0f;
-    for (int c = (int)lane; c < NC; c += 32) {
-      up = zx_min(up, zx_flag_up(&flg[gid_y * (uint)NC + (uint)c]) ? 1.0f : 0.0f);
-    }
-    up = zx_warp_min(up);
-    if (lane == 0u) { r_all = up > 0.5f ? 1u : 0u; }
-  }
-  zx_barrier();
-  if (r_all == 0u) { return; }
-  zx_fence();
-  for (int c = (int)lid; c < NC; c += (int)lsize) { zx_flag_lower(&flg[gid_y * (uint)NC + (uint)c]); }
+"""
+    + flag_handoff("flg[gid_y * (uint)NC + {i}]", "NC", "(uint)chunk", block=True)
+    + r"""
   for (int g = 0; g < GP; ++g) {
     if (g >= HB || hb * HB + g >= G) { continue; }
     const long row = (long)b * HQ + h0 + g;
-    if (warp == 0u) {  // the chunks' weights, as COMBINE_BODY
-      float M = ZX_NEG_INF;
-      for (int c = (int)lane; c < NC; c += 32) { M = zx_max(M, zx_ldcg(&ml[(row * NC + c) * 2])); }
-      M = zx_warp_max(M);
-      float sk = ZX_NEG_INF;
-      if (SINKS) {
-        sk = zx_rnd<O>(static_cast<float>(sinks[(h0 + g) * ZX_STRIDES(sinks)[0]]));
-        M = zx_max(M, sk);
-      }
-      float L = 0.0f;
-      for (int c = (int)lane; c < NC; c += 32) {
-        const float w = zx_exp(zx_ldcg(&ml[(row * NC + c) * 2]) - M);
-        wc[c] = w;
-        L += zx_ldcg(&ml[(row * NC + c) * 2 + 1]) * w;
-      }
-      L = zx_warp_sum(L);
-      if (SINKS) { L += zx_exp(sk - M); }
-      if (lane == 0u) { red[0] = L > 0.0f ? 1.0f / L : 0.0f; }
-    }
-    zx_barrier();
-    const float inv = red[0];
-    for (uint d = lid; d < (uint)DV; d += lsize) {
-      float o = 0.0f;
-      for (int c = 0; c < NC; ++c) { o += zx_ldcg(&opart[(row * NC + c) * DV + d]) * wc[c]; }
-      out[row * DV + d] = static_cast<O>(o * inv);
-    }
+"""
+    + _merge("sinks[(h0 + g) * ZX_STRIDES(sinks)[0]]", past_l1=True)
+    + r"""
     zx_barrier();
   }
 """
+)
 
 _PARTIAL_INPUTS = ("q", "kk", "vv", "qpe", "kpe", "mask", "sinks", "ip", "fp")
 PARTIAL = Kernel(

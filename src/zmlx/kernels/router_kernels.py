@@ -21,7 +21,7 @@ import math
 import mlx.core as mx
 
 from ..core.kernel import Kernel, scalar
-from ._common import vector
+from ._common import flag_handoff, vector
 
 MAX_EXPERTS = 512  # 16 experts per lane in registers
 MAX_K = 32  # lane i keeps the i-th pick
@@ -337,24 +337,10 @@ _SPLIT_TAIL = (
     }
     lgo[tok * E + er] = lv;
   }
-  // The hand-off (see the dialect): the group's logits published, its flag raised, then warp 0
-  // reads every group's flag, a lane a flag; the group that sees them all routes.
-  zx_barrier();
-  if (lid == 0u) {
-    zx_fence();
-    zx_flag_raise(&flg[tok * ngroups + gid]);
-  }
-  zx_barrier();
-  if (warp != 0u) { return; }
-  zx_fence();
-  float up = 1.0f;
-  for (uint g = lane; g < ngroups; g += 32u) {
-    up = zx_min(up, zx_flag_up(&flg[tok * ngroups + g]) ? 1.0f : 0.0f);
-  }
-  if (zx_warp_min(up) < 0.5f) { return; }
-  zx_fence();
-  for (uint g = lane; g < ngroups; g += 32u) { zx_flag_lower(&flg[tok * ngroups + g]); }
-#define LOGIT(e) zx_ldcg(&lgo[tok * E + (e)])
+"""
+    # The hand-off (the dialect's zx_flag_*): the group that sees every group's logits routes.
+    + flag_handoff("flg[tok * ngroups + {i}]", "ngroups", "gid", block=False)
+    + r"""#define LOGIT(e) zx_ldcg(&lgo[tok * E + (e)])
 """
     + _CORE
     + "#undef LOGIT\n"
