@@ -19,6 +19,7 @@ import pytest
 from kernel_checks import assert_compiles, zero_experts
 from test_batched_loads import DTYPES, IDS, assert_close, assert_identical, both
 from test_quant import fmt
+from zmlx.core import syntax
 from zmlx.core.kernel import capture
 from zmlx.kernels import moe, quant
 from zmlx.kernels import moe_kernels as mk
@@ -321,3 +322,55 @@ def test_qwen3_qkv_projection_split_compiles(monkeypatch):
     ws = [tuple(a[0] for a in zero_experts(1, n, 2048)) for n in (4096, 512, 512)]
     assert assert_compiles(lambda x: quant.qkv_proj(x, *ws[0], *ws[1], *ws[2], 64, 4, "affine"),
                            x, only="split")  # fmt: skip
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
+@pytest.mark.parametrize("name, rows", [("a4g64", 4), ("a8g32", 2), ("mxfp4", 8)])
+def test_transposed_warp_sums_are_bit_identical(name, rows, dtype, monkeypatch, rng):
+    """``quant_kernels.TRANSPOSED_SUMS``: the split kernels' per-warp sums of R rows (x 2 for
+    gate and up; 16 values at R = 8) in one butterfly add the same lanes in the same tree as
+    a warp sum per value: gate/up and the combine are bit-identical either way."""
+    gs, bits, mode = fmt(name)
+    monkeypatch.setattr(qk, "SPLIT_WARPS", 4)
+    monkeypatch.setattr(qk, "SPLIT_ROWS", rows)
+    monkeypatch.setattr(mk, "SPLIT_ROWS", rows)
+    e, t, k, d, i = 6, 2, 3, 512, 37  # 37 rows: the last group partly empty
+    x = random_x(rng, (t, d), dtype)
+    g = random_qweight(rng, (e, i, d), dtype, bits, gs, mode)
+    u = random_qweight(rng, (e, i, d), dtype, bits, gs, mode)
+    idx = random_indices(rng, (t,), k, e)
+    got = both(monkeypatch, moe.gather_qmv_swiglu, x, *g, *u, idx, gs, bits, mode,
+               attr="TRANSPOSED_SUMS", values=(False, True))  # fmt: skip
+    assert_identical(*got)
+    h = random_x(rng, (t, k, d), dtype)
+    dn = random_qweight(rng, (e, i, d), dtype, bits, gs, mode)
+    wts = mx.softmax(random_x(rng, (t, k), mx.float32), axis=-1).astype(dtype)
+    got = both(monkeypatch, moe.gather_qmv_combine, h, *dn, idx, wts, gs, bits, mode,
+               attr="TRANSPOSED_SUMS", values=(False, True))  # fmt: skip
+    assert_identical(*got)
+
+
+def test_launch_bounds_compile_and_name_the_kernel(monkeypatch):
+    """``SPLIT_MIN_GROUPS`` / ``COMBINE_MIN_GROUPS``: the launch records the bound, and the
+    CUDA unit MLX would build (the kernel's name defined as ``__launch_bounds__`` plus the
+    name, undefined in the body before MLX takes the kernel's address) compiles."""
+    monkeypatch.setattr(qk, "SPLIT_MIN_GROUPS", 5)
+    monkeypatch.setattr(mk, "COMBINE_MIN_GROUPS", 4)
+    d, i_dim, e, k = 2048, 768, 128, 8
+    x = mx.zeros((1, d), dtype=mx.bfloat16)
+    idx = mx.zeros((1, k), dtype=mx.uint32)
+    g, u = zero_experts(e, i_dim, d, 4, 64, "affine"), zero_experts(e, i_dim, d, 4, 64, "affine")
+    dn = zero_experts(e, d, i_dim, 4, 64, "affine")
+    h = mx.zeros((1, k, i_dim), dtype=mx.bfloat16)
+    wts = mx.zeros((1, k), dtype=mx.bfloat16)
+
+    def block(x, h):
+        moe.gather_qmv_swiglu(x, *g, *u, idx, 64, 4, "affine")
+        return moe.gather_qmv_combine(h, *dn, idx, wts, 64, 4, "affine")
+
+    with capture("cuda") as caught:
+        block(x, h)
+    assert [c.min_groups for c in caught] == [5, 4]
+    src = syntax.cuda_source(caught[0])
+    assert "__launch_bounds__(256, 5)" in src and "#undef custom_kernel_" in src
+    assert_compiles(block, x, h)

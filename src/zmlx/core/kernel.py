@@ -66,6 +66,7 @@ class Launch:
     grid: tuple[int, int, int]
     threadgroup: tuple[int, int, int]
     template: list[tuple[str, TemplateValue]]
+    min_groups: int = 0
 
 
 _CAPTURE: contextvars.ContextVar[list[Launch] | None] = contextvars.ContextVar(
@@ -160,7 +161,7 @@ class Kernel:
         self.shared_memory = int(shared_memory)
         self.atomic_outputs = bool(atomic_outputs)
         self.stats = KernelStats()
-        self._objs: dict[str, object] = {}
+        self._objs: dict[object, object] = {}
 
     def render(self, backend_name: str) -> tuple[str, str]:
         """Return ``(header, body)`` rendered for ``backend_name`` (``"cuda"`` or ``"metal"``)."""
@@ -220,6 +221,48 @@ class Kernel:
         self._objs[backend_name] = obj
         return obj
 
+    def bounded_source(self, template: Sequence[tuple[str, TemplateValue]], threads: int,
+                       min_groups: int) -> tuple[str, str, str]:  # fmt: skip
+        """``(MLX name, header, body)`` of the CUDA kernel declared with
+        ``__launch_bounds__(threads, min_groups)`` (see :meth:`_build_bounded`)."""
+        suffix = "".join(_template_suffix(v) for _, v in template)
+        header, body = self.render("cuda")
+        name = f"{self.mlx_name('cuda')}_lb{threads}_{min_groups}"
+        fname = f"custom_kernel_{name}{suffix}"
+        header += f"\n#define {fname} __launch_bounds__({threads}, {min_groups}) {fname}\n"
+        return name, header, f"#undef {fname}\n{body}"
+
+    def _build_bounded(self, template: list, threads: int, min_groups: int):
+        """The CUDA kernel for one set of template constants, declared with
+        ``__launch_bounds__(threads, min_groups)``.
+
+        MLX writes the declaration itself, so the header defines the kernel's name (MLX's
+        ``custom_kernel_<name><template suffix>``) as the bounds followed by the name; the
+        body undefines it again before MLX names the kernel to NVRTC. One MLX kernel per
+        set of constants, since the name holds them."""
+        suffix = "".join(_template_suffix(v) for _, v in template)
+        key = ("cuda", suffix, threads, min_groups)
+        obj = self._objs.get(key)
+        if obj is not None:
+            return obj
+        name, header, body = self.bounded_source(template, threads, min_groups)
+        with _BUILD_LOCK:
+            obj = _BUILD_CACHE.get((name, suffix))
+            if obj is None:
+                obj = mx.fast.cuda_kernel(
+                    name=name,
+                    input_names=list(self.inputs),
+                    output_names=list(self.outputs),
+                    source=body,
+                    header=header,
+                    ensure_row_contiguous=self.ensure_row_contiguous,
+                    shared_memory=self.shared_memory,
+                )
+                _BUILD_CACHE[(name, suffix)] = obj
+                self.stats.builds += 1
+        self._objs[key] = obj
+        return obj
+
     def __call__(
         self,
         *inputs: mx.array,
@@ -232,6 +275,7 @@ class Kernel:
         verbose: bool = False,
         stream: mx.Stream | mx.Device | None = None,
         backend_name: str | None = None,
+        min_groups: int = 0,
     ) -> list[mx.array]:
         """Launch on the current GPU backend.
 
@@ -246,6 +290,10 @@ class Kernel:
             verbose: print the rendered source.
             stream: stream or device to run on (defaults to the GPU).
             backend_name: ``"cuda"`` or ``"metal"``; defaults to :func:`zmlx.backend`.
+            min_groups: CUDA: ask the compiler to fit this many groups of this launch's size
+                on one multiprocessor (``__launch_bounds__``: it caps registers per thread,
+                spilling if it must); 0 leaves the choice to it. Metal and the emulator
+                ignore it.
 
         Returns:
             The list of outputs.
@@ -265,6 +313,8 @@ class Kernel:
             if isinstance(tval, int) and not isinstance(tval, bool) and tval < 0:
                 # A negative value would give MLX an invalid kernel identifier.
                 raise ValueError(f"[{self.name}] template {tname} must be >= 0, got {tval}")
+        if min_groups < 0:
+            raise ValueError(f"[{self.name}] expected min_groups >= 0, got {min_groups}")
         if isinstance(_CAPTURE.get(), _Unrecorded):  # dry_run: checks only
             return [mx.zeros(tuple(sh), dtype=dt) for sh, dt in zip(output_shapes, output_dtypes)]
         if _emulate.active():
@@ -293,12 +343,17 @@ class Kernel:
                     tuple(grid),
                     tuple(threadgroup),
                     template,
+                    min_groups,
                 )
             )
             self.stats.launches += 1
             _LAUNCHES[0] += 1
             return [mx.zeros(tuple(sh), dtype=dt) for sh, dt in zip(output_shapes, output_dtypes)]
-        obj = self._build(b)
+        threads = math.prod(threadgroup)
+        if b == "cuda" and min_groups:
+            obj = self._build_bounded(template, threads, min_groups)
+        else:
+            obj = self._build(b)
         if verbose:
             header, body = self.render(b)
             print(f"// zmlx kernel {self.mlx_name(b)} ({b})\n// header\n{header}\n// body\n{body}")
@@ -319,6 +374,34 @@ class Kernel:
         self.stats.backends.add(b)
         _LAUNCHES[0] += 1
         return obj(**kwargs)
+
+
+# MLX's names of template dtypes in a kernel's name (get_type_string in mlx/backend/common).
+_TYPE_NAMES = {
+    mx.float32: "float",
+    mx.float16: "float16_t",
+    mx.bfloat16: "bfloat16_t",
+    mx.float64: "double",
+    mx.complex64: "complex64_t",
+    mx.bool_: "bool",
+    mx.int8: "int8_t",
+    mx.int16: "int16_t",
+    mx.int32: "int32_t",
+    mx.int64: "int64_t",
+    mx.uint8: "uint8_t",
+    mx.uint16: "uint16_t",
+    mx.uint32: "uint32_t",
+    mx.uint64: "uint64_t",
+}
+
+
+def _template_suffix(value: TemplateValue) -> str:
+    """What a template constant adds to MLX's CUDA kernel name."""
+    if isinstance(value, bool):
+        return "_t" if value else "_f"
+    if isinstance(value, int):
+        return f"_{value}"
+    return "_" + _TYPE_NAMES[value]
 
 
 def groups(n: int, group: int) -> int:

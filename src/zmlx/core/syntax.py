@@ -31,7 +31,7 @@ from pathlib import Path
 import mlx.core as mx
 
 from .dialect import shape_args, template_lines
-from .kernel import Launch
+from .kernel import Launch, _template_suffix
 
 _CUDA_TYPES = {
     mx.bool_: "bool",
@@ -126,6 +126,11 @@ def cuda_source(launch: Launch) -> str:
     """The translation unit MLX's ``cuda_kernel`` builds for this launch (for NVRTC)."""
     k = launch.kernel
     header, body = k.render("cuda")
+    name = k.mlx_name("cuda")
+    if launch.min_groups:
+        threads = launch.threadgroup[0] * launch.threadgroup[1] * launch.threadgroup[2]
+        name, header, body = k.bounded_source(launch.template, threads, launch.min_groups)
+    fname = "custom_kernel_" + name + "".join(_template_suffix(v) for _, v in launch.template)
     params = []
     for name, (dtype, shape) in zip(k.inputs, launch.inputs):
         params.append(f"    const {_CUDA_TYPES[dtype]}* {name}")
@@ -140,13 +145,15 @@ def cuda_source(launch: Launch) -> str:
         '#include "mlx/backend/cuda/device/utils.cuh"\n#include <cooperative_groups.h>\n'
         + header
         + "\nnamespace mlx::core::cu {\nnamespace cg = cooperative_groups;\n"
-        + f"__global__ void {k.mlx_name('cuda')}(\n"
+        + f"__global__ void {fname}(\n"
         + ",\n".join(params)
         + ") {\n"
         + "\n".join(consts)
         + "\n"
         + body
         + "\n}\n} // namespace mlx::core::cu\n"
+        # MLX names the kernel to NVRTC as this expression, after the whole source.
+        + f"using zx_kernel_type = decltype(&mlx::core::cu::{fname});\n"
     )
 
 

@@ -173,8 +173,8 @@ def _gather_launch(op, kind, x, mats, indices, group_size, bits, mode, lins, fp,
         tmpl += [("N", n), ("R", qk.SPLIT_ROWS), ("NB", nb), ("K", k), ("W", split)]
         grid, tg = qk.warp_groups(slots * nb, split)
         return kern(*ins, scalar(slots, mx.int32), output_shapes=[lead + (k, n)],
-                    output_dtypes=[x.dtype], grid=grid, threadgroup=tg,
-                    template=tmpl)[0]  # fmt: skip
+                    output_dtypes=[x.dtype], grid=grid, threadgroup=tg, template=tmpl,
+                    min_groups=qk.SPLIT_MIN_GROUPS)[0]  # fmt: skip
     tmpl = fmt_template(x, d, bits, group_size) + [("N", n), ("K", k)]
     if plan is not None:
         vw, r = plan
@@ -377,8 +377,8 @@ def gather_qmv_combine(h, w, scales, biases, indices, weights, group_size=64, bi
         if split:
             tmpl.append(("S", s))
         return kern(*ins, scalar(tokens, mx.int32), output_shapes=[lead + (dout,)],
-                    output_dtypes=[h.dtype], grid=grid, threadgroup=tg,
-                    template=tmpl)[0]  # fmt: skip
+                    output_dtypes=[h.dtype], grid=grid, threadgroup=tg, template=tmpl,
+                    min_groups=mk.COMBINE_MIN_GROUPS if split else 0)[0]  # fmt: skip
     out = gather_qmv_combine_ref(h, w, scales, biases, indices, weights, group_size, bits, mode,
                                  bias, shared, shared_gate)  # fmt: skip
     return out if residual is None else (residual[0] + residual[1]) + out

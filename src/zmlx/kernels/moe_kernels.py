@@ -23,6 +23,7 @@ from .quant_kernels import (
     _split_rows,
     _to_t,
     exact_accumulate,
+    warp_sums_to_shared,
 )
 
 # ---------------------------------------------------------------------------------------
@@ -218,6 +219,9 @@ SPLIT_ROWS_FEW = 2
 # Warps a group of the split combine kernel aims at: each expert's inputs split across up to
 # COMBINE_WARPS // K warps (quant_kernels.split_ways), so K = 4 experts still fill 8 warps.
 COMBINE_WARPS = 8
+# Groups of the split combine kernel the compiler must fit on one multiprocessor (launch
+# bounds); 0: its own choice.
+COMBINE_MIN_GROUPS = 0
 # Tokens of fewer experts than this take the down projection and the combine in two launches:
 # the split-row gathered matvec (a group of warps on rows of ONE expert) writes each expert's
 # rounded projection, then :func:`combine_kernel` adds them in expert order, rounded as the
@@ -279,15 +283,8 @@ def split_combine_kernel(mode: str, has_bias: bool, has_shared: bool, has_gate: 
             + _to_t("y + static_cast<float>(bias[(size_t)exk * D + row0 + r])")
             + "; }"
         )
-    body += """
-#pragma unroll
-  for (int r = 0; r < R; ++r) {
-    const float p = zx_warp_sum(acc0[r]);
-    if (lane == 0u) {
-      red[(int)warp * R + r] = p;
-    }
-  }
-  zx_barrier();
+    body += warp_sums_to_shared(["acc0"], "red[(int)warp * R + {r}]")
+    body += """  zx_barrier();
   if (warp != 0u) {
     return;
   }

@@ -80,6 +80,12 @@ SPLIT_ALL_ROWS = True
 # Least share of its last round of 32 lanes a split part's words fill (rows that split into
 # no whole rounds, e.g. GPT-OSS's 2880 inputs: 6 parts of 60 words, 94%).
 SPLIT_MIN_FILL = 0.85
+# Groups of the gathered split matvec (gate/up) the compiler must fit on one multiprocessor
+# (launch bounds, capping registers); 0: its own choice (58 registers at Qwen3's gate/up: 4).
+SPLIT_MIN_GROUPS = 0
+# The split kernels' per-warp sums of their R rows (of each weight) in one butterfly
+# (warp_sums_to_shared) rather than a warp sum per value.
+TRANSPOSED_SUMS = True
 
 HEADER = r"""
 // Affine element at bit offset sh of w, as the float 1 + q / 2^BITS (q in the top mantissa bits).
@@ -708,19 +714,75 @@ def _split_rows(mode: str, mats: list[tuple[str, str, str]], n: str, ebase: str,
     return "\n".join(decl + body) + "\n"
 
 
+def warp_sums_to_shared(names: list[str], slot: str) -> str:
+    """Each of the ``R * len(names)`` values ``<name>[r]`` summed over the warp's 32 lanes and
+    stored at ``slot`` (a format of ``r`` and ``m``, the name's index, e.g.
+    ``"red[(int)warp * R + {r}]"``; no barrier).
+
+    :data:`TRANSPOSED_SUMS`: the values share one butterfly. While ``P`` values (the count
+    padded to a power of two) are left, a lane and its partner ``o`` lanes away
+    (``o = 16, 8, ...``) each keep half of them and add the partner's copy of that half,
+    so ``P`` values cost ``2 P - 1`` shuffles less the halving, plus one per level left
+    (a 2048-input swiglu row of 4 rows: 11 shuffles against 40 for a warp sum per value); lane
+    ``l`` ends with value ``l / (32 / P)`` and lanes ``0, 32 / P, ...`` store. Otherwise one
+    warp sum per value, stored by lane 0. Each value's sum is the same tree of additions
+    either way (lanes 16 apart, then 8, ...): bit-identical results."""
+    nm = len(names)
+    if not TRANSPOSED_SUMS:
+        body = (
+            _reduce(names)
+            + "  if (lane == 0u) {\n#pragma unroll\n    for (int r = 0; r < R; ++r) {\n"
+        )
+        body += "".join(f"      {slot.format(r='r', m=m)} = {a}[r];\n" for m, a in enumerate(names))
+        return body + "    }\n  }\n"
+    fill = "".join(f"    ts[{m} * R + r] = {a}[r];\n" for m, a in enumerate(names))
+    store = "".join(
+        f"      {'if' if m == 0 else '} else if'} (tv < {m + 1} * R) {{\n"
+        f"        {slot.format(r=f'(tv - {m} * R)', m=m)} = ts[0];\n"
+        for m in range(nm)
+    )
+    return f"""  {{
+  constexpr int TN = R * {nm};
+  constexpr int TP = TN <= 1 ? 1 : TN <= 2 ? 2 : TN <= 4 ? 4 : TN <= 8 ? 8 : TN <= 16 ? 16 : 32;
+  float ts[TP];
+#pragma unroll
+  for (int r = 0; r < R; ++r) {{
+{fill}  }}
+#pragma unroll
+  for (int i = TN; i < TP; ++i) {{
+    ts[i] = 0.0f;
+  }}
+#pragma unroll
+  for (int h = TP / 2; h >= 1; h /= 2) {{
+    const int o = 16 / (TP / 2 / h);
+    const bool hi = ((int)lane & o) != 0;
+#pragma unroll
+    for (int i = 0; i < h; ++i) {{
+      const float give = hi ? ts[i] : ts[i + h];
+      const float keep = hi ? ts[i + h] : ts[i];
+      ts[i] = keep + zx_shfl_xor(give, o);
+    }}
+  }}
+#pragma unroll
+  for (int o = 16 / TP; o >= 1; o /= 2) {{
+    ts[0] += zx_shfl_xor(ts[0], o);
+  }}
+  const int tv = (int)lane / (32 / TP);
+  if ((int)lane % (32 / TP) == 0 && tv < TN) {{
+{store}      }}
+  }}
+  }}
+"""
+
+
 def _split_sum(nm: str | int) -> str:
     """After :func:`_split_rows`: each warp's sums ``acc<m>[r]`` (of ``nm`` weights) reduced
-    over its lanes and left in shared ``red``; then, in the first warp (a block the caller
-    closes), ``acc<m>[r]`` = the ``W`` partial sums added in warp order."""
+    over its lanes and left in shared ``red`` (:func:`warp_sums_to_shared`); then, in the
+    first warp (a block the caller closes), ``acc<m>[r]`` = the ``W`` partial sums added in
+    warp order."""
     names = [f"acc{m}" for m in range(int(nm))]
-    body = (
-        _reduce(names) + "  if (lane == 0u) {\n#pragma unroll\n    for (int r = 0; r < R; ++r) {\n"
-    )
-    body += "".join(f"      red[((int)warp * R + r) * {nm} + {m}] = acc{m}[r];\n"
-                    for m in range(int(nm)))  # fmt: skip
-    body += """    }
-  }
-  zx_barrier();
+    body = warp_sums_to_shared(names, f"red[((int)warp * R + {{r}}) * {nm} + {{m}}]")
+    body += """  zx_barrier();
   if (warp == 0u) {
 #pragma unroll
     for (int r = 0; r < R; ++r) {
