@@ -196,30 +196,18 @@ class Kernel:
         with _BUILD_LOCK:
             obj = _BUILD_CACHE.get(key)
             if obj is None:
-                if backend_name == "cuda":
-                    obj = mx.fast.cuda_kernel(
-                        name=mlx_name,
-                        input_names=list(self.inputs),
-                        output_names=list(self.outputs),
-                        source=body,
-                        header=header,
-                        ensure_row_contiguous=self.ensure_row_contiguous,
-                        shared_memory=self.shared_memory,
-                    )
-                else:
-                    obj = mx.fast.metal_kernel(
-                        name=mlx_name,
-                        input_names=list(self.inputs),
-                        output_names=list(self.outputs),
-                        source=body,
-                        header=header,
-                        ensure_row_contiguous=self.ensure_row_contiguous,
-                        atomic_outputs=self.atomic_outputs,
-                    )
-                _BUILD_CACHE[key] = obj
-                self.stats.builds += 1
+                obj = _BUILD_CACHE[key] = self._new_mlx_kernel(backend_name, mlx_name, header, body)
         self._objs[backend_name] = obj
         return obj
+
+    def _new_mlx_kernel(self, backend_name: str, name: str, header: str, body: str):
+        """A new MLX kernel object (counted in :attr:`stats`)."""
+        self.stats.builds += 1
+        kw = dict(name=name, input_names=list(self.inputs), output_names=list(self.outputs),
+                  source=body, header=header, ensure_row_contiguous=self.ensure_row_contiguous)  # fmt: skip
+        if backend_name == "cuda":
+            return mx.fast.cuda_kernel(**kw, shared_memory=self.shared_memory)
+        return mx.fast.metal_kernel(**kw, atomic_outputs=self.atomic_outputs)
 
     def bounded_source(self, template: Sequence[tuple[str, TemplateValue]], threads: int,
                        min_groups: int) -> tuple[str, str, str]:  # fmt: skip
@@ -249,17 +237,9 @@ class Kernel:
         with _BUILD_LOCK:
             obj = _BUILD_CACHE.get((name, suffix))
             if obj is None:
-                obj = mx.fast.cuda_kernel(
-                    name=name,
-                    input_names=list(self.inputs),
-                    output_names=list(self.outputs),
-                    source=body,
-                    header=header,
-                    ensure_row_contiguous=self.ensure_row_contiguous,
-                    shared_memory=self.shared_memory,
+                obj = _BUILD_CACHE[(name, suffix)] = self._new_mlx_kernel(
+                    "cuda", name, header, body
                 )
-                _BUILD_CACHE[(name, suffix)] = obj
-                self.stats.builds += 1
         self._objs[key] = obj
         return obj
 
