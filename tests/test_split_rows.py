@@ -348,6 +348,37 @@ def test_transposed_warp_sums_are_bit_identical(name, rows, dtype, monkeypatch, 
     got = both(monkeypatch, moe.gather_qmv_combine, h, *dn, idx, wts, gs, bits, mode,
                attr="TRANSPOSED_SUMS", values=(False, True))  # fmt: skip
     assert_identical(*got)
+    names = set()
+    for v in (False, True):  # the setting reaches the cached kernels' text
+        monkeypatch.setattr(qk, "TRANSPOSED_SUMS", v)
+        with capture("cuda") as caught:
+            moe.gather_qmv_swiglu(x, *g, *u, idx, gs, bits, mode)
+        names.add(caught[0].kernel.mlx_name("cuda"))
+    assert len(names) == 2
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
+@pytest.mark.parametrize("name", ["a4g64", "a4g32", "a8g64"])
+def test_paired_units_match_the_single_element_decoding(name, dtype, monkeypatch, rng):
+    """``quant_kernels.PAIRED_UNITS``: words decoded as ``C + q`` two elements a shift (4 bits)
+    agree with ``1 + q / 2^BITS`` within a few units in the last place, in the split gate/up,
+    the one-warp matvec and the combine; the setting reaches the cached kernels."""
+    gs, bits, mode = fmt(name)
+    monkeypatch.setattr(qk, "SPLIT_WARPS", 4)
+    e, t, k, d, i = 5, 2, 2, 512, 24
+    x = random_x(rng, (t, d), dtype)
+    g = random_qweight(rng, (e, i, d), dtype, bits, gs, mode)
+    u = random_qweight(rng, (e, i, d), dtype, bits, gs, mode)
+    idx = random_indices(rng, (t,), k, e)
+    assert_close(*both(monkeypatch, moe.gather_qmv_swiglu, x, *g, *u, idx, gs, bits, mode,
+                       attr="PAIRED_UNITS", values=(False, True)))  # fmt: skip
+    w = random_qweight(rng, (i, d), dtype, bits, gs, mode)
+    assert_close(*both(monkeypatch, quant.qmv, x, *w, gs, bits, mode, attr="PAIRED_UNITS",
+                       values=(False, True)))  # fmt: skip
+    h = random_x(rng, (t, k, d), dtype)
+    wts = mx.softmax(random_x(rng, (t, k), mx.float32), axis=-1).astype(dtype)
+    assert_close(*both(monkeypatch, moe.gather_qmv_combine, h, *g, idx, wts, gs, bits, mode,
+                       attr="PAIRED_UNITS", values=(False, True)))  # fmt: skip
 
 
 def test_launch_bounds_compile_and_name_the_kernel(monkeypatch):

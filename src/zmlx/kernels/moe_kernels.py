@@ -23,6 +23,7 @@ from .quant_kernels import (
     _split_rows,
     _to_t,
     exact_accumulate,
+    text_cache,
     warp_sums_to_shared,
 )
 
@@ -85,7 +86,7 @@ def _epilogue(exact: bool, has_bias: bool, has_shared: bool, has_gate: bool,
     return "\n".join(epi) + "\n"
 
 
-@cache
+@text_cache
 def gather_combine_kernel(mode: str, has_bias: bool, has_shared: bool, has_gate: bool, regs: bool,
                           exact: bool = True, has_res: bool = False,
                           batch: bool = False, vec: int = 1):  # fmt: skip
@@ -242,7 +243,7 @@ def _combine_inputs(mode: str, has_bias: bool, has_shared: bool, has_gate: bool,
     return inputs + (["rx", "ra"] if has_res else []) + ["rt"]
 
 
-@cache
+@text_cache
 def split_combine_kernel(mode: str, has_bias: bool, has_shared: bool, has_gate: bool,
                          has_res: bool = False, all_rows: bool = True) -> Kernel:  # fmt: skip
     """:func:`gather_combine_kernel` (exact rounding) with the ``K`` experts of a token side by

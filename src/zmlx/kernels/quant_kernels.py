@@ -42,7 +42,7 @@ matvecs therefore split each row across the warps of a group when the row divide
 from __future__ import annotations
 
 import math
-from functools import cache
+from functools import cache, wraps
 
 from ..core.kernel import Kernel
 
@@ -83,6 +83,13 @@ SPLIT_MIN_FILL = 0.85
 # Groups of the gathered split matvec (gate/up) the compiler must fit on one multiprocessor
 # (launch bounds, capping registers); 0: its own choice (58 registers at Qwen3's gate/up: 4).
 SPLIT_MIN_GROUPS = 0
+# 4-bit affine words decoded in pairs (zx_q_val): elements 2i and 2i + 1 moved by one shift to
+# mantissa bits 15-18 and 19-22, each then one mask-and-or away from the float C + q (C = 256,
+# 16), so a word costs 4 shifts and 8 logic ops rather than 8 and 8 (integer ops, which run
+# at half the float rate, bound the gate/up kernel: ncu_stalls_qwen3_swiglu_h100.txt). The sums
+# x * (C + q) less sum(C * x) run in another order than x * (1 + q / 16): last-place
+# differences.
+PAIRED_UNITS = True
 # The split kernels' per-warp sums of their R rows (of each weight) in one butterfly
 # (warp_sums_to_shared) rather than a warp sum per value.
 TRANSPOSED_SUMS = True
@@ -101,6 +108,20 @@ ZX_INLINE float zx_q_unit(uint w, int sh) {
   }
   return zx_as_float(0x3F800000u | (v & mask));
 }
+// Affine element e of w as the float C + q (C = zx_q_base<BITS>(e)). 4 bits: elements 2i and
+// 2i + 1 move by one shift to mantissa bits 15-18 (C = 256) and 19-22 (C = 16); 8 bits: to
+// bits 15-22 (C = 256).
+template <int BITS>
+ZX_INLINE float zx_q_val(uint w, int e) {
+  const int src = BITS == 4 ? 4 * (e & ~1) : BITS * e;
+  const int top = (BITS == 4 && (e & 1) != 0) ? 19 : 15;
+  const uint v = src <= 15 ? (w << (15 - src)) : (w >> (src - 15));
+  return zx_as_float((v & (((1u << BITS) - 1u) << top)) | (top == 19 ? 0x41800000u : 0x43800000u));
+}
+template <int BITS>
+ZX_INLINE float zx_q_base(int e) {
+  return (BITS == 4 && (e & 1) != 0) ? 16.0f : 256.0f;
+}
 // e2m1 element at bit offset sh of w: sign, two exponent bits, one mantissa bit.
 ZX_INLINE float zx_fp4(uint w, int sh) {
   uint v = (w >> sh) & 0xFu;
@@ -113,6 +134,26 @@ ZX_INLINE float zx_e8m0(uint s) {
   return s == 0u ? zx_as_float(0x00400000u) : zx_as_float(s << 23);
 }
 """
+
+
+# Settings read while a kernel's text is generated: part of the key of the cached kernels.
+_TEXT_SETTINGS = ("PAIRED_UNITS", "TRANSPOSED_SUMS")
+
+
+def text_cache(fn):
+    """:func:`functools.cache` keyed also by the settings that shape generated kernel text
+    (:data:`_TEXT_SETTINGS`), so changing one (a benchmark sweep, a test) builds anew."""
+
+    @cache
+    def build(settings, *args, **kw):
+        return fn(*args, **kw)
+
+    @wraps(fn)
+    def cached(*args, **kw):
+        return build(tuple(globals()[n] for n in _TEXT_SETTINGS), *args, **kw)
+
+    cached.cache_clear = build.cache_clear  # type: ignore[attr-defined]
+    return cached
 
 
 def load_words(d: int, bits: int) -> int:
@@ -204,16 +245,19 @@ def _prologue(d: str, regs: bool, mode: str, norm: bool = False, vec: int = 1) -
         sums = mode == "affine"
         text += "  float xr[NJ * EPW];\n" + ("  float xs[NJ];\n" if sums else "") + _PRENORM
         if sums:
-            text += """
+            paired = PAIRED_UNITS
+            text += f"""{"  float xc[NJ];" if paired else ""}
 #pragma unroll
-  for (int j = 0; j < NJ; ++j) {
+  for (int j = 0; j < NJ; ++j) {{
     float sum = 0.0f;
+    float csum = 0.0f;
 #pragma unroll
-    for (int e = 0; e < EPW; ++e) {
+    for (int e = 0; e < EPW; ++e) {{
       sum += xr[j * EPW + e];
-    }
-    xs[j] = sum;
-  }
+      csum += xr[j * EPW + e] * zx_q_base<BITS>(e);
+    }}
+    xs[j] = sum;{"  xc[j] = csum;" if paired else ""}
+  }}
 """
         return text
     if regs:
@@ -223,38 +267,25 @@ def _prologue(d: str, regs: bool, mode: str, norm: bool = False, vec: int = 1) -
 
 def _x_registers(mode: str) -> str:
     """The lane's slice of x (``xp``; words ``wi`` of :func:`_prologue`'s layout) as floats in
-    ``xr``, with each word's sum in ``xs`` (affine); zeros past the row's ``NW`` words."""
+    ``xr``, with each word's sum in ``xs`` (affine) and, with :data:`PAIRED_UNITS`, its sum
+    weighted by each element's ``zx_q_base`` in ``xc``; zeros past the row's ``NW`` words."""
     sums = mode == "affine"
-    return (
-        """
-  float xr[NJ * EPW];"""
-        + (
-            """
-  float xs[NJ];"""
-            if sums
-            else ""
-        )
-        + """
+    paired = sums and PAIRED_UNITS
+    return f"""
+  float xr[NJ * EPW];{"  float xs[NJ];" if sums else ""}{"  float xc[NJ];" if paired else ""}
 #pragma unroll
-  for (int j = 0; j < NJ; ++j) {
+  for (int j = 0; j < NJ; ++j) {{
     const int wi = ((j / VEC) * 32 + (int)lane) * VEC + j % VEC;
     float sum = 0.0f;
+    float csum = 0.0f;
 #pragma unroll
-    for (int e = 0; e < EPW; ++e) {
+    for (int e = 0; e < EPW; ++e) {{
       const float v = (NW % (32 * VEC) == 0 || wi < NW) ? static_cast<float>(xp[wi * EPW + e]) : 0.0f;
       xr[j * EPW + e] = v;
-      sum += v;
-    }"""
-        + (
-            """
-    xs[j] = sum;"""
-            if sums
-            else ""
-        )
-        + """
-  }
+      sum += v;{"  csum += v * zx_q_base<BITS>(e);" if paired else ""}
+    }}{"  xs[j] = sum;" if sums else ""}{"  xc[j] = csum;" if paired else ""}
+  }}
 """
-    )
 
 
 def _word_dot(
@@ -273,14 +304,19 @@ def _word_dot(
     if not regs:
         out.append("        float xw[EPW];")
         out.append("        float xsum = 0.0f;")
+        if mode == "affine" and PAIRED_UNITS:
+            out.append("        float xcsum = 0.0f;")
         out.append("#pragma unroll")
         out.append("        for (int e = 0; e < EPW; ++e) {")
         out.append("          xw[e] = static_cast<float>(xp[wi * EPW + e]);")
         if mode == "affine":
             out.append("          xsum += xw[e];")
+            if PAIRED_UNITS:
+                out.append("          xcsum += xw[e] * zx_q_base<BITS>(e);")
         out.append("        }")
     xv = "xr[j * EPW + e]" if regs else "xw[e]"
     xsum = "xs[j]" if regs else "xsum"
+    xc = "xc[j]" if regs else "xcsum"
     for m, (w, s, b) in enumerate(mats):
         if at is not None:
             q, sc, bi = f"qw{m}[{at}]", f"sc{m}[{at}]", f"bi{m}[{at}]"
@@ -294,14 +330,17 @@ def _word_dot(
             if not loaded:
                 out.append(f"        const float sc{m} = static_cast<float>({s}[gbase + g]);")
                 out.append(f"        const float bi{m} = static_cast<float>({b}[gbase + g]);")
-            out.append(f"        float dq{m} = -{xsum};")
+            if PAIRED_UNITS:  # sum(x * (C + q)) - sum(C * x) = sum(x * q)
+                unit, base, scale = "zx_q_val<BITS>({q}, e)", xc, sc
+            else:  # sum(x * (1 + q / 2^BITS)) - sum(x), times 2^BITS
+                unit, base = "zx_q_unit<BITS>({q}, e * BITS)", xsum
+                scale = f"({sc} * (float)(1 << BITS))"
+            out.append(f"        float dq{m} = -{base};")
             out.append("#pragma unroll")
             out.append("        for (int e = 0; e < EPW; ++e) {")
-            out.append(f"          dq{m} += {xv} * zx_q_unit<BITS>({q}, e * BITS);")
+            out.append(f"          dq{m} += {xv} * {unit.format(q=q)};")
             out.append("        }")
-            out.append(
-                f"        {acc}{m}[r] += ({sc} * (float)(1 << BITS)) * dq{m} + {bi} * {xsum};"
-            )
+            out.append(f"        {acc}{m}[r] += {scale} * dq{m} + {bi} * {xsum};")
         else:
             if not loaded:
                 out.append(
@@ -486,7 +525,7 @@ def _matvec_signature(kind: str, mode: str, gather: bool, has_bias: bool, has_re
     return inputs, (["q_out", "k_out", "v_out"] if kind == "qkv" else ["out"])
 
 
-@cache
+@text_cache
 def matvec_kernel(
     kind: str,
     mode: str,
@@ -794,7 +833,7 @@ def _split_sum(nm: str | int) -> str:
     return body + "      }\n    }\n"
 
 
-@cache
+@text_cache
 def split_qkv_kernel(mode: str, has_bias: bool, all_rows: bool = True) -> Kernel:
     """Attention's q, k and v projections (:func:`matvec_kernel`'s ``"qkv"``) in one launch of
     the split-row kernel: groups ``0 .. NBQ - 1`` own q's rows, the next ``NBK`` k's, the rest
@@ -823,7 +862,7 @@ def split_qkv_kernel(mode: str, has_bias: bool, all_rows: bool = True) -> Kernel
     return Kernel(name, inputs, outputs, body, header=HEADER)
 
 
-@cache
+@text_cache
 def split_matvec_kernel(kind: str, mode: str, x_per_slot: bool, has_bias: bool = False,
                         all_rows: bool = True, gather: bool = True,
                         has_res: bool = False) -> Kernel:  # fmt: skip
