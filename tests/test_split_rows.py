@@ -14,11 +14,12 @@ not divide run the usual kernel; the real shapes of the four decode families com
 from __future__ import annotations
 
 import mlx.core as mx
+import numpy as np
 import pytest
 
 from kernel_checks import assert_compiles, zero_experts
 from test_batched_loads import DTYPES, IDS, assert_close, assert_identical, both
-from test_quant import fmt
+from test_quant import deq64, f64, fmt, run_kernel
 from zmlx.core import syntax
 from zmlx.core.kernel import capture
 from zmlx.kernels import moe, quant
@@ -405,3 +406,23 @@ def test_launch_bounds_compile_and_name_the_kernel(monkeypatch):
     src = syntax.cuda_source(caught[0])
     assert "__launch_bounds__(256, 5)" in src and "#undef custom_kernel_" in src
     assert_compiles(block, x, h)
+
+
+@pytest.mark.parametrize("name", ["a4g64", "a4g128", "a8g64"])
+def test_paired_units_are_as_accurate(name, monkeypatch, rng):
+    """Against a float64 reference (float32 x and scales, a 2048-input row as in Qwen3), the
+    paired decoding's error is no larger than the single-element decoding's: the even 4-bit
+    elements enter as q exactly, the odd ones as 16 + q (a first form with 256 + q had 7x
+    the error)."""
+    gs, bits, mode = fmt(name)
+    d, n = 2048, 48
+    x = random_x(rng, (1, d), mx.float32)
+    w, s, b = random_qweight(rng, (n, d), mx.bfloat16, bits, gs, mode)
+    s, b = s.astype(mx.float32), b.astype(mx.float32)
+    want = f64(x) @ deq64(w, s, b, gs, bits, mode).T
+    rms = []
+    for paired in (False, True):
+        monkeypatch.setattr(qk, "PAIRED_UNITS", paired)
+        got = np.array(run_kernel(quant.qmv, x, w, s, b, gs, bits, mode), dtype=np.float64)
+        rms.append(float(np.sqrt(np.mean((got - want) ** 2))))
+    assert rms[1] <= 1.25 * rms[0], rms

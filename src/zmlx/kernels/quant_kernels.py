@@ -84,11 +84,13 @@ SPLIT_MIN_FILL = 0.85
 # (launch bounds, capping registers); 0: its own choice (58 registers at Qwen3's gate/up: 4).
 SPLIT_MIN_GROUPS = 0
 # 4-bit affine words decoded in pairs (zx_q_val): elements 2i and 2i + 1 moved by one shift to
-# mantissa bits 15-18 and 19-22, each then one mask-and-or away from the float C + q (C = 256,
-# 16), so a word costs 4 shifts and 8 logic ops rather than 8 and 8 (integer ops, which run
-# at half the float rate, bound the gate/up kernel: ncu_stalls_qwen3_swiglu_h100.txt). The sums
-# x * (C + q) less sum(C * x) run in another order than x * (1 + q / 16): last-place
-# differences.
+# mantissa bits 15-18 and 19-22, each then one mask-and-or away from the float 256 + q (less
+# 256 in a float add: q exactly) or 16 + q, so a word costs 4 shifts and 8 logic ops rather
+# than 8 and 8 (integer ops, which run at half the float rate, bound the gate/up kernel:
+# ncu_stalls_qwen3_swiglu_h100.txt). The sums of x * (C + q) less sum(C * x) round otherwise
+# than those of x * (1 + q / 16): last-place differences, as small (an H100 measurement of a
+# first form that kept C = 256 had 7x the error and lost agreement in teacher-forced decoding:
+# moe_decode_qwen3_paired_h100.json).
 PAIRED_UNITS = True
 # The split kernels' per-warp sums of their R rows (of each weight) in one butterfly
 # (warp_sums_to_shared) rather than a warp sum per value.
@@ -109,18 +111,19 @@ ZX_INLINE float zx_q_unit(uint w, int sh) {
   return zx_as_float(0x3F800000u | (v & mask));
 }
 // Affine element e of w as the float C + q (C = zx_q_base<BITS>(e)). 4 bits: elements 2i and
-// 2i + 1 move by one shift to mantissa bits 15-18 (C = 256) and 19-22 (C = 16); 8 bits: to
-// bits 15-22 (C = 256).
+// 2i + 1 move by one shift to mantissa bits 15-18 (256 + q, less 256: C = 0, exact) and 19-22
+// (C = 16); 8 bits: to bits 15-22 (C = 256).
 template <int BITS>
 ZX_INLINE float zx_q_val(uint w, int e) {
   const int src = BITS == 4 ? 4 * (e & ~1) : BITS * e;
   const int top = (BITS == 4 && (e & 1) != 0) ? 19 : 15;
   const uint v = src <= 15 ? (w << (15 - src)) : (w >> (src - 15));
-  return zx_as_float((v & (((1u << BITS) - 1u) << top)) | (top == 19 ? 0x41800000u : 0x43800000u));
+  const float f = zx_as_float((v & (((1u << BITS) - 1u) << top)) | (top == 19 ? 0x41800000u : 0x43800000u));
+  return (BITS == 4 && (e & 1) == 0) ? f - 256.0f : f;
 }
 template <int BITS>
 ZX_INLINE float zx_q_base(int e) {
-  return (BITS == 4 && (e & 1) != 0) ? 16.0f : 256.0f;
+  return BITS == 4 ? ((e & 1) != 0 ? 16.0f : 0.0f) : 256.0f;
 }
 // e2m1 element at bit offset sh of w: sign, two exponent bits, one mantissa bit.
 ZX_INLINE float zx_fp4(uint w, int sh) {
