@@ -31,12 +31,14 @@ def _cap(name: str) -> dict | None:
 # (capsule, model, the variant that runs the safety table's current CUDA patterns), the newest
 # such run of each family.
 HEADLINE = [
-    ("moe_decode_qwen3_defaults_h100.json", "qwen3_moe", "zmlx"),
+    ("moe_decode_qwen3_paired_exact_h100.json", "qwen3_moe", "zmlx"),
     ("moe_decode_lfm2_residual_h100.json", "lfm2_moe", "zmlx_residual"),
     ("moe_decode_glm_mla_h100.json", "glm4_moe_lite", "zmlx_linear_mla"),
     ("moe_decode_glm_gpt_oss_linear_h100.json", "gpt_oss", "zmlx"),
 ]
 DECODE_VARIANTS = [
+    "moe_decode_qwen3_paired_exact_h100.json",
+    "moe_decode_qwen3_paired_h100.json",
     "moe_decode_qwen3_defaults_h100.json",
     "moe_decode_lfm2_residual_h100.json",
     "moe_decode_qwen3_launches_h100.json",
@@ -67,7 +69,9 @@ DECODE_VARIANTS = [
     "moe_decode_qwen3_30b_a3b_h100_qk.json",
     "moe_decode_qwen3_30b_a3b_h100_noqk.json",
 ]
-FIXTURE_CAPSULES = ["fixture_decode_qkv_residual_128x5_h100.json",
+FIXTURE_CAPSULES = ["fixture_decode_paired_exact_128x5_h100.json",
+                    "fixture_decode_paired_128x5_h100.json",
+                    "fixture_decode_qkv_residual_128x5_h100.json",
                     "fixture_decode_split_linear_128x5_h100.json",
                     "fixture_decode_split_dense_128x5_h100.json",
                     "fixture_decode_qkv_split_128x5_h100.json",
