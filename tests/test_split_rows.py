@@ -426,3 +426,42 @@ def test_paired_units_are_as_accurate(name, monkeypatch, rng):
         got = np.array(run_kernel(quant.qmv, x, w, s, b, gs, bits, mode), dtype=np.float64)
         rms.append(float(np.sqrt(np.mean((got - want) ** 2))))
     assert rms[1] <= 1.25 * rms[0], rms
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
+@pytest.mark.parametrize("name, rows", [("a4g64", 4), ("mxfp4", 2)])
+def test_lane_rows_are_bit_identical(name, rows, dtype, monkeypatch, rng):
+    """``quant_kernels.LANE_ROWS``: lane r of the first warp finishing row r (partial sums
+    added in warp order; the combine's experts in expert order, with a bias, the residual)
+    gives what lane 0 finishing every row gives, in gate/up, the dense q/k/v projection and
+    the combine; the setting reaches the cached kernels."""
+    gs, bits, mode = fmt(name)
+    monkeypatch.setattr(qk, "SPLIT_WARPS", 4)
+    monkeypatch.setattr(qk, "SPLIT_ROWS", rows)
+    monkeypatch.setattr(mk, "SPLIT_ROWS", rows)
+    monkeypatch.setattr(mk, "SPLIT_ROWS_FEW", rows)
+    e, t, k, d, i = 6, 2, 3, 512, 37
+    x = random_x(rng, (t, d), dtype)
+    g = random_qweight(rng, (e, i, d), dtype, bits, gs, mode)
+    u = random_qweight(rng, (e, i, d), dtype, bits, gs, mode)
+    idx = random_indices(rng, (t,), k, e)
+    assert_identical(*both(monkeypatch, moe.gather_qmv_swiglu, x, *g, *u, idx, gs, bits, mode,
+                           attr="LANE_ROWS", values=(False, True)))  # fmt: skip
+    h = random_x(rng, (t, k, 192), dtype)  # 37 rows of 192 inputs
+    dn = random_qweight(rng, (e, i, 192), dtype, bits, gs, mode)
+    wts = mx.softmax(random_x(rng, (t, k), mx.float32), axis=-1).astype(dtype)
+    res = (random_x(rng, (t, i), dtype), random_x(rng, (t, i), dtype))
+    for kw in ({}, {"bias": random_x(rng, (e, i), dtype)}, {"residual": res}):
+        assert_identical(*both(monkeypatch, moe.gather_qmv_combine, h, *dn, idx, wts, gs, bits,
+                               mode, attr="LANE_ROWS", values=(False, True), **kw))  # fmt: skip
+    ws = [random_qweight(rng, (n, d), dtype, bits, gs, mode) for n in (13, 5, 6)]
+    lins = [random_x(rng, (n,), dtype) for n in (13, 5, 6)]
+    assert_identical(*both(monkeypatch, quant.qkv_proj, x, *ws[0], *ws[1], *ws[2], gs, bits,
+                           mode, *lins, attr="LANE_ROWS", values=(False, True)))  # fmt: skip
+    names = set()
+    for v in (False, True):
+        monkeypatch.setattr(qk, "LANE_ROWS", v)
+        with capture("cuda") as caught:
+            moe.gather_qmv_combine(h, *dn, idx, wts, gs, bits, mode)
+        names.add(caught[0].kernel.mlx_name("cuda"))
+    assert len(names) == 2

@@ -12,6 +12,7 @@ from __future__ import annotations
 from functools import cache
 
 from ..core.kernel import Kernel
+from . import quant_kernels as _qk
 from .quant_kernels import (
     HEADER,
     _acc_decl,
@@ -23,6 +24,7 @@ from .quant_kernels import (
     _split_rows,
     _to_t,
     exact_accumulate,
+    row_heads,
     text_cache,
     warp_sums_to_shared,
 )
@@ -65,12 +67,14 @@ def _shared_and_residual(at: str, has_shared: bool, has_gate: bool, has_res: boo
 
 
 def _epilogue(exact: bool, has_bias: bool, has_shared: bool, has_gate: bool,
-              has_res: bool) -> str:  # fmt: skip
+              has_res: bool, head: list[str] | None = None, tot: str = "tot[r]") -> str:  # fmt: skip
     """The combine kernels' store, by lane 0 of the warp holding ``tot[r]`` (rows ``row0 ..
     row0 + R - 1`` of token ``t``): the expert sum rounded to ``T``, then the shared expert
-    (gated) and the residual stream, rounded as mlx-lm's expressions round."""
-    epi = ["  if (lane == 0u) {", "#pragma unroll", "    for (int r = 0; r < R; ++r) {"]
-    epi += ["      const int row = row0 + r;", "      if (row < D) {", "        float v = tot[r];"]
+    (gated) and the residual stream, rounded as mlx-lm's expressions round. ``head``: another
+    head of the loop over rows (see :func:`.quant_kernels.row_heads`), whose lines leave row
+    ``r``'s expert sum in ``tot``."""
+    epi = head or ["  if (lane == 0u) {", "#pragma unroll", "    for (int r = 0; r < R; ++r) {"]
+    epi += ["      const int row = row0 + r;", "      if (row < D) {", f"        float v = {tot};"]
     if has_bias and not exact:
         epi += [
             "        for (int k = 0; k < K; ++k) {",
@@ -290,8 +294,20 @@ def split_combine_kernel(mode: str, has_bias: bool, has_shared: bool, has_gate: 
     return;
   }
 """
-    body += _acc_decl(["tot"])
-    body += f"""
+    if _qk.LANE_ROWS:  # lane r adds row r's experts, in expert order as below
+        head, _ = row_heads(True, 1, fin=False)
+        head += ["      float totr = 0.0f;", "      for (int k = 0; k < K; ++k) {",
+                 "        const float wk = static_cast<float>(wts[t * K + k]);",
+                 "        const int exk = static_cast<int>(idx[t * K + k]);",
+                 "        float y = red[(k * S) * R + r];",
+                 "        for (int s = 1; s < S; ++s) {",
+                 "          y += red[(k * S + s) * R + r];", "        }",
+                 f"        y = {_to_t('y')};{bias}",
+                 f"        {exact_accumulate('totr', 'y', 'wk')}", "      }"]  # fmt: skip
+        body += _epilogue(True, has_bias, has_shared, has_gate, has_res, head, "totr")
+    else:
+        body += _acc_decl(["tot"])
+        body += f"""
   for (int k = 0; k < K; ++k) {{
     const float wk = static_cast<float>(wts[t * K + k]);
     const int exk = static_cast<int>(idx[t * K + k]);
@@ -306,7 +322,7 @@ def split_combine_kernel(mode: str, has_bias: bool, has_shared: bool, has_gate: 
     }}
   }}
 """
-    body += _epilogue(True, has_bias, has_shared, has_gate, has_res)
+        body += _epilogue(True, has_bias, has_shared, has_gate, has_res)
     name = (f"qmv_combine_{mode}_exact" + ("_res" if has_res else "") + "_split"
             + ("" if all_rows else "_r1"))  # fmt: skip
     return Kernel(name, inputs, ["out"], body, header=HEADER)

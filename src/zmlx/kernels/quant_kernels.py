@@ -92,6 +92,10 @@ SPLIT_MIN_GROUPS = 0
 # first form that kept C = 256 had 7x the error and lost agreement in teacher-forced decoding:
 # moe_decode_qwen3_paired_h100.json).
 PAIRED_UNITS = True
+# The split kernels' last step (the W partial sums of each row added, the row rounded and
+# stored; the combine's K experts added in order) with lane r of the first warp on row r,
+# rather than lane 0 on every row in turn: same sums in the same order, bit-identical.
+LANE_ROWS = True
 # The split kernels' per-warp sums of their R rows (of each weight) in one butterfly
 # (warp_sums_to_shared) rather than a warp sum per value.
 TRANSPOSED_SUMS = True
@@ -140,7 +144,7 @@ ZX_INLINE float zx_e8m0(uint s) {
 
 
 # Settings read while a kernel's text is generated: part of the key of the cached kernels.
-_TEXT_SETTINGS = ("PAIRED_UNITS", "TRANSPOSED_SUMS")
+_TEXT_SETTINGS = ("PAIRED_UNITS", "TRANSPOSED_SUMS", "LANE_ROWS")
 
 
 def text_cache(fn):
@@ -617,29 +621,51 @@ def _bias_at(name: str, n: str, gather: bool) -> str:
     return f"static_cast<float>({name}[{'(size_t)ex * ' + n + ' + ' if gather else ''}row])"
 
 
-def _qkv_store(p: str, n: str, has_bias: bool) -> str:
+def row_heads(lanes: bool, nm: int, fin: bool = True) -> tuple[list[str], str]:
+    """The head of a store's loop over rows ``r`` of ``R`` and the format of row ``r``'s sum
+    of weight ``{m}``. ``lanes`` (:data:`LANE_ROWS`, split kernels after
+    :func:`_split_sum`): lane ``r`` takes row ``r`` and first adds its ``W`` partial sums
+    from shared ``red`` (of ``nm`` weights) in warp order into ``fin<m>`` (``fin=False``:
+    the caller does); otherwise lane 0 takes every row, its sums in ``acc<m>[r]``."""
+    if not lanes:
+        return ["  if (lane == 0u) {", "#pragma unroll", "    for (int r = 0; r < R; ++r) {"], (
+            "acc{m}[r]"
+        )
+    head = ["  {", "    for (int r = (int)lane; r < R; r += 32) {"]
+    if fin:
+        head += [f"      float fin{m} = 0.0f;" for m in range(nm)]
+        head += ["      for (int w = 0; w < W; ++w) {"]
+        head += [f"        fin{m} += red[(w * R + r) * {nm} + {m}];" for m in range(nm)]
+        head += ["      }"]
+    return head, "fin{m}"
+
+
+def _qkv_store(p: str, n: str, has_bias: bool, lanes: bool = False) -> str:
     bias = f"v = {_to_t('v + ' + _bias_at('bias_' + p, n, False))};" if has_bias else ""
-    return f"""
-  if (lane == 0u) {{
-#pragma unroll
-    for (int r = 0; r < R; ++r) {{
+    head, val = row_heads(lanes, 1)
+    return (
+        "\n"
+        + "\n".join(head)
+        + f"""
       const int row = row0 + r;
       if (row < {n}) {{
-        float v = {_to_t("acc0[r]")};
+        float v = {_to_t(val.format(m=0))};
         {bias}
         {p}_out[(size_t)slot * {n} + row] = static_cast<T>(v);
       }}
     }}
   }}"""
+    )
 
 
-def _store(kind: str, parts: list[str], gather: bool, has_bias: bool, has_res: bool) -> str:
-    lines = ["  if (lane == 0u) {", "#pragma unroll", "    for (int r = 0; r < R; ++r) {"]
+def _store(kind: str, parts: list[str], gather: bool, has_bias: bool, has_res: bool,
+           lanes: bool = False) -> str:  # fmt: skip
+    lines, val = row_heads(lanes, len(parts))
     lines.append("      const int row = row0 + r;")
     lines.append("      if (row < N) {")
     # Round each projection to T (and add its bias in T) where mlx-lm's separate ops would.
     for m, p in enumerate(parts):
-        lines.append(f"        float v{m} = {_to_t(f'acc{m}[r]')};")
+        lines.append(f"        float v{m} = {_to_t(val.format(m=m))};")
         if has_bias:
             lines.append(
                 f"        v{m} = {_to_t(f'v{m} + ' + _bias_at('bias_' + p, 'N', gather))};"
@@ -824,6 +850,8 @@ def _split_sum(nm: str | int) -> str:
     warp order."""
     names = [f"acc{m}" for m in range(int(nm))]
     body = warp_sums_to_shared(names, f"red[((int)warp * R + {{r}}) * {nm} + {{m}}]")
+    if LANE_ROWS:  # the store adds each row's partial sums (row_heads with lanes=True)
+        return body + "  zx_barrier();\n  if (warp == 0u) {\n"
     body += """  zx_barrier();
   if (warp == 0u) {
 #pragma unroll
@@ -859,7 +887,7 @@ def split_qkv_kernel(mode: str, has_bias: bool, all_rows: bool = True) -> Kernel
         cond = {0: "  if (wb < NBQ) {", 1: "  } else if (wb < NBQ + NBK) {", 2: "  } else {"}[m]
         body += f"{cond}\n  const int row0 = (wb - ({prev})) * R;\n"
         body += _split_rows(mode, [_mat(p, mode)], nn, "0", "W", "(int)warp", all_rows)
-        body += _split_sum(1) + _qkv_store(p, nn, has_bias) + "\n  }\n"
+        body += _split_sum(1) + _qkv_store(p, nn, has_bias, LANE_ROWS) + "\n  }\n"
     body += "  }\n"
     name = f"qmv_qkv_{mode}_split{'_bias' if has_bias else ''}{'' if all_rows else '_r1'}"
     return Kernel(name, inputs, outputs, body, header=HEADER)
@@ -913,7 +941,7 @@ def split_matvec_kernel(kind: str, mode: str, x_per_slot: bool, has_bias: bool =
 {_prologue("(D / W)", False, mode)}  const int ex = {ex};
 {_acc_decl(names)}{_split_rows(mode, mats, "N", "ex * N", "W", "(int)warp", all_rows)}"""
     body += _split_sum(nm)
-    body += _store(kind, parts, gather, has_bias, has_res)
+    body += _store(kind, parts, gather, has_bias, has_res, LANE_ROWS)
     body += "  }\n"
     name = (f"qmv_{kind}_{mode}{'_gather' if gather else ''}_split{'_bias' if has_bias else ''}"
             f"{'_res' if has_res else ''}{'' if all_rows else '_r1'}")  # fmt: skip
