@@ -465,35 +465,3 @@ def test_lane_rows_are_bit_identical(name, rows, dtype, monkeypatch, rng):
             moe.gather_qmv_combine(h, *dn, idx, wts, gs, bits, mode)
         names.add(caught[0].kernel.mlx_name("cuda"))
     assert len(names) == 2
-
-
-@pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
-@pytest.mark.parametrize("name", ["a4g64", "mxfp4"])
-def test_gate_up_prefetches_the_down_projection(name, dtype, monkeypatch, rng):
-    """``quant_kernels.PREFETCH_NEXT``: ``moe_experts`` hands the down projection to the gate/up
-    kernel, whose groups ask for their parts of it in L2 (one thread each, 16-byte pieces);
-    the output is bit-identical to the launch without it, and the unit compiles for sm_90a
-    (the bulk prefetch instruction) at Qwen3-30B-A3B's shape."""
-    gs, bits, mode = fmt(name)
-    monkeypatch.setattr(qk, "SPLIT_WARPS", 4)
-    e, t, k, d, i = 6, 2, 3, 512, 128
-    x = random_x(rng, (t, d), dtype)
-    g, u = (random_qweight(rng, (e, i, d), dtype, bits, gs, mode) for _ in range(2))
-    dn = random_qweight(rng, (e, d, i), dtype, bits, gs, mode)
-    idx = random_indices(rng, (t,), k, e)
-    wts = mx.softmax(random_x(rng, (t, k), mx.float32), axis=-1).astype(dtype)
-    args = (x, *g, *u, *dn, idx, wts, gs, bits, mode)
-    with capture("cuda") as caught:
-        moe.moe_experts(*args)
-    assert caught[0].kernel.inputs[-4:] == (("pw", "ps", "pb", "rt") if mode == "affine"
-                                            else ("idx", "pw", "ps", "rt"))  # fmt: skip
-    assert "zx_prefetch_part" in caught[0].kernel.body
-    assert_identical(*both(monkeypatch, moe.moe_experts, *args, attr="PREFETCH_NEXT",
-                           values=(False, True)))  # fmt: skip
-    de, di, ee = 2048, 768, 128
-    xq = mx.zeros((1, de), dtype=mx.bfloat16)
-    gq, uq = zero_experts(ee, di, de, 4, 64, "affine"), zero_experts(ee, di, de, 4, 64, "affine")
-    dq = zero_experts(ee, de, di, 4, 64, "affine")
-    iq, wq = mx.zeros((1, 8), dtype=mx.uint32), mx.zeros((1, 8), dtype=mx.bfloat16)
-    assert assert_compiles(lambda x: moe.moe_experts(x, *gq, *uq, *dq, iq, wq), xq,
-                           only="swiglu") >= 1  # fmt: skip

@@ -27,8 +27,6 @@ memory), ``ZX_SHARED_PTR`` (qualifies a pointer to it in a helper's parameters),
 ``zx_atomic_add(&out[i], v)`` (atomic add of a float into a float32 output, or of an int into an
 int32 output; the kernel must be built with ``atomic_outputs=True``, which Metal needs and CUDA
 ignores),
-``zx_prefetch_l2(p, bytes)`` (a hint: the copy engine brings ``bytes`` at ``p`` into L2 on
-CUDA sm_90+, both multiples of 16; nothing elsewhere),
 ``zx_fence()``, ``zx_flag_raise/zx_flag_up/zx_flag_lower(&flags[i])``, ``zx_ldcg(&p[i])``
 (CUDA only: the hand-off of a kernel whose groups finish one result together, the group that
 sees every group's flag finishing it; :func:`zmlx.kernels._common.flag_handoff` writes it),
@@ -153,13 +151,6 @@ ZX_INLINE void zx_flag_raise(uint* p) { atomicExch(p, ZX_FLAG); }
 ZX_INLINE bool zx_flag_up(uint* p) { return *reinterpret_cast<volatile uint*>(p) == ZX_FLAG; }
 ZX_INLINE void zx_flag_lower(uint* p) { atomicExch(p, 0u); }
 ZX_INLINE float zx_ldcg(const float* p) { return __ldcg(p); }
-// Ask the copy engine to bring [p, p + bytes) into L2 (one instruction, no registers; sm_90+,
-// p and bytes multiples of 16); a hint, so older devices skip it.
-ZX_INLINE void zx_prefetch_l2(const void* p, uint bytes) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" :: "l"(p), "r"(bytes) : "memory");
-#endif
-}
 ZX_INLINE float zx_exp(float x) { return expf(x); }
 ZX_INLINE float zx_log(float x) { return logf(x); }
 ZX_INLINE float zx_log2(float x) { return log2f(x); }
@@ -197,7 +188,6 @@ ZX_INLINE uint zx_as_uint(float f) { return as_type<uint>(f); }
 // Four packed words (word loads: the alignment of a device pointer is not checked here).
 typedef uint4 zx_u4;
 ZX_INLINE bool zx_al16(device const void* p) { return false; }
-ZX_INLINE void zx_prefetch_l2(device const void* p, uint bytes) {}
 ZX_INLINE zx_u4 zx_ld4(device const uint* p, bool al) { return uint4(p[0], p[1], p[2], p[3]); }
 // Metal has no non-contracting multiply intrinsic; its default safe math mode is relied on.
 ZX_INLINE float zx_mul_rn(float a, float b) { return a * b; }

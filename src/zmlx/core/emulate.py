@@ -159,7 +159,6 @@ ZX_INLINE void zx_flag_raise(uint* p) { *p = ZX_FLAG; }
 ZX_INLINE bool zx_flag_up(uint* p) { return *p == ZX_FLAG; }
 ZX_INLINE void zx_flag_lower(uint* p) { *p = 0u; }
 ZX_INLINE float zx_ldcg(const float* p) { return *p; }
-ZX_INLINE void zx_prefetch_l2(const void* p, uint bytes) {}
 ZX_INLINE float zx_shfl_down(float v, int d) { return zx_host_shfl(v, 3, d); }
 ZX_INLINE float zx_exp(float x) { return std::exp(x); }
 ZX_INLINE float zx_log(float x) { return std::log(x); }

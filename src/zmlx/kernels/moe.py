@@ -148,24 +148,8 @@ def _x_layout(op, x, indices) -> tuple[bool, tuple]:
 # Ops
 
 
-def _prefetch_inputs(prefetch, e: int) -> list | None:
-    """The next projection's stacked ``(w, scales, biases)`` as the split kernel's prefetch
-    inputs, with one expert's bytes of words and of scales, or None where they do not fit it
-    (not ``E`` experts, or not whole 16-byte pieces)."""
-    if prefetch is None or not qk.PREFETCH_NEXT:
-        return None
-    w, s, b = prefetch
-    arrays = [w, s] + ([] if b is None else [b])
-    if any(not isinstance(a, mx.array) or a.ndim < 2 or a.shape[0] != e for a in arrays):
-        return None
-    pwb, psb = (math.prod(a.shape[1:]) * a.dtype.size for a in (w, s))
-    if pwb % 16 or psb % 16 or (b is not None and b.nbytes != s.nbytes):
-        return None
-    return [arrays, pwb, psb]
-
-
 def _gather_launch(op, kind, x, mats, indices, group_size, bits, mode, lins, fp, verbose,
-                   prenorm=None, prefetch=None):  # fmt: skip
+                   prenorm=None):  # fmt: skip
     per_slot, lead = _x_layout(op, x, indices)
     k = indices.shape[-1]
     slots = math.prod(lead) * k
@@ -181,19 +165,12 @@ def _gather_launch(op, kind, x, mats, indices, group_size, bits, mode, lins, fp,
     split = qk.split_warps(d, bits, group_size) if regs else 0
     plan = qk.tile_plan(d, bits, group_size, joint, n, slots) if prenorm is None else None
     if plan is None and split and prenorm is None:
-        pre = _prefetch_inputs(prefetch, mats[0][0].shape[0])
-        if pre is not None and (mode == "affine") != (len(pre[0]) == 3):
-            pre = None
-        kern = qk.split_matvec_kernel(kind, mode, per_slot, lins is not None, qk.SPLIT_ALL_ROWS,
-                                      prefetch=pre is not None)  # fmt: skip
+        kern = qk.split_matvec_kernel(kind, mode, per_slot, lins is not None, qk.SPLIT_ALL_ROWS)
         ins = [x] + weight_inputs(mats, mode) + [indices] + list(lins or ())
         ins += [] if fp is None else [fp]
         nb = math.ceil(n / qk.SPLIT_ROWS)
         tmpl = fmt_template(x, d, bits, group_size)
         tmpl += [("N", n), ("R", qk.SPLIT_ROWS), ("NB", nb), ("K", k), ("W", split)]
-        if pre is not None:
-            ins += pre[0]
-            tmpl += [("PWB", pre[1]), ("PSB", pre[2])]
         grid, tg = qk.warp_groups(slots * nb, split)
         return kern(*ins, scalar(slots, mx.int32), output_shapes=[lead + (k, n)],
                     output_dtypes=[x.dtype], grid=grid, threadgroup=tg, template=tmpl,
@@ -257,7 +234,7 @@ def gather_qmv(x, w, scales, biases, indices, group_size=64, bits=4, mode="affin
 
 def gather_qmv_swiglu(x, wg, sg, bg, wu, su, bu, indices, group_size=64, bits=4, mode="affine",
                       bias_gate=None, bias_up=None, activation="swiglu", alpha=1.702, limit=7.0,
-                      *, prenorm=None, prefetch=None, verbose=False):  # fmt: skip
+                      *, prenorm=None, verbose=False):  # fmt: skip
     """Selected experts' gate and up projections and SwiGLU in ONE kernel.
 
     Args:
@@ -270,9 +247,6 @@ def gather_qmv_swiglu(x, wg, sg, bg, wu, su, bu, indices, group_size=64, bits=4,
             ``"geglu"`` (``gelu(g) * u``, erf) or ``"geglu_tanh"`` (``gelu_approx(g) * u``).
         prenorm: ``(residual, weight, eps)``: project ``rms_norm(x + residual, weight, eps)``
             (a decoder layer's post-attention norm, folded into the x load) instead of x.
-        prefetch: the down projection's ``(w, scales, biases)`` (stacked like wg): the kernel
-            asks for the selected experts' parts of them in L2 for the next launch
-            (``quant_kernels.PREFETCH_NEXT``, CUDA sm_90+; a hint, the output is the same).
 
     Shapes:
         x: ``(..., D)``; indices: ``(..., K)`` -> ``(..., K, I)``.
@@ -294,7 +268,7 @@ def gather_qmv_swiglu(x, wg, sg, bg, wu, su, bu, indices, group_size=64, bits=4,
     lins = None if bias_gate is None else [bias_gate, bias_up]
     fp = vector((alpha, limit), mx.float32) if activation == "swiglu_oai" else None
     out = _gather_launch(op, activation, x, [(wg, sg, bg), (wu, su, bu)], indices, group_size,
-                         bits, mode, lins, fp, verbose, prenorm, prefetch)  # fmt: skip
+                         bits, mode, lins, fp, verbose, prenorm)  # fmt: skip
     if out is not None:
         return out
     if prenorm is not None:
@@ -416,7 +390,7 @@ def moe_experts(x, wg, sg, bg, wu, su, bu, wd, sd, bd, indices, weights, group_s
     :func:`gather_qmv_combine`. Shapes: ``x (..., D)``, ``indices, weights (..., K)`` ->
     ``(..., D)``."""
     h = gather_qmv_swiglu(x, wg, sg, bg, wu, su, bu, indices, group_size, bits, mode,
-                          prefetch=(wd, sd, bd), verbose=verbose)  # fmt: skip
+                          verbose=verbose)  # fmt: skip
     return gather_qmv_combine(h, wd, sd, bd, indices, weights, group_size, bits, mode,
                               verbose=verbose)  # fmt: skip
 

@@ -92,10 +92,6 @@ SPLIT_MIN_GROUPS = 0
 # first form that kept C = 256 had 7x the error and lost agreement in teacher-forced decoding:
 # moe_decode_qwen3_paired_h100.json).
 PAIRED_UNITS = True
-# The gathered gate/up kernel asks for the down projection's weights of its experts in L2
-# (split_matvec_kernel's prefetch), where the caller passes them (moe_experts, the moe_block
-# and switch_glu patterns).
-PREFETCH_NEXT = True
 # The split kernels' last step (the W partial sums of each row added, the row rounded and
 # stored; the combine's K experts added in order) with lane r of the first warp on row r,
 # rather than lane 0 on every row in turn: same sums in the same order, bit-identical.
@@ -132,18 +128,6 @@ ZX_INLINE float zx_q_val(uint w, int e) {
 template <int BITS>
 ZX_INLINE float zx_q_base(int e) {
   return BITS == 4 ? ((e & 1) != 0 ? 16.0f : 0.0f) : 256.0f;
-}
-// Part `part` of `parts` of the bytes [p, p + bytes) into L2: 16-byte aligned pieces, the
-// last shorter, nothing past the end.
-ZX_INLINE void zx_prefetch_part(ZX_DEVICE const char* p, uint bytes, int part, int parts) {
-  const uint piece = ((bytes + (uint)parts - 1u) / (uint)parts + 15u) & ~15u;
-  const uint start = (uint)part * piece;
-  if (start < bytes) {
-    const uint n = (bytes - start < piece ? bytes - start : piece) & ~15u;
-    if (n > 0u) {
-      zx_prefetch_l2(p + start, n);
-    }
-  }
 }
 // e2m1 element at bit offset sh of w: sign, two exponent bits, one mantissa bit.
 ZX_INLINE float zx_fp4(uint w, int sh) {
@@ -912,7 +896,7 @@ def split_qkv_kernel(mode: str, has_bias: bool, all_rows: bool = True) -> Kernel
 @text_cache
 def split_matvec_kernel(kind: str, mode: str, x_per_slot: bool, has_bias: bool = False,
                         all_rows: bool = True, gather: bool = True,
-                        has_res: bool = False, prefetch: bool = False) -> Kernel:  # fmt: skip
+                        has_res: bool = False) -> Kernel:  # fmt: skip
     """The gathered (or, ``gather=False``, dense) matvec with each row split across the
     ``W`` warps of a group.
 
@@ -933,12 +917,6 @@ def split_matvec_kernel(kind: str, mode: str, x_per_slot: bool, has_bias: bool =
     ``BITS``, ``GROUP_SIZE``, ``K`` (gathered), ``R`` (rows per group), ``NB`` (groups per
     slot), ``W`` (warps per group; ``D / W`` a multiple of ``GROUP_SIZE``, see
     :func:`split_warps`). Runtime: ``rt[0]`` = slots (dense: rows of x).
-
-    ``prefetch`` (gathered): inputs ``pw``, ``ps`` (and ``pb``, affine) are the next
-    projection's stacked weights (the down projection); the ``NB`` groups of a slot each ask
-    for one part of its expert's words, scales (and biases) in L2 (``zx_prefetch_l2``), so
-    the next kernel reads them from there. Template constants ``PWB``, ``PSB``: one expert's
-    bytes of words and of scales (multiples of 16).
     """
     if kind not in ("plain", *GATED):
         raise ValueError(f"[quant_kernels] no split-row kernel for {kind!r}")
@@ -946,10 +924,6 @@ def split_matvec_kernel(kind: str, mode: str, x_per_slot: bool, has_bias: bool =
         raise ValueError("[quant_kernels] a residual only with the dense plain split kernel")
     parts = _JOINT[kind]
     inputs, outputs = _matvec_signature(kind, mode, gather, has_bias, has_res)
-    if prefetch:
-        if not gather:
-            raise ValueError("[quant_kernels] prefetch only with the gathered split kernel")
-        inputs = inputs[:-1] + ["pw", "ps"] + (["pb"] if mode == "affine" else []) + ["rt"]
     nm = len(parts)
     names = [f"acc{m}" for m in range(nm)]
     mats = [_mat(p, mode) for p in parts]
@@ -965,25 +939,13 @@ def split_matvec_kernel(kind: str, mode: str, x_per_slot: bool, has_bias: bool =
   const int row0 = ((int)gid % NB) * R;
   const T* xp = x + (size_t)({xrow}) * D + (int)warp * (D / W);
 {_prologue("(D / W)", False, mode)}  const int ex = {ex};
-{_prefetch_part(mode) if prefetch else ""}{_acc_decl(names)}{_split_rows(mode, mats, "N", "ex * N", "W", "(int)warp", all_rows)}"""
+{_acc_decl(names)}{_split_rows(mode, mats, "N", "ex * N", "W", "(int)warp", all_rows)}"""
     body += _split_sum(nm)
     body += _store(kind, parts, gather, has_bias, has_res, LANE_ROWS)
     body += "  }\n"
     name = (f"qmv_{kind}_{mode}{'_gather' if gather else ''}_split{'_bias' if has_bias else ''}"
             f"{'_res' if has_res else ''}{'' if all_rows else '_r1'}")  # fmt: skip
     return Kernel(name, inputs, outputs, body, header=HEADER)
-
-
-def _prefetch_part(mode: str) -> str:
-    """One thread of the group asks for its part (of ``NB``) of expert ``ex``'s next weights
-    in L2 (see :func:`split_matvec_kernel`)."""
-    arrays = [("pw", "PWB"), ("ps", "PSB")] + ([("pb", "PSB")] if mode == "affine" else [])
-    body = "".join(
-        f"    zx_prefetch_part(reinterpret_cast<ZX_DEVICE const char*>({a}) + (size_t)ex * {n}, {n}, "
-        "(int)gid % NB, NB);\n"
-        for a, n in arrays
-    )
-    return f"  if (lid == 0u) {{\n{body}  }}\n"
 
 
 def split_ways(d: int, bits: int, group_size: int, most: int, least: int = 2) -> int:

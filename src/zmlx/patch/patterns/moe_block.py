@@ -147,8 +147,7 @@ class FusedMoE(DecodeFused):
         h = K.gather_qmv_swiglu(
             xn, g["w"], g["scales"], g["biases"], u["w"], u["scales"], u["biases"], inds,
             bias_gate=g["bias"], bias_up=u["bias"], activation=cfg["activation"],
-            alpha=cfg.get("alpha", 1.702), limit=cfg.get("limit", 7.0),
-            prefetch=(d["w"], d["scales"], d["biases"]), **fmt,
+            alpha=cfg.get("alpha", 1.702), limit=cfg.get("limit", 7.0), **fmt,
         )  # fmt: skip
         shared = shared_gate = None
         if cfg["shared"] == "add":

@@ -29,8 +29,7 @@ class FusedSwitchGLU(DecodeFused):
         h = K.gather_qmv_swiglu(
             x, g["w"], g["scales"], g["biases"], u["w"], u["scales"], u["biases"], indices,
             bias_gate=g["bias"], bias_up=u["bias"], activation=cfg["activation"],
-            alpha=cfg.get("alpha", 1.702), limit=cfg.get("limit", 7.0),
-            prefetch=(d["w"], d["scales"], d["biases"]), **fmt,
+            alpha=cfg.get("alpha", 1.702), limit=cfg.get("limit", 7.0), **fmt,
         )  # fmt: skip
         return K.gather_qmv(h, d["w"], d["scales"], d["biases"], indices, bias=d["bias"],
                             **cfg["down_fmt"])  # fmt: skip
