@@ -75,7 +75,9 @@ SPLIT_DENSE = True
 # that bring the down projection's rows of its experts into L2 (prefetch.global.L2, after the
 # math or before the loads) were removed too: in a Qwen3 decode step gate/up took 13.8 (14.1)
 # against 12.3 us and the combine, reading from L2, 6.7 (6.8) against 7.2
-# (kernel_profile_prefetch_qwen3_h100.json, at 5ac8c70).
+# (kernel_profile_prefetch_qwen3_h100.json, at 5ac8c70). A bulk prefetch of them by the copy
+# engine (cp.async.bulk.prefetch.L2, one per group and array) changed nothing: one Qwen3 block
+# 18.3 us with or without (moe_block_device_prefetch_h100.json, at 5430428).
 SPLIT_ALL_ROWS = True
 # Least share of its last round of 32 lanes a split part's words fill (rows that split into
 # no whole rounds, e.g. GPT-OSS's 2880 inputs: 6 parts of 60 words, 94%).
