@@ -31,12 +31,13 @@ def _cap(name: str) -> dict | None:
 # (capsule, model, the variant that runs the safety table's current CUDA patterns), the newest
 # such run of each family.
 HEADLINE = [
-    ("moe_decode_qwen3_paired_exact_h100.json", "qwen3_moe", "zmlx"),
-    ("moe_decode_lfm2_residual_h100.json", "lfm2_moe", "zmlx_residual"),
+    ("moe_decode_qwen3_lfm2_lanes_h100.json", "qwen3_moe", "zmlx"),
+    ("moe_decode_qwen3_lfm2_lanes_h100.json", "lfm2_moe", "zmlx"),
     ("moe_decode_glm_mla_h100.json", "glm4_moe_lite", "zmlx_linear_mla"),
     ("moe_decode_glm_gpt_oss_linear_h100.json", "gpt_oss", "zmlx"),
 ]
 DECODE_VARIANTS = [
+    "moe_decode_qwen3_lfm2_lanes_h100.json",
     "moe_decode_qwen3_paired_exact_h100.json",
     "moe_decode_qwen3_paired_h100.json",
     "moe_decode_qwen3_defaults_h100.json",
@@ -69,7 +70,8 @@ DECODE_VARIANTS = [
     "moe_decode_qwen3_30b_a3b_h100_qk.json",
     "moe_decode_qwen3_30b_a3b_h100_noqk.json",
 ]
-FIXTURE_CAPSULES = ["fixture_decode_paired_exact_128x5_h100.json",
+FIXTURE_CAPSULES = ["fixture_decode_lanes_128x5_h100.json",
+                    "fixture_decode_paired_exact_128x5_h100.json",
                     "fixture_decode_paired_128x5_h100.json",
                     "fixture_decode_qkv_residual_128x5_h100.json",
                     "fixture_decode_split_linear_128x5_h100.json",
@@ -186,7 +188,9 @@ def _headline() -> list[str]:
            "(each capsule's slowest and fastest runs are in its table below), so compare the "
            "ratios within a row. *decode* is the ratio of the medians; *paired* the median of "
            "the per-run ratios (each run measures every variant back to back, so a pair shares "
-           "the machine's state), the more conservative of the two where they differ:", "",
+           "the machine's state), the more conservative of the two where they differ. Each "
+           "row is its family's newest run of the safety table's patterns, at the commit "
+           "given (a later kernel change reaches a family's row when it is run again):", "",
            "| model | GPU | stock tok/s | zmlx tok/s | decode | paired | prefill | top-1 | "
            "top-1, compile only | capsule |",
            "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]  # fmt: skip
@@ -201,7 +205,8 @@ def _headline() -> list[str]:
         out.append(f"| {r['model']} ({r['quant']}) | {cap['env']['device']} | "
                    f"{v['stock']['decode']['median']:.1f} | {z['decode']['median']:.1f} | "
                    f"{z['decode_speedup']:.2f}x | {paired:.2f}x | {z['prefill_speedup']:.2f}x | "
-                   f"{100 * z['top1_agree']:.1f}% | {floor} | `{name}` ({variant}) |")  # fmt: skip
+                   f"{100 * z['top1_agree']:.1f}% | {floor} | `{name}` ({variant}, at "
+                   f"{cap['env'].get('git_commit', '?')}) |")  # fmt: skip
     return out + [""]
 
 

@@ -36,14 +36,15 @@ _NO_GAIN = "the CPU runs the reference ops: correct but not faster than stock"
 # (quantized in groups of 32, see zmlx.models.build.backend_group_size), and the full-size
 # models decode faster with the same patterns under compile_decode, in the same process as
 # stock. Families without a speed capsule get no entry (patch() leaves them alone).
-_GPU_FIXTURES = "benchmarks/capsules/fixture_decode_paired_exact_128x5_h100.json"
+_GPU_FIXTURES = "benchmarks/capsules/fixture_decode_lanes_128x5_h100.json"
 _SPEED = {
-    "qwen3_moe": "benchmarks/capsules/moe_decode_qwen3_paired_exact_h100.json ; "
+    "qwen3_moe": "benchmarks/capsules/moe_decode_qwen3_lfm2_lanes_h100.json ; "
     "benchmarks/capsules/moe_decode_qwen3_launches_h100.json ; "
     "benchmarks/capsules/kernel_profile_router_slices_qwen3_h100.json ; "
     "benchmarks/capsules/moe_decode_qwen3_lfm2_linear_h100.json ; "
     "benchmarks/capsules/kernel_profile_linear_qwen3_moe_h100.json",
-    "lfm2_moe": "benchmarks/capsules/moe_decode_lfm2_residual_h100.json ; "
+    "lfm2_moe": "benchmarks/capsules/moe_decode_qwen3_lfm2_lanes_h100.json ; "
+    "benchmarks/capsules/moe_decode_lfm2_residual_h100.json ; "
     "benchmarks/capsules/kernel_profile_residual_lfm2_moe_h100.json ; "
     "benchmarks/capsules/moe_decode_qwen3_lfm2_linear_h100.json",
     "glm4_moe_lite": "benchmarks/capsules/moe_decode_glm_mla_h100.json ; "
