@@ -16,14 +16,16 @@ Targets: ``--moe-blocks N`` chains N Qwen3-30B-A3B MoE blocks at decode (built b
 ``launch_cost.py``'s part 3): stock mlx-lm, zmlx's expert kernels after stock's routing ops
 and after fixed routing, and zmlx's whole block under each of ``--variants``; ``--family F``
 profiles one decode step of the full-size model (``--num-layers`` of them), stock mlx-lm
-and zmlx (``patch`` + ``compile_decode``) under each of ``--variants`` (:data:`SETTINGS`:
-zmlx's defaults, or one setting changed).
+and zmlx (``patch`` + ``compile_decode``) under each of ``--variants`` (the table of
+:mod:`zmlx.bench.variants`, shared with ``moe_decode.py``: zmlx's defaults, other patterns or
+one setting changed).
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import re
 import statistics
 import sys
@@ -33,7 +35,7 @@ from pathlib import Path
 import mlx.core as mx
 
 from zmlx.bench import capsule
-from zmlx.bench import settings as bench_settings
+from zmlx.bench import variants as V
 from zmlx.core.backend import device_name
 
 
@@ -116,71 +118,6 @@ def _print(title: str, p: dict, scale: int = 1) -> None:
               f"{r['name']}", flush=True)  # fmt: skip
 
 
-# zmlx settings a variant runs with ("module.NAME": value), restored after it; "attention" is
-# compile_decode's argument, "patterns" patch()'s (default: the safety table's).
-SETTINGS = {
-    "zmlx": {},
-    "zmlx_16B_loads": {"zmlx.kernels.quant_kernels.LOAD_WORDS": 4},
-    "zmlx_batched_loads": {"zmlx.kernels.quant_kernels.BATCH_LOADS": True},
-    "zmlx_fused_router": {"zmlx.patch.patterns.moe_block.FUSED_ROUTER": True},
-    "zmlx_one_group_router": {"zmlx.kernels.router_kernels.SPLIT": False},
-    "zmlx_two_launch_router": {"zmlx.patch.patterns.moe_block.FUSED_ROUTER": False},
-    "zmlx_fused_attention_combine": {"zmlx.kernels.attention_kernels.FUSED_COMBINE": True},
-    "zmlx_stock_attention": {"attention": "stock"},
-    "zmlx_attention": {"attention": "zmlx"},
-    "zmlx_split_rows": {"zmlx.kernels.quant_kernels.SPLIT_WARPS": 4},
-    "zmlx_split_rows_w8": {"zmlx.kernels.quant_kernels.SPLIT_WARPS": 8},
-    "zmlx_split_rows_r2": {
-        "zmlx.kernels.quant_kernels.SPLIT_WARPS": 4,
-        "zmlx.kernels.quant_kernels.SPLIT_ROWS": 2,
-    },
-    "zmlx_split_experts": {"zmlx.kernels.moe_kernels.SPLIT_EXPERTS": True},
-    "zmlx_split_experts_r2": {
-        "zmlx.kernels.moe_kernels.SPLIT_EXPERTS": True,
-        "zmlx.kernels.moe_kernels.SPLIT_ROWS": 2,
-    },
-    "zmlx_split_experts_r8": {
-        "zmlx.kernels.moe_kernels.SPLIT_EXPERTS": True,
-        "zmlx.kernels.moe_kernels.SPLIT_ROWS": 8,
-    },
-    "zmlx_rows_r2": {"zmlx.kernels.quant_kernels.SPLIT_ROWS": 2},
-    "zmlx_rows_r1": {"zmlx.kernels.quant_kernels.SPLIT_ROWS": 1},
-    "zmlx_one_warp_combine": {"zmlx.kernels.moe_kernels.SPLIT_EXPERTS": False},
-    "zmlx_two_pass_combine": {"zmlx.kernels.moe_kernels.COMBINE_TWO_PASS_BELOW": 8},
-    "zmlx_one_warp_rows": {"zmlx.kernels.quant_kernels.SPLIT_WARPS": 0},
-    "zmlx_no_tile": {"zmlx.kernels.quant_kernels.TILE": False},
-    "zmlx_linear": {"patterns": ["moe_block", "qk_norm_rope", "quantized_linear"]},
-    # the safety table's CUDA patterns for the family, plus these
-    "zmlx_plus_linear": {"extra_patterns": ["quantized_linear"]},
-    "zmlx_plus_qkv_linear": {"extra_patterns": ["qkv_norm_rope", "quantized_linear"]},
-    "zmlx_plus_mla": {"extra_patterns": ["mla_attention"]},
-    "zmlx_plus_residual": {"extra_patterns": ["moe_residual"]},
-    "zmlx_plus_qkv": {"extra_patterns": ["qkv_norm_rope"]},
-    "zmlx_plus_qkv_residual": {"extra_patterns": ["qkv_norm_rope", "moe_residual"]},
-    "zmlx_qkv_linear": {"patterns": ["moe_block", "qkv_norm_rope", "quantized_linear"]},
-    "zmlx_qkv": {"patterns": ["moe_block", "qkv_norm_rope"]},
-    "zmlx_linear_tile": {
-        "patterns": ["moe_block", "qk_norm_rope", "quantized_linear"],
-        "zmlx.kernels.quant_kernels.TILE": True,
-    },
-    "zmlx_tile_r2": {"zmlx.kernels.quant_kernels.TILE_ROWS": 2},
-    "zmlx_tile_r1": {"zmlx.kernels.quant_kernels.TILE_ROWS": 1},
-    "zmlx_tile_w8": {"zmlx.kernels.quant_kernels.TILE_WARPS": 8},
-    "zmlx_tile_w2": {"zmlx.kernels.quant_kernels.TILE_WARPS": 2},
-    "zmlx_tile_minw2048": {"zmlx.kernels.quant_kernels.TILE_MIN_WARPS": 2048},
-    "zmlx_split_rows_r8": {
-        "zmlx.kernels.quant_kernels.SPLIT_WARPS": 4,
-        "zmlx.kernels.quant_kernels.SPLIT_ROWS": 8,
-    },
-}
-
-
-def settings(values: dict):
-    """A variant's zmlx settings for a block (its ``attention``/``patterns`` are not module
-    constants and are left to the caller)."""
-    return bench_settings.applied(values)
-
-
 def moe_part(n_blocks: int, repeats: int, variants) -> dict:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from launch_cost import qwen3_moe_blocks
@@ -188,7 +125,7 @@ def moe_part(n_blocks: int, repeats: int, variants) -> dict:
     x, blocks = qwen3_moe_blocks()
     out = {"blocks": n_blocks}
     names = ["stock", "zmlx_stock_router", "zmlx_fixed_routing"]
-    names += [v for v in variants if v != "stock" and "attention" not in SETTINGS[v]]
+    names += [v for v in variants if v != "stock" and V.get(v).attention == "auto"]
     for name in names:
         block = blocks.get(name, blocks["zmlx"])
 
@@ -197,7 +134,7 @@ def moe_part(n_blocks: int, repeats: int, variants) -> dict:
                 x = block(x)
             return x
 
-        with settings(SETTINGS.get(name, {})):
+        with V.get(name).applied() if name in V.names() else contextlib.nullcontext():
             compiled = mx.compile(chain)
             out[name] = profile(lambda compiled=compiled: mx.eval(compiled(x)), repeats)
         _print(f"moe chain {name}", out[name], n_blocks)
@@ -262,7 +199,7 @@ def micro_part(repeats: int, variants) -> dict:
             if label != "zmlx" and not name.startswith("zmlx"):
                 continue
             key = name + ("" if label == "zmlx" else label[4:])
-            with settings(SETTINGS[label]), routes.bypass():  # the kernels, never routed
+            with V.get(label).applied(), routes.bypass():  # the kernels, never routed
                 fn()
                 p = profile(lambda fn=fn: mx.eval(fn()), repeats)
             out[key] = {"us": p["busy_us"], "kernels": p["kernels"],
@@ -284,16 +221,16 @@ def decode_part(family: str, num_layers: int | None, repeats: int, variants) -> 
     tok = mx.array([[int(prompt[-1])]], dtype=mx.int32)
     out = {"model": family, "quant": quant, "layers": len(model.layers)}
     for variant in variants:
-        conf = SETTINGS.get(variant, {})
-        with settings(conf):
+        v = V.get(variant)
+        if variant != "stock" and (not v.patch or v.attention is None):
+            raise SystemExit(f"[kernel_profile] {variant}: profiles patched, compiled steps")
+        with v.applied():
             if variant != "stock":
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    patterns = conf.get("patterns")
-                    if "extra_patterns" in conf:
-                        patterns = [*default_patterns(family, "cuda"), *conf["extra_patterns"]]
-                    patch(model, patterns=patterns)
-                m = compile_decode(model, attention=conf.get("attention", "auto"))
+                    default = default_patterns(family, "cuda") if v.extra else None
+                    patch(model, patterns=v.pattern_list(default))
+                m = compile_decode(model, attention=v.attention)
                 cache = m.make_cache()
             else:
                 from mlx_lm.models.cache import make_prompt_cache
@@ -314,8 +251,8 @@ def main(argv=None) -> int:
     p.add_argument("--micro", action="store_true", help="single launches at Qwen3 shapes")
     p.add_argument("--num-layers", type=int, default=None)
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--variants", nargs="+", default=["stock", "zmlx"],
-                   choices=["stock", *SETTINGS], help="zmlx settings to profile (see SETTINGS)")  # fmt: skip
+    p.add_argument("--variants", nargs="+", default=["stock", "zmlx"], choices=V.names(),
+                   help="what to profile (zmlx.bench.variants)")  # fmt: skip
     p.add_argument("--json")
     args = p.parse_args(argv)
     res = {"device": device_name()}

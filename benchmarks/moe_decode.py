@@ -19,14 +19,16 @@ on request ``zmlx_attention`` (``zmlx`` with zmlx's decode-attention kernel name
 ``zmlx_qkv_residual`` (``zmlx`` with the patterns their names say added),
 ``zmlx_fused_router`` (``zmlx`` with the router in one launch, ``moe_block.FUSED_ROUTER``) and
 ``zmlx_fused_attention_combine`` (the decode attention's combine folded into its partial
-launch, ``attention_kernels.FUSED_COMBINE``). The zmlx variants patch with the safety table's
-patterns for the family (``--patterns`` overrides). Each also gets a one-step profile: host
+launch, ``attention_kernels.FUSED_COMBINE``), and every other variant of
+:mod:`zmlx.bench.variants` (the table ``kernel_profile.py`` takes too). The zmlx variants patch
+with the safety table's patterns for the family (``--patterns`` overrides). Each also gets a one-step profile: host
 time to build the step's graph, and the step's time when evaluated at once.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import statistics
 import sys
@@ -37,6 +39,7 @@ import mlx.core as mx
 
 from zmlx.bench import capsule
 from zmlx.bench import settings as bench_settings
+from zmlx.bench import variants as V
 from zmlx.bench.lm import teacher_forced
 from zmlx.core.backend import device_name, gpu_backend
 from zmlx.decode import compile_decode
@@ -46,35 +49,6 @@ from zmlx.patch.safety import default_patterns
 
 QUANTS = {"gpt_oss": "mxfp4"}
 PATTERNS = ["moe_block", "switch_glu", "swiglu_mlp", "qk_norm_rope"]
-VARIANTS = {
-    # name: (zmlx.patch the model, compile_decode's attention or None for eager decode steps,
-    #        patterns added to --patterns)
-    "stock": (False, None, ()),
-    "compiled": (False, "stock", ()),
-    "patched": (True, None, ()),
-    "zmlx_stock_attention": (True, "stock", ()),
-    "zmlx_qkv": (True, "auto", ("qkv_norm_rope",)),  # measured on request (--variants)
-    "zmlx_residual": (True, "auto", ("moe_residual",)),  # measured on request (--variants)
-    "zmlx_attention": (True, "zmlx", ()),  # measured on request (--variants)
-    "zmlx_linear": (True, "auto", ("quantized_linear",)),  # measured on request (--variants)
-    "zmlx_qkv_linear": (True, "auto", ("qkv_norm_rope", "quantized_linear")),  # on request
-    "zmlx_linear_mla": (True, "auto", ("quantized_linear", "mla_attention")),  # on request
-    "zmlx_qkv_residual": (True, "auto", ("qkv_norm_rope", "moe_residual")),  # on request
-    "zmlx_fused_router": (True, "auto", ()),  # on request, with VARIANT_SETTINGS
-    "zmlx_fused_attention_combine": (True, "auto", ()),  # on request, with VARIANT_SETTINGS
-    "zmlx": (True, "auto", ()),
-}
-DEFAULT_VARIANTS = [v for v in VARIANTS if v not in ("zmlx_qkv", "zmlx_residual", "zmlx_attention",
-                                                    "zmlx_linear", "zmlx_qkv_linear",
-                                                    "zmlx_linear_mla", "zmlx_qkv_residual",
-                                                    "zmlx_fused_router",
-                                                    "zmlx_fused_attention_combine")]  # fmt: skip
-# zmlx settings a variant runs with (restored for the next variant).
-VARIANT_SETTINGS = {
-    "zmlx_fused_router": {"zmlx.patch.patterns.moe_block.FUSED_ROUTER": True},
-    "zmlx_fused_attention_combine": {"zmlx.kernels.attention_kernels.FUSED_COMBINE": True},
-}
-_restore: dict = {}
 
 
 def setup_arg_parser() -> argparse.ArgumentParser:
@@ -94,8 +68,8 @@ def setup_arg_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--variants",
         nargs="+",
-        default=DEFAULT_VARIANTS,
-        choices=list(VARIANTS),
+        default=V.DEFAULT,
+        choices=V.names(),
         help="what to measure against stock; the last is the headline",
     )
     p.add_argument(
@@ -109,18 +83,17 @@ def setup_arg_parser() -> argparse.ArgumentParser:
     return p
 
 
-def setup_variant(model, name: str, patterns):
-    """The callable to decode with for variant ``name`` (patching ``model`` if it says so)."""
-    global _restore
-    for (mod, key), v in _restore.items():
-        setattr(mod, key, v)
-    _restore = bench_settings.apply(VARIANT_SETTINGS.get(name, {}))
-    do_patch, attention, extra = VARIANTS[name]
-    if do_patch:
+def setup_variant(model, name: str, patterns, held: contextlib.ExitStack):
+    """The callable to decode with for variant ``name`` (patching ``model`` if it says so),
+    its settings held in ``held`` until the next variant's."""
+    held.close()
+    v = V.get(name)
+    held.enter_context(v.applied())
+    if v.patch:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            patch(model, patterns=[*patterns, *extra])
-    return model if attention is None else compile_decode(model, attention)
+            patch(model, patterns=v.pattern_list(patterns))
+    return model if v.attention is None else compile_decode(model, v.attention)
 
 
 def decode_run(model, prompt: mx.array, n: int) -> tuple[float, list[int]]:
@@ -222,9 +195,10 @@ def run_family(family: str, args) -> dict:
         variants.insert(0, "stock")
     runs = {v: {"decode": [], "prefill": [], "tokens_equal_stock": []} for v in variants}
     profile, stock_tokens = {}, None
+    held = contextlib.ExitStack()  # the current variant's settings
     # Warm-up every variant (kernel builds, MLX's own JIT, traces) and profile one step.
     for v in variants:
-        m = setup_variant(model, v, patterns)
+        m = setup_variant(model, v, patterns, held)
         decode_run(m, prompt, 8)
         prefill_run(m, long_prompt[:64])
         profile[v] = step_profile(m, prompt)
@@ -233,7 +207,7 @@ def run_family(family: str, args) -> dict:
         # Each run starts with a different variant, so whatever drifts along a run (the host's
         # load, clocks, the allocator's cache) does not favour one variant.
         for v in variants[i % len(variants) :] + variants[: i % len(variants)]:
-            m = setup_variant(model, v, patterns)
+            m = setup_variant(model, v, patterns, held)
             tps, toks = decode_run(m, prompt, args.tokens)
             runs[v]["decode"].append(tps)
             runs[v]["prefill"].append(prefill_run(m, long_prompt))
@@ -252,7 +226,7 @@ def run_family(family: str, args) -> dict:
     ref32 = float32_top1s(model, seq) if args.float32_reference else None
     table = {}
     for v in variants:
-        m = setup_variant(model, v, patterns)
+        m = setup_variant(model, v, patterns, held)
         tops = ref if v == "stock" else top1s(m, seq)
         unpatch(model)
         table[v] = {
@@ -267,8 +241,10 @@ def run_family(family: str, args) -> dict:
             "tokens_equal_stock": runs[v]["tokens_equal_stock"],
             "top1_agree": sum(a == b for a, b in zip(ref, tops)) / max(1, len(ref)),
             "top1_vs_float32": _agree(ref32, tops),
-            "step_profile": profile[v], "patch": VARIANTS[v][0], "compiled_attention": VARIANTS[v][1],
+            "step_profile": profile[v], "patch": V.get(v).patch,
+            "compiled_attention": V.get(v).attention, "settings": dict(V.get(v).settings),
         }  # fmt: skip
+    held.close()
     best = variants[-1]
     phases = {
         phase: {"stock": table["stock"][phase], "patched": table[best][phase],

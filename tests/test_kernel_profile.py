@@ -36,13 +36,24 @@ def test_records_split_into_evaluations_at_the_host_syncs():
     assert idle == {"a": 0.0, "b": 1.25, "c": 0.0}
 
 
-def test_settings_are_restored():
-    from zmlx.kernels import quant_kernels as qk
+def test_moe_decode_holds_a_variants_settings_until_the_next():
+    """moe_decode's variants (zmlx.bench.variants): a variant's settings hold while it runs
+    and give way to the next variant's; the patterns it adds reach patch()."""
+    import contextlib
 
-    before = qk.SPLIT_WARPS
-    with kp.settings({"zmlx.kernels.quant_kernels.SPLIT_WARPS": 0, "attention": "stock"}):
-        assert qk.SPLIT_WARPS == 0
-    assert qk.SPLIT_WARPS == before
+    from zmlx.kernels import quant_kernels as qk
+    from zmlx.models import build
+    from zmlx.patch import unpatch
+
+    md = load_benchmark("moe_decode")
+    model = build("qwen3_moe", "tiny")
+    held, before = contextlib.ExitStack(), qk.LANE_ROWS
+    md.setup_variant(model, "zmlx_row_at_lane0", ["moe_block"], held)
+    assert qk.LANE_ROWS is False
+    unpatch(model)
+    assert md.setup_variant(model, "stock", ["moe_block"], held) is model
+    assert qk.LANE_ROWS == before
+    held.close()
 
 
 def test_moe_decode_set_parses_and_refuses_bad_settings(monkeypatch):
