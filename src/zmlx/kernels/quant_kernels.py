@@ -13,10 +13,14 @@ How the matvec kernels stream weights (decode is memory-bound):
   the warp reads 128 contiguous bytes and each weight byte is read exactly once.
 * The lane's slice of the activation vector (``D / 32`` floats, the same columns for every
   row) is loaded once into registers with its per-word sums, then reused for all ``R`` rows.
-* An affine element is decoded as ``1 + q / 2^BITS`` by writing ``q`` into the top mantissa
-  bits of ``1.0f`` (a shift and a mask, no int-to-float conversion), so one word costs about
-  one fma per element; ``sum(x * q) = 2^BITS * (sum(x * (1 + q / 2^BITS)) - sum(x))``. The
-  products are exact for fp16/bf16 activations, and accumulation is float32 throughout.
+* An affine element is decoded by writing ``q`` into the mantissa of a float with no
+  int-to-float conversion. The first form wrote each element into the top mantissa bits of
+  ``1.0f`` (a shift and a mask an element: ``1 + q / 2^BITS``); with :data:`PAIRED_UNITS`
+  (``zx_q_val``) a 4-bit word's elements ``2i`` and ``2i + 1`` share one shift and become
+  ``q`` (``256 + q`` less 256) and ``16 + q``, so ``sum(x * q) = sum(x * (C + q)) - sum(C *
+  x)`` with the second sum taken once per word of x. Integer ops run at half the float rate
+  on an H100, and they bound the gate/up kernel. The products are exact for fp16/bf16
+  activations, and accumulation is float32 throughout.
 * Lane partial sums of all ``R`` rows are kept until the end and reduced with warp shuffles
   once, so the row loop has no shuffles. Even so, NVRTC's code for the plain row loop loads
   each word right before its math (few registers, a wait per word); the batched row loop
@@ -847,9 +851,10 @@ def warp_sums_to_shared(names: list[str], slot: str) -> str:
 
 def _split_sum(nm: str | int) -> str:
     """After :func:`_split_rows`: each warp's sums ``acc<m>[r]`` (of ``nm`` weights) reduced
-    over its lanes and left in shared ``red`` (:func:`warp_sums_to_shared`); then, in the
-    first warp (a block the caller closes), ``acc<m>[r]`` = the ``W`` partial sums added in
-    warp order."""
+    over its lanes and left in shared ``red`` (:func:`warp_sums_to_shared`); then a block of
+    the first warp opens (the caller closes it), in which the store adds each row's ``W``
+    partial sums in warp order: lane ``r`` row ``r`` with :data:`LANE_ROWS` (see
+    :func:`row_heads`), else here into ``acc<m>[r]`` for lane 0's loop over the rows."""
     names = [f"acc{m}" for m in range(int(nm))]
     body = warp_sums_to_shared(names, f"red[((int)warp * R + {{r}}) * {nm} + {{m}}]")
     if LANE_ROWS:  # the store adds each row's partial sums (row_heads with lanes=True)
