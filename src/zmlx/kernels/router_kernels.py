@@ -459,7 +459,7 @@ def launch_fused(x, w, scales, qbias, lbias, sbias, plan, template, logits_dtype
         if not 1 <= SPLIT_WARPS <= 32 or SPLIT_WARPS % SPLIT_SLICES:
             raise ValueError(f"[router_fused] expected SPLIT_WARPS (at most 32) a multiple of "
                              f"SPLIT_SLICES, got {SPLIT_WARPS} and {SPLIT_SLICES}")  # fmt: skip
-        n_exp = dict(template)["E"]
+        n_exp = w.shape[0]  # the router's rows: one per expert
         n_groups = math.ceil(n_exp / (SPLIT_WARPS // SPLIT_SLICES))
         extra.append(("WPE", SPLIT_SLICES))
         shapes += [(t, n_exp), (t, n_groups)]
