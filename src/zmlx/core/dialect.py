@@ -27,6 +27,9 @@ memory), ``ZX_SHARED_PTR`` (qualifies a pointer to it in a helper's parameters),
 ``zx_atomic_add(&out[i], v)`` (atomic add of a float into a float32 output, or of an int into an
 int32 output; the kernel must be built with ``atomic_outputs=True``, which Metal needs and CUDA
 ignores),
+``zx_mma_bf16(d, a, b, c)`` (CUDA only: a warp's 16x16 by 16x8 bfloat16 tile product on the
+tensor cores, float32 accumulators, in PTX's mma.m16n8k16 fragments; the emulator computes it
+for the warp in float32),
 ``zx_fence()``, ``zx_flag_raise/zx_flag_up/zx_flag_lower(&flags[i])``, ``zx_ldcg(&p[i])``
 (CUDA only: the hand-off of a kernel whose groups finish one result together, the group that
 sees every group's flag finishing it; :func:`zmlx.kernels._common.flag_handoff` writes it),
@@ -151,6 +154,20 @@ ZX_INLINE void zx_flag_raise(uint* p) { atomicExch(p, ZX_FLAG); }
 ZX_INLINE bool zx_flag_up(uint* p) { return *reinterpret_cast<volatile uint*>(p) == ZX_FLAG; }
 ZX_INLINE void zx_flag_lower(uint* p) { atomicExch(p, 0u); }
 ZX_INLINE float zx_ldcg(const float* p) { return __ldcg(p); }
+// Warp-wide d = a * b + c on the tensor cores (CUDA only; every lane of the warp calls it):
+// a 16x16 bfloat16 tile times a 16x8 one, float32 in and out, in PTX's fragments for
+// mma.m16n8k16 (g = lane / 4, t = lane % 4; a register holds two bfloat16, the lower index in
+// its low half): a[0] row g, columns 2t and 2t + 1; a[1] row g + 8, same columns; a[2] and
+// a[3] the same rows at columns 2t + 8 and 2t + 9; b[0] rows 2t and 2t + 1 of column g, b[1]
+// rows 2t + 8 and 2t + 9; c and d: c[0], c[1] row g, columns 2t and 2t + 1; c[2], c[3] row
+// g + 8.
+ZX_INLINE void zx_mma_bf16(float* d, const uint* a, const uint* b, const float* c) {
+  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
+               "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%10, %11, %12, %13};"
+               : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]),
+                 "f"(c[0]), "f"(c[1]), "f"(c[2]), "f"(c[3]));
+}
 ZX_INLINE float zx_exp(float x) { return expf(x); }
 ZX_INLINE float zx_log(float x) { return logf(x); }
 ZX_INLINE float zx_log2(float x) { return log2f(x); }

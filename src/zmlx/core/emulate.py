@@ -105,6 +105,10 @@ struct zx_thread {
   int state;
   int shfl_kind, shfl_arg;
   float shfl_in, shfl_out;
+  const uint* mma_a;  // zx_mma_bf16's fragments (kind 4), valid while the lane waits
+  const uint* mma_b;
+  const float* mma_c;
+  float* mma_d;
 };
 struct zx_grid_state {
   uint gx, gy, gz;          // group index
@@ -123,6 +127,14 @@ static inline void zx_yield(int state) {
   swapcontext(&t->ctx, &zx_g.sched);
 }
 static inline void zx_host_barrier() { zx_yield(ZX_AT_BARRIER); }
+// zx_mma_bf16 (zx_host_mma): the lane parks like a shuffle (kind 4); the warp's product is computed once
+// every live lane of the warp waits (zx_do_mma).
+static inline void zx_host_mma(float* d, const uint* a, const uint* b, const float* c) {
+  zx_thread* t = &zx_g.threads[zx_g.cur];
+  t->mma_a = a; t->mma_b = b; t->mma_c = c; t->mma_d = d;
+  t->shfl_kind = 4; t->shfl_arg = 0;
+  zx_yield(ZX_AT_SHFL);
+}
 static inline float zx_host_shfl(float v, int kind, int arg) {
   zx_thread* t = &zx_g.threads[zx_g.cur];
   t->shfl_in = v; t->shfl_kind = kind; t->shfl_arg = arg;
@@ -159,6 +171,9 @@ ZX_INLINE void zx_flag_raise(uint* p) { *p = ZX_FLAG; }
 ZX_INLINE bool zx_flag_up(uint* p) { return *p == ZX_FLAG; }
 ZX_INLINE void zx_flag_lower(uint* p) { *p = 0u; }
 ZX_INLINE float zx_ldcg(const float* p) { return *p; }
+ZX_INLINE void zx_mma_bf16(float* d, const uint* a, const uint* b, const float* c) {
+  zx_host_mma(d, a, b, c);
+}
 ZX_INLINE float zx_shfl_down(float v, int d) { return zx_host_shfl(v, 3, d); }
 ZX_INLINE float zx_exp(float x) { return std::exp(x); }
 ZX_INLINE float zx_log(float x) { return std::log(x); }
@@ -196,8 +211,54 @@ static int zx_warp_ready(int w) {
   if (at + other == live) return -1;
   return 0;
 }
+static inline float zx_bf16_lo(uint v) { uint u = v << 16; float f; std::memcpy(&f, &u, 4); return f; }
+static inline float zx_bf16_hi(uint v) { uint u = v & 0xFFFF0000u; float f; std::memcpy(&f, &u, 4); return f; }
+static void zx_do_mma(int base) {
+  // A 16x16, B 16x8, C 16x8 gathered from the 32 lanes' fragments (see the CUDA dialect).
+  float A[16][16], B[16][8], C[16][8];
+  for (int l = 0; l < 32; ++l) {
+    zx_thread* t = &zx_g.threads[base + l];
+    const int g = l >> 2, q = l & 3;
+    for (int r = 0; r < 4; ++r) {
+      const int row = g + ((r & 1) ? 8 : 0), col = 2 * q + ((r & 2) ? 8 : 0);
+      A[row][col] = zx_bf16_lo(t->mma_a[r]);
+      A[row][col + 1] = zx_bf16_hi(t->mma_a[r]);
+    }
+    for (int r = 0; r < 2; ++r) {
+      B[2 * q + 8 * r][g] = zx_bf16_lo(t->mma_b[r]);
+      B[2 * q + 8 * r + 1][g] = zx_bf16_hi(t->mma_b[r]);
+    }
+    for (int r = 0; r < 4; ++r) C[g + ((r & 2) ? 8 : 0)][2 * q + (r & 1)] = t->mma_c[r];
+  }
+  for (int l = 0; l < 32; ++l) {
+    zx_thread* t = &zx_g.threads[base + l];
+    const int g = l >> 2, q = l & 3;
+    for (int r = 0; r < 4; ++r) {
+      const int row = g + ((r & 2) ? 8 : 0), col = 2 * q + (r & 1);
+      float acc = C[row][col];
+      for (int k = 0; k < 16; ++k) acc += A[row][k] * B[k][col];
+      t->mma_d[r] = acc;
+    }
+  }
+}
 static void zx_do_shfl(int w) {
   int base = w * 32;
+  int mma = 0;
+  for (int i = base; i < base + 32 && i < zx_g.n; ++i)
+    if (zx_g.threads[i].state == ZX_AT_SHFL && zx_g.threads[i].shfl_kind == 4) mma = 1;
+  if (mma) {
+    for (int i = base; i < base + 32; ++i) {  // a whole warp, every lane in the mma
+      if (i >= zx_g.n || zx_g.threads[i].state != ZX_AT_SHFL || zx_g.threads[i].shfl_kind != 4) {
+        zx_g.error = 5;
+        for (int j = base; j < base + 32 && j < zx_g.n; ++j)
+          if (zx_g.threads[j].state == ZX_AT_SHFL) zx_g.threads[j].state = ZX_RUN;
+        return;
+      }
+    }
+    zx_do_mma(base);
+    for (int i = base; i < base + 32; ++i) zx_g.threads[i].state = ZX_RUN;
+    return;
+  }
   for (int i = base; i < base + 32 && i < zx_g.n; ++i) {
     zx_thread* t = &zx_g.threads[i];
     if (t->state != ZX_AT_SHFL) continue;
@@ -221,6 +282,7 @@ static void zx_run_group(void (*entry)(), char* stacks, size_t stack_size) {
     zx_thread* t = &zx_g.threads[i];
     t->lx = i % zx_g.bx; t->ly = (i / zx_g.bx) % zx_g.by; t->lz = i / (zx_g.bx * zx_g.by);
     t->state = ZX_RUN;
+    t->shfl_kind = 0;
     getcontext(&t->ctx);
     t->ctx.uc_stack.ss_sp = stacks + (size_t)i * stack_size;
     t->ctx.uc_stack.ss_size = stack_size;
@@ -550,6 +612,7 @@ def launch(kernel, inputs, output_shapes, output_dtypes, grid, threadgroup, temp
             2: "shuffle read from a lane that is not in the shuffle",
             3: "deadlock (threads wait at a barrier others never reach)",
             4: "barrier not reached by every thread of the group (some had returned)",
+            5: "warp mma (zx_mma_bf16) not called by all 32 lanes of a warp",
         }[err]
         raise RuntimeError(f"[emulate] {kernel.name}: {what}")
     result = []

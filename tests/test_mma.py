@@ -1,0 +1,96 @@
+"""``zx_mma_bf16``: a warp's 16x16 by 16x8 bfloat16 tile product in PTX's mma.m16n8k16
+fragments (CUDA tensor cores; the CPU emulator computes the same product for the warp). Each
+lane builds its fragments from plain row-major tiles by the documented layout and writes its
+part of d back row-major, so a wrong index anywhere shows against numpy."""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+from kernel_checks import assert_compiles
+from zmlx.core import Kernel, emulate
+from zmlx.core.backend import gpu_backend
+
+_BODY = """
+  const int g = (int)lane >> 2;
+  const int q = (int)lane & 3;
+  uint a[4];
+  uint b[2];
+  float c[4];
+  float d[4];
+  for (int r = 0; r < 4; ++r) {
+    const int row = g + ((r & 1) ? 8 : 0);
+    const int col = 2 * q + ((r & 2) ? 8 : 0);
+    a[r] = (zx_as_uint(A[row * 16 + col]) >> 16) | (zx_as_uint(A[row * 16 + col + 1]) & 0xFFFF0000u);
+  }
+  for (int r = 0; r < 2; ++r) {
+    const int k = 2 * q + 8 * r;
+    b[r] = (zx_as_uint(B[k * 8 + g]) >> 16) | (zx_as_uint(B[(k + 1) * 8 + g]) & 0xFFFF0000u);
+  }
+  for (int r = 0; r < 4; ++r) {
+    c[r] = C[(g + ((r & 2) ? 8 : 0)) * 8 + 2 * q + (r & 1)];
+  }
+  zx_mma_bf16(d, a, b, c);
+  for (int r = 0; r < 4; ++r) {
+    out[(g + ((r & 2) ? 8 : 0)) * 8 + 2 * q + (r & 1)] = d[r];
+  }
+"""
+MMA = Kernel("mma_layout", ["A", "B", "C"], ["out"], _BODY)
+
+
+def _tiles(rng):
+    def bf16(shape):  # values a bfloat16 holds exactly, as float32
+        return mx.array(rng.standard_normal(shape).astype(np.float32)).astype(mx.bfloat16)
+
+    return (
+        bf16((16, 16)).astype(mx.float32),
+        bf16((16, 8)).astype(mx.float32),
+        mx.array(rng.standard_normal((16, 8)).astype(np.float32)),
+    )
+
+
+def _mma(a, b, c):
+    return MMA(a, b, c, output_shapes=[(16, 8)], output_dtypes=[mx.float32], grid=(32, 1, 1),
+               threadgroup=(32, 1, 1))[0]  # fmt: skip
+
+
+def _want(a, b, c):
+    return np.array(a, np.float64) @ np.array(b, np.float64) + np.array(c, np.float64)
+
+
+@pytest.mark.skipif(not emulate.available(), reason="needs a C++ compiler")
+def test_mma_fragments_on_the_emulator(rng):
+    a, b, c = _tiles(rng)
+    with emulate.emulate():
+        got = _mma(a, b, c)
+    np.testing.assert_allclose(np.array(got), _want(a, b, c), rtol=1e-5, atol=1e-5)
+
+
+def test_mma_compiles_for_sm90():
+    a, b, c = (mx.zeros((16, 16)), mx.zeros((16, 8)), mx.zeros((16, 8)))
+    assert_compiles(_mma, a, b, c, backends=("cuda",))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(gpu_backend() != "cuda", reason="needs MLX's CUDA backend")
+def test_mma_fragments_on_the_gpu(rng):
+    a, b, c = _tiles(rng)
+    np.testing.assert_allclose(np.array(_mma(a, b, c)), _want(a, b, c), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.skipif(not emulate.available(), reason="needs a C++ compiler")
+def test_mma_needs_every_lane_of_the_warp():
+    body = """
+  uint a[4] = {0u, 0u, 0u, 0u};
+  uint b[2] = {0u, 0u};
+  float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+  float d[4];
+  if (lane < 16u) { zx_mma_bf16(d, a, b, c); }
+  out[lid] = 1.0f;
+"""
+    k = Kernel("mma_divergent", ["x"], ["out"], body)
+    with emulate.emulate(), pytest.raises(RuntimeError, match="not called by all 32 lanes"):
+        k(mx.zeros((32,)), output_shapes=[(32,)], output_dtypes=[mx.float32], grid=(32, 1, 1),
+          threadgroup=(32, 1, 1))  # fmt: skip
