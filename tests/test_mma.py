@@ -94,3 +94,58 @@ def test_mma_needs_every_lane_of_the_warp():
     with emulate.emulate(), pytest.raises(RuntimeError, match="not called by all 32 lanes"):
         k(mx.zeros((32,)), output_shapes=[(32,)], output_dtypes=[mx.float32], grid=(32, 1, 1),
           threadgroup=(32, 1, 1))  # fmt: skip
+
+
+@pytest.mark.skipif(not emulate.available(), reason="needs a C++ compiler")
+@pytest.mark.parametrize("name", ["a4g64", "a4g128"])
+@pytest.mark.parametrize("d, t, kind", [(512, 1, "swiglu"), (1024, 2, "swiglu"),
+                                        (512, 3, "geglu_tanh")])  # fmt: skip
+def test_gate_up_on_the_tensor_cores(name, d, t, kind, monkeypatch, rng):
+    """``quant_kernels.MMA_GATE_UP``: the gathered gate/up with the products on the tensor
+    cores (mma_kernels) against the split-row kernel, within bfloat16 last-place differences
+    (float32 sums in another order), with 37 rows (the last group of 16 partly empty), one
+    and several tokens and steps of 64 inputs per warp; and against float64."""
+    from test_batched_loads import assert_close
+    from test_quant import deq64, f64, fmt
+    from zmlx.core.kernel import capture
+    from zmlx.kernels import moe
+    from zmlx.kernels import quant_kernels as qk
+    from zmlx.kernels.moe_specs import random_indices
+    from zmlx.kernels.quant_specs import random_qweight, random_x
+
+    gs, bits, mode = fmt(name)
+    e, k, i = 6, 3, 37
+    x = random_x(rng, (t, d), mx.bfloat16)
+    g, u = (random_qweight(rng, (e, i, d), mx.bfloat16, bits, gs, mode) for _ in range(2))
+    idx = random_indices(rng, (t,), k, e)
+    args = (x, *g, *u, idx, gs, bits, mode)
+    monkeypatch.setattr(qk, "MMA_GATE_UP", True)
+    with capture("cuda") as caught:
+        moe.gather_qmv_swiglu(*args, activation=kind)
+    assert caught[0].kernel.name == f"qmv_{kind}_affine_gather_mma"
+    with emulate.emulate():
+        got = moe.gather_qmv_swiglu(*args, activation=kind)
+        monkeypatch.setattr(qk, "MMA_GATE_UP", False)
+        split = moe.gather_qmv_swiglu(*args, activation=kind)
+    assert_close(got, split)
+    if kind == "swiglu":  # the projections against float64 before the activation's rounding
+        gw, uw = deq64(*g, gs, bits, mode), deq64(*u, gs, bits, mode)
+        xi = f64(x)
+        ii = np.array(idx)
+        gp = np.einsum("td,tkid->tki", xi, gw[ii])
+        up = np.einsum("td,tkid->tki", xi, uw[ii])
+        want = gp / (1 + np.exp(-gp)) * up
+        np.testing.assert_allclose(np.array(got.astype(mx.float32)), want, rtol=5e-2, atol=5e-2)
+
+
+def test_gate_up_on_the_tensor_cores_compiles_at_qwen3s_shape(monkeypatch):
+    from zmlx.kernels import moe
+    from zmlx.kernels import quant_kernels as qk
+
+    monkeypatch.setattr(qk, "MMA_GATE_UP", True)
+    from kernel_checks import zero_experts
+
+    g = zero_experts(128, 768, 2048, 4, 64, "affine")
+    idx = mx.zeros((1, 8), dtype=mx.uint32)
+    assert_compiles(lambda x: moe.gather_qmv_swiglu(x, *g, *g, idx, 64, 4, "affine"),
+                    mx.zeros((1, 2048), dtype=mx.bfloat16), backends=("cuda",))  # fmt: skip

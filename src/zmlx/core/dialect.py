@@ -27,6 +27,7 @@ memory), ``ZX_SHARED_PTR`` (qualifies a pointer to it in a helper's parameters),
 ``zx_atomic_add(&out[i], v)`` (atomic add of a float into a float32 output, or of an int into an
 int32 output; the kernel must be built with ``atomic_outputs=True``, which Metal needs and CUDA
 ignores),
+``zx_bf16x2_sub(a, b)`` (CUDA only: packed bfloat16 pairs subtracted lane by lane),
 ``zx_mma_bf16(d, a, b, c)`` (CUDA only: a warp's 16x16 by 16x8 bfloat16 tile product on the
 tensor cores, float32 accumulators, in PTX's mma.m16n8k16 fragments; the emulator computes it
 for the warp in float32),
@@ -154,6 +155,14 @@ ZX_INLINE void zx_flag_raise(uint* p) { atomicExch(p, ZX_FLAG); }
 ZX_INLINE bool zx_flag_up(uint* p) { return *reinterpret_cast<volatile uint*>(p) == ZX_FLAG; }
 ZX_INLINE void zx_flag_lower(uint* p) { atomicExch(p, 0u); }
 ZX_INLINE float zx_ldcg(const float* p) { return __ldcg(p); }
+// Two packed bfloat16 (the lower index in the low half) less two others, lane by lane,
+// rounded to bfloat16 (CUDA only).
+ZX_INLINE uint zx_bf16x2_sub(uint a, uint b) {
+  __nv_bfloat162 x = *reinterpret_cast<__nv_bfloat162*>(&a);
+  const __nv_bfloat162 y = *reinterpret_cast<__nv_bfloat162*>(&b);
+  x = __hsub2(x, y);
+  return *reinterpret_cast<uint*>(&x);
+}
 // Warp-wide d = a * b + c on the tensor cores (CUDA only; every lane of the warp calls it):
 // a 16x16 bfloat16 tile times a 16x8 one, float32 in and out, in PTX's fragments for
 // mma.m16n8k16 (g = lane / 4, t = lane % 4; a register holds two bfloat16, the lower index in

@@ -174,6 +174,18 @@ ZX_INLINE float zx_ldcg(const float* p) { return *p; }
 ZX_INLINE void zx_mma_bf16(float* d, const uint* a, const uint* b, const float* c) {
   zx_host_mma(d, a, b, c);
 }
+ZX_INLINE uint zx_bf16x2_sub(uint a, uint b) {
+  uint out = 0u;
+  for (int h = 0; h < 2; ++h) {
+    const uint ua = ((a >> (16 * h)) & 0xFFFFu) << 16, ub = ((b >> (16 * h)) & 0xFFFFu) << 16;
+    float fa, fb;
+    std::memcpy(&fa, &ua, 4);
+    std::memcpy(&fb, &ub, 4);
+    zx_bf16 r = (zx_bf16)(fa - fb);
+    out |= (uint)r.bits << (16 * h);
+  }
+  return out;
+}
 ZX_INLINE float zx_shfl_down(float v, int d) { return zx_host_shfl(v, 3, d); }
 ZX_INLINE float zx_exp(float x) { return std::exp(x); }
 ZX_INLINE float zx_log(float x) { return std::log(x); }

@@ -16,6 +16,7 @@ import mlx.core as mx
 
 from ..core.dtypes import promote
 from ..core.kernel import scalar
+from . import mma_kernels as mmk
 from . import moe_kernels as mk
 from . import quant_kernels as qk
 from ._common import check_prenorm, prenorm_foldable, prenorm_ref, vector
@@ -164,6 +165,18 @@ def _gather_launch(op, kind, x, mats, indices, group_size, bits, mode, lins, fp,
     joint = 1 if kind == "plain" else 2
     split = qk.split_warps(d, bits, group_size) if regs else 0
     plan = qk.tile_plan(d, bits, group_size, joint, n, slots) if prenorm is None else None
+    mw = qk.MMA_WARPS
+    if qk.MMA_GATE_UP and mmk.covers(kind, mode, bits, group_size, x.dtype, d, mw,
+                                     lins is not None, prenorm is not None):  # fmt: skip
+        nb = math.ceil(n / mmk.ROWS)
+        tmpl = fmt_template(x, d, bits, group_size)
+        tmpl += [("N", n), ("K", k), ("R", mmk.ROWS), ("NB", nb), ("W", mw),
+                 ("STEPS", d // (64 * mw))]  # fmt: skip
+        grid, tg = qk.warp_groups(slots * nb, mw)
+        return mmk.gate_up_kernel(kind, per_slot)(
+            x, *weight_inputs(mats, mode), indices, scalar(slots, mx.int32),
+            output_shapes=[lead + (k, n)], output_dtypes=[x.dtype], grid=grid, threadgroup=tg,
+            template=tmpl, verbose=verbose)[0]  # fmt: skip
     if plan is None and split and prenorm is None:
         kern = qk.split_matvec_kernel(kind, mode, per_slot, lins is not None, qk.SPLIT_ALL_ROWS)
         ins = [x] + weight_inputs(mats, mode) + [indices] + list(lins or ())

@@ -98,6 +98,11 @@ SPLIT_MIN_GROUPS = 0
 # first form that kept C = 256 had 7x the error and lost agreement in teacher-forced decoding:
 # moe_decode_qwen3_paired_h100.json).
 PAIRED_UNITS = True
+# The gathered gate/up kernel on the tensor cores (mma_kernels.gate_up_kernel) where it
+# covers the call (affine 4-bit, groups of a multiple of 64, bfloat16 x, no bias). Off: not yet
+# timed on a GPU.
+MMA_GATE_UP = False
+MMA_WARPS = 8  # warps a group of it: each a slice of the inputs, steps of 64
 # The split kernels' last step (the W partial sums of each row added, the row rounded and
 # stored; the combine's K experts added in order) with lane r of the first warp on row r,
 # rather than lane 0 on every row in turn: same sums in the same order, bit-identical.
