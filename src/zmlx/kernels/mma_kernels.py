@@ -21,6 +21,7 @@ inputs. MMA ``m`` (0-3) of a step takes pairs (nibble ``m``, nibble ``m + 4``) o
 after the 4, lanes with ``t = 0`` hold the step's sums of rows ``g`` (``d[0]``) and ``g + 8``
 (``d[2]``), and add ``scale * sum + bias * sum(x)``. The warps' partial sums meet in shared
 memory and lane ``r`` of the first warp finishes row ``r`` (:func:`.quant_kernels.row_heads`).
+x's fragments live in shared memory (``D / 2`` words a group), not in every lane's registers.
 
 Covers affine 4-bit weights with groups of a multiple of 64, bfloat16 activations (x enters
 the tensor cores as it is), rows of a multiple of ``64 * W`` inputs, the gated kinds without
@@ -115,7 +116,10 @@ def gate_up_kernel(kind: str, x_per_slot: bool) -> Kernel:
         a[2] = zx_q4_pair(w{m}a[st][1], j);
         a[3] = zx_q4_pair(w{m}b[st][1], j);
         float dd[4];
-        zx_mma_bf16(dd, a, xb[st][j], c);
+        uint bq[2];
+        bq[0] = g == 0 ? xq[(((int)warp * STEPS + st) * 4 + j) * 8 + 2 * q] : 0u;
+        bq[1] = g == 0 ? xq[(((int)warp * STEPS + st) * 4 + j) * 8 + 2 * q + 1] : 0u;
+        zx_mma_bf16(dd, a, bq, c);
         c[0] = dd[0]; c[1] = dd[1]; c[2] = dd[2]; c[3] = dd[3];
       }}
       if (q == 0) {{
@@ -141,7 +145,7 @@ def gate_up_kernel(kind: str, x_per_slot: bool) -> Kernel:
   const size_t grow_a = (size_t)(ex * N + zx_imin(row0 + g, N - 1)) * NG;
   const size_t grow_b = (size_t)(ex * N + zx_imin(row0 + g + 8, N - 1)) * NG;
   const int in0 = (int)warp * STEPS * 64;
-{decl}  uint xb[STEPS][4][2];
+{decl}  ZX_SHARED uint xq[W * STEPS * 4 * 8];
   float xs[STEPS];
 #pragma unroll
   for (int st = 0; st < STEPS; ++st) {{
@@ -151,7 +155,8 @@ def gate_up_kernel(kind: str, x_per_slot: bool) -> Kernel:
 #pragma unroll
   for (int st = 0; st < STEPS; ++st) {{
     // x's fragment: lanes 0-3 (column 0) hold inputs 16t .. 16t + 15 of the step, paired as
-    // the weights' nibbles are (j with j + 4); the other columns are zero.
+    // the weights' nibbles are (j with j + 4), kept in shared memory (xq) rather than in
+    // every lane's registers; the other columns are zero.
     float xv[16];
     float part = 0.0f;
 #pragma unroll
@@ -159,13 +164,17 @@ def gate_up_kernel(kind: str, x_per_slot: bool) -> Kernel:
       xv[e] = g == 0 ? static_cast<float>(xp[in0 + 64 * st + 16 * q + e]) : 0.0f;
       part += xv[e];
     }}
+    if (g == 0) {{
 #pragma unroll
-    for (int j = 0; j < 4; ++j) {{
-      xb[st][j][0] = zx_bf16_bits(xv[j]) | (zx_bf16_bits(xv[j + 4]) << 16);
-      xb[st][j][1] = zx_bf16_bits(xv[8 + j]) | (zx_bf16_bits(xv[12 + j]) << 16);
+      for (int j = 0; j < 4; ++j) {{
+        const int at = (((int)warp * STEPS + st) * 4 + j) * 8 + 2 * q;
+        xq[at] = zx_bf16_bits(xv[j]) | (zx_bf16_bits(xv[j + 4]) << 16);
+        xq[at + 1] = zx_bf16_bits(xv[8 + j]) | (zx_bf16_bits(xv[12 + j]) << 16);
+      }}
     }}
     xs[st] = zx_shfl(part, 0) + zx_shfl(part, 1) + zx_shfl(part, 2) + zx_shfl(part, 3);
   }}
+  zx_barrier();
 #pragma unroll
   for (int st = 0; st < STEPS; ++st) {{{math}
   }}

@@ -165,7 +165,7 @@ def _gather_launch(op, kind, x, mats, indices, group_size, bits, mode, lins, fp,
     joint = 1 if kind == "plain" else 2
     split = qk.split_warps(d, bits, group_size) if regs else 0
     plan = qk.tile_plan(d, bits, group_size, joint, n, slots) if prenorm is None else None
-    mw = qk.MMA_WARPS
+    mw = max(1, min(qk.MMA_WARPS, d // 64))
     if qk.MMA_GATE_UP and mmk.covers(kind, mode, bits, group_size, x.dtype, d, mw,
                                      lins is not None, prenorm is not None):  # fmt: skip
         nb = math.ceil(n / mmk.ROWS)

@@ -102,7 +102,10 @@ PAIRED_UNITS = True
 # covers the call (affine 4-bit, groups of a multiple of 64, bfloat16 x, no bias). Off: not yet
 # timed on a GPU.
 MMA_GATE_UP = False
-MMA_WARPS = 8  # warps a group of it: each a slice of the inputs, steps of 64
+# Most warps a group of it: each a slice of the inputs in steps of 64 (a group of 32 at 2048
+# inputs: one step a warp, 48 registers under NVRTC 13's sm_90a build; 8 warps and 4 steps:
+# 108 registers, as every lane holds its words of all steps).
+MMA_WARPS = 32
 # The split kernels' last step (the W partial sums of each row added, the row rounded and
 # stored; the combine's K experts added in order) with lane r of the first warp on row r,
 # rather than lane 0 on every row in turn: same sums in the same order, bit-identical.
