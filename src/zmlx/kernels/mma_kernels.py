@@ -20,7 +20,8 @@ inputs ``[w * D / W, (w + 1) * D / W)`` in steps of 64 (``STEPS`` of them). In a
 inputs. MMA ``m`` (0-3) of a step takes pairs (nibble ``m``, nibble ``m + 4``) of each word;
 after the 4, lanes with ``t = 0`` hold the step's sums of rows ``g`` (``d[0]``) and ``g + 8``
 (``d[2]``), and add ``scale * sum + bias * sum(x)``. The warps' partial sums meet in shared
-memory and lane ``r`` of the first warp finishes row ``r`` (:func:`.quant_kernels.row_heads`).
+memory; lane ``l`` of the first warp adds those of row ``l % 16`` of gate (``l < 16``) or up,
+and lane ``r < 16`` finishes row ``r``.
 x's fragments live in shared memory (``D / 2`` words a group), not in every lane's registers.
 
 Covers affine 4-bit weights with groups of a multiple of 64, bfloat16 activations (x enters
@@ -186,6 +187,14 @@ def gate_up_kernel(kind: str, x_per_slot: bool) -> Kernel:
   }}
   zx_barrier();
   if (warp == 0u) {{
-{_store(kind, ["g", "u"], True, False, False, lanes=True)}  }}
+    // Lane l adds the W partial sums of row l % 16 of weight l / 16 (gate, up) in warp order;
+    // lane r < 16 then has row r's gate sum and takes its up sum from lane r + 16.
+    float f = 0.0f;
+    for (int w = 0; w < W; ++w) {{
+      f += red[(w * R + ((int)lane & 15)) * 2 + ((int)lane >> 4)];
+    }}
+    const float fin0 = f;
+    const float fin1 = zx_shfl(f, ((int)lane & 15) + 16);
+{_store(kind, ["g", "u"], True, False, False, lanes=True, fin=False)}  }}
 """
     return Kernel(f"qmv_{kind}_affine_gather_mma", inputs, outputs, body, header=_HEADER)

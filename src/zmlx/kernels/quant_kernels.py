@@ -673,8 +673,8 @@ def _qkv_store(p: str, n: str, has_bias: bool, lanes: bool = False) -> str:
 
 
 def _store(kind: str, parts: list[str], gather: bool, has_bias: bool, has_res: bool,
-           lanes: bool = False) -> str:  # fmt: skip
-    lines, val = row_heads(lanes, len(parts))
+           lanes: bool = False, fin: bool = True) -> str:  # fmt: skip
+    lines, val = row_heads(lanes, len(parts), fin)
     lines.append("      const int row = row0 + r;")
     lines.append("      if (row < N) {")
     # Round each projection to T (and add its bias in T) where mlx-lm's separate ops would.
