@@ -10,18 +10,14 @@ the decode phase, median of ``--runs``), and a forward over a 1024-token prompt 
 tok/s). Fidelity: teacher-forced top-1 agreement of the patched model with stock over the
 stock greedy sequence, position by position through the decode path.
 
-Variants (``--variants``, the last is the headline): ``stock``; ``compiled`` (stock modules,
-decode steps through :func:`zmlx.decode.compile_decode`); ``patched`` (``zmlx.patch``);
-``zmlx_stock_attention`` (patched and compiled, mlx-lm's attention); ``zmlx`` (patched,
+Variants (``--variants``, the last is the headline; the table is :mod:`zmlx.bench.variants`,
+shared with ``kernel_profile.py``): by default ``stock``, ``compiled`` (stock modules, decode
+steps through :func:`zmlx.decode.compile_decode`), ``patched`` (``zmlx.patch``, eager),
+``zmlx_stock_attention`` (patched and compiled, mlx-lm's attention) and ``zmlx`` (patched,
 compiled, ``compile_decode``'s default attention: zmlx's decode-attention kernel on a GPU);
-on request ``zmlx_attention`` (``zmlx`` with zmlx's decode-attention kernel named) and
-``zmlx_qkv``, ``zmlx_residual``, ``zmlx_linear``, ``zmlx_qkv_linear``, ``zmlx_linear_mla``,
-``zmlx_qkv_residual`` (``zmlx`` with the patterns their names say added),
-``zmlx_fused_router`` (``zmlx`` with the router in one launch, ``moe_block.FUSED_ROUTER``) and
-``zmlx_fused_attention_combine`` (the decode attention's combine folded into its partial
-launch, ``attention_kernels.FUSED_COMBINE``), and every other variant of
-:mod:`zmlx.bench.variants` (the table ``kernel_profile.py`` takes too). The zmlx variants patch
-with the safety table's patterns for the family (``--patterns`` overrides). Each also gets a one-step profile: host
+on request any other entry of the table (more patterns, or one zmlx setting changed). The zmlx
+variants patch with the safety table's patterns for the family (``--patterns`` overrides).
+Each also gets a one-step profile: host
 time to build the step's graph, and the step's time when evaluated at once.
 """
 

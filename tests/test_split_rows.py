@@ -29,6 +29,16 @@ from zmlx.kernels.moe_specs import random_indices
 from zmlx.kernels.quant_specs import random_qweight, random_x
 
 
+def gate_up_case(rng, dtype, fmt_, e, t, k, d, n):
+    """Random ``x (t, d)``, gate and up experts ``(e, n, d)`` in format ``fmt_`` (group size,
+    bits, mode) and ``k`` experts a token: the inputs of ``gather_qmv_swiglu``."""
+    gs, bits, mode = fmt_
+    x = random_x(rng, (t, d), dtype)
+    g = random_qweight(rng, (e, n, d), dtype, bits, gs, mode)
+    u = random_qweight(rng, (e, n, d), dtype, bits, gs, mode)
+    return x, g, u, random_indices(rng, (t,), k, e)
+
+
 def split(monkeypatch, fn, *args, warps=4, **kw):
     """``fn`` with one warp a row and with rows split across ``warps`` warps."""
     return both(monkeypatch, fn, *args, attr="SPLIT_WARPS", values=(0, warps), **kw)
@@ -336,10 +346,7 @@ def test_transposed_warp_sums_are_bit_identical(name, rows, dtype, monkeypatch, 
     monkeypatch.setattr(qk, "SPLIT_ROWS", rows)
     monkeypatch.setattr(mk, "SPLIT_ROWS", rows)
     e, t, k, d, i = 6, 2, 3, 512, 37  # 37 rows: the last group partly empty
-    x = random_x(rng, (t, d), dtype)
-    g = random_qweight(rng, (e, i, d), dtype, bits, gs, mode)
-    u = random_qweight(rng, (e, i, d), dtype, bits, gs, mode)
-    idx = random_indices(rng, (t,), k, e)
+    x, g, u, idx = gate_up_case(rng, dtype, (gs, bits, mode), e, t, k, d, i)
     got = both(monkeypatch, moe.gather_qmv_swiglu, x, *g, *u, idx, gs, bits, mode,
                attr="TRANSPOSED_SUMS", values=(False, True))  # fmt: skip
     assert_identical(*got)
@@ -367,10 +374,7 @@ def test_paired_units_match_the_single_element_decoding(name, dtype, monkeypatch
     gs, bits, mode = fmt(name)
     monkeypatch.setattr(qk, "SPLIT_WARPS", 4)
     e, t, k, d, i = 5, 2, 2, 512, 24
-    x = random_x(rng, (t, d), dtype)
-    g = random_qweight(rng, (e, i, d), dtype, bits, gs, mode)
-    u = random_qweight(rng, (e, i, d), dtype, bits, gs, mode)
-    idx = random_indices(rng, (t,), k, e)
+    x, g, u, idx = gate_up_case(rng, dtype, (gs, bits, mode), e, t, k, d, i)
     assert_close(*both(monkeypatch, moe.gather_qmv_swiglu, x, *g, *u, idx, gs, bits, mode,
                        attr="PAIRED_UNITS", values=(False, True)))  # fmt: skip
     w = random_qweight(rng, (i, d), dtype, bits, gs, mode)
@@ -441,10 +445,7 @@ def test_lane_rows_are_bit_identical(name, rows, dtype, monkeypatch, rng):
     monkeypatch.setattr(mk, "SPLIT_ROWS", rows)
     monkeypatch.setattr(mk, "SPLIT_ROWS_FEW", rows)
     e, t, k, d, i = 6, 2, 3, 512, 37
-    x = random_x(rng, (t, d), dtype)
-    g = random_qweight(rng, (e, i, d), dtype, bits, gs, mode)
-    u = random_qweight(rng, (e, i, d), dtype, bits, gs, mode)
-    idx = random_indices(rng, (t,), k, e)
+    x, g, u, idx = gate_up_case(rng, dtype, (gs, bits, mode), e, t, k, d, i)
     assert_identical(*both(monkeypatch, moe.gather_qmv_swiglu, x, *g, *u, idx, gs, bits, mode,
                            attr="LANE_ROWS", values=(False, True)))  # fmt: skip
     h = random_x(rng, (t, k, 192), dtype)  # 37 rows of 192 inputs

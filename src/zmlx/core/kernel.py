@@ -26,7 +26,7 @@ from .dialect import DIALECTS, compact, render_body, render_header
 
 TemplateValue = bool | int | mx.Dtype
 
-_BUILD_CACHE: dict[tuple, object] = {}
+_BUILD_CACHE: dict[tuple | str, object] = {}
 _BUILD_LOCK = threading.Lock()
 _LAUNCHES = [0]  # process-wide count of kernel launches (graph-building time)
 
@@ -213,10 +213,9 @@ class Kernel:
                        min_groups: int) -> tuple[str, str, str]:  # fmt: skip
         """``(MLX name, header, body)`` of the CUDA kernel declared with
         ``__launch_bounds__(threads, min_groups)`` (see :meth:`_build_bounded`)."""
-        suffix = "".join(_template_suffix(v) for _, v in template)
         header, body = self.render("cuda")
         name = f"{self.mlx_name('cuda')}_lb{threads}_{min_groups}"
-        fname = f"custom_kernel_{name}{suffix}"
+        fname = cuda_function_name(name, template)
         header += f"\n#define {fname} __launch_bounds__({threads}, {min_groups}) {fname}\n"
         return name, header, f"#undef {fname}\n{body}"
 
@@ -228,18 +227,16 @@ class Kernel:
         ``custom_kernel_<name><template suffix>``) as the bounds followed by the name; the
         body undefines it again before MLX names the kernel to NVRTC. One MLX kernel per
         set of constants, since the name holds them."""
-        suffix = "".join(_template_suffix(v) for _, v in template)
-        key = ("cuda", suffix, threads, min_groups)
+        key = ("cuda", threads, min_groups, tuple(template))  # no rendering on a hit
         obj = self._objs.get(key)
         if obj is not None:
             return obj
         name, header, body = self.bounded_source(template, threads, min_groups)
+        fname = cuda_function_name(name, template)
         with _BUILD_LOCK:
-            obj = _BUILD_CACHE.get((name, suffix))
+            obj = _BUILD_CACHE.get(fname)
             if obj is None:
-                obj = _BUILD_CACHE[(name, suffix)] = self._new_mlx_kernel(
-                    "cuda", name, header, body
-                )
+                obj = _BUILD_CACHE[fname] = self._new_mlx_kernel("cuda", name, header, body)
         self._objs[key] = obj
         return obj
 
@@ -329,9 +326,8 @@ class Kernel:
             self.stats.launches += 1
             _LAUNCHES[0] += 1
             return [mx.zeros(tuple(sh), dtype=dt) for sh, dt in zip(output_shapes, output_dtypes)]
-        threads = math.prod(threadgroup)
         if b == "cuda" and min_groups:
-            obj = self._build_bounded(template, threads, min_groups)
+            obj = self._build_bounded(template, math.prod(threadgroup), min_groups)
         else:
             obj = self._build(b)
         if verbose:
@@ -382,6 +378,12 @@ def _template_suffix(value: TemplateValue) -> str:
     if isinstance(value, int):
         return f"_{value}"
     return "_" + _TYPE_NAMES[value]
+
+
+def cuda_function_name(mlx_name: str, template: Sequence[tuple[str, TemplateValue]]) -> str:
+    """The ``__global__`` function MLX's ``cuda_kernel`` declares for kernel ``mlx_name``
+    launched with these template constants (``custom_kernel_<name><one suffix a constant>``)."""
+    return "custom_kernel_" + mlx_name + "".join(_template_suffix(v) for _, v in template)
 
 
 def groups(n: int, group: int) -> int:

@@ -31,7 +31,7 @@ from pathlib import Path
 import mlx.core as mx
 
 from .dialect import shape_args, template_lines
-from .kernel import Launch, _template_suffix
+from .kernel import Launch, cuda_function_name
 
 _CUDA_TYPES = {
     mx.bool_: "bool",
@@ -130,7 +130,7 @@ def cuda_source(launch: Launch) -> str:
     if launch.min_groups:
         threads = launch.threadgroup[0] * launch.threadgroup[1] * launch.threadgroup[2]
         name, header, body = k.bounded_source(launch.template, threads, launch.min_groups)
-    fname = "custom_kernel_" + name + "".join(_template_suffix(v) for _, v in launch.template)
+    fname = cuda_function_name(name, launch.template)
     params = []
     for name, (dtype, shape) in zip(k.inputs, launch.inputs):
         params.append(f"    const {_CUDA_TYPES[dtype]}* {name}")

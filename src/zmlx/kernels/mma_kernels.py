@@ -33,6 +33,8 @@ from __future__ import annotations
 
 from functools import cache
 
+import mlx.core as mx
+
 from ..core.kernel import Kernel
 from .quant_kernels import GATED, HEADER, _matvec_signature, _store
 
@@ -56,8 +58,6 @@ ZX_INLINE uint zx_bf16_bits(float v) {
 def covers(kind: str, mode: str, bits: int, group_size: int, dtype, d: int, warps: int,
            has_bias: bool, prenorm: bool) -> bool:  # fmt: skip
     """Whether :func:`gate_up_kernel` takes this call."""
-    import mlx.core as mx
-
     return (
         kind in GATED
         and kind != "swiglu_oai"

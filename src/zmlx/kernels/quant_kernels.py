@@ -857,15 +857,16 @@ def warp_sums_to_shared(names: list[str], slot: str) -> str:
 """
 
 
-def _split_sum(nm: str | int) -> str:
+def _split_sum(nm: str | int, lanes: bool) -> str:
     """After :func:`_split_rows`: each warp's sums ``acc<m>[r]`` (of ``nm`` weights) reduced
     over its lanes and left in shared ``red`` (:func:`warp_sums_to_shared`); then a block of
     the first warp opens (the caller closes it), in which the store adds each row's ``W``
-    partial sums in warp order: lane ``r`` row ``r`` with :data:`LANE_ROWS` (see
-    :func:`row_heads`), else here into ``acc<m>[r]`` for lane 0's loop over the rows."""
+    partial sums in warp order: with ``lanes`` (:data:`LANE_ROWS`; the store must get the
+    same) lane ``r`` row ``r`` (see :func:`row_heads`), else here into ``acc<m>[r]`` for lane
+    0's loop over the rows."""
     names = [f"acc{m}" for m in range(int(nm))]
     body = warp_sums_to_shared(names, f"red[((int)warp * R + {{r}}) * {nm} + {{m}}]")
-    if LANE_ROWS:  # the store adds each row's partial sums (row_heads with lanes=True)
+    if lanes:  # the store adds each row's partial sums (row_heads with lanes=True)
         return body + "  zx_barrier();\n  if (warp == 0u) {\n"
     body += """  zx_barrier();
   if (warp == 0u) {
@@ -902,7 +903,7 @@ def split_qkv_kernel(mode: str, has_bias: bool, all_rows: bool = True) -> Kernel
         cond = {0: "  if (wb < NBQ) {", 1: "  } else if (wb < NBQ + NBK) {", 2: "  } else {"}[m]
         body += f"{cond}\n  const int row0 = (wb - ({prev})) * R;\n"
         body += _split_rows(mode, [_mat(p, mode)], nn, "0", "W", "(int)warp", all_rows)
-        body += _split_sum(1) + _qkv_store(p, nn, has_bias, LANE_ROWS) + "\n  }\n"
+        body += _split_sum(1, LANE_ROWS) + _qkv_store(p, nn, has_bias, LANE_ROWS) + "\n  }\n"
     body += "  }\n"
     name = f"qmv_qkv_{mode}_split{'_bias' if has_bias else ''}{'' if all_rows else '_r1'}"
     return Kernel(name, inputs, outputs, body, header=HEADER)
@@ -955,7 +956,7 @@ def split_matvec_kernel(kind: str, mode: str, x_per_slot: bool, has_bias: bool =
   const T* xp = x + (size_t)({xrow}) * D + (int)warp * (D / W);
 {_prologue("(D / W)", False, mode)}  const int ex = {ex};
 {_acc_decl(names)}{_split_rows(mode, mats, "N", "ex * N", "W", "(int)warp", all_rows)}"""
-    body += _split_sum(nm)
+    body += _split_sum(nm, LANE_ROWS)
     body += _store(kind, parts, gather, has_bias, has_res, LANE_ROWS)
     body += "  }\n"
     name = (f"qmv_{kind}_{mode}{'_gather' if gather else ''}_split{'_bias' if has_bias else ''}"
