@@ -1,10 +1,11 @@
-"""One MoE block's routed experts at decode: zmlx's two kernels against stock MLX.
+"""One MoE block's routed experts at decode: zmlx's kernels against stock MLX.
 
     python benchmarks/moe_block.py [--models qwen3_30b_a3b ...] [--tokens 1 4 16] [--json OUT]
 
 Stock is mlx-lm's own ``SwitchGLU`` (three ``gather_qmm`` calls and SwiGLU) followed by the
-block's combine ``(y * scores[..., None]).sum(-2)``; zmlx is ``gather_qmv_swiglu`` then
-``gather_qmv_combine``. Both get the same quantized weights, tokens and routing; outputs are
+block's combine ``(y * scores[..., None]).sum(-2)``; zmlx is ``moe_experts``
+(``gather_qmv_swiglu`` then ``gather_qmv_combine``, in one launch on CUDA where
+``zmlx.kernels.fused_experts`` covers the shape). Both get the same quantized weights, tokens and routing; outputs are
 compared first. Reported per case: median time of each, the speed-up, the bytes of weights
 the selected experts need, the effective bandwidth and its fraction of the copy bandwidth
 measured in the same process (a large device copy).
@@ -152,10 +153,9 @@ def _case_parts(name, d, i, e, k, quant, t, rng):
         return (y * scores[..., None]).sum(axis=-2).astype(y.dtype)
 
     def fused(x, inds, scores):
-        h = K.gather_qmv_swiglu(x, *qp(g), *qp(u), inds, bias_gate=g.get("bias"),
-                                bias_up=u.get("bias"),
-                                activation="swiglu_oai" if oai else "swiglu", **q)  # fmt: skip
-        return K.gather_qmv_combine(h, *qp(dn), inds, scores, bias=dn.get("bias"), **q)
+        return K.moe_experts(x, *qp(g), *qp(u), *qp(dn), inds, scores, bias_gate=g.get("bias"),
+                             bias_up=u.get("bias"), bias=dn.get("bias"),
+                             activation="swiglu_oai" if oai else "swiglu", **q)  # fmt: skip
 
     return stock, fused, glu, x, inds, scores
 

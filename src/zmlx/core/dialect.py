@@ -34,6 +34,10 @@ for the warp in float32),
 ``zx_fence()``, ``zx_flag_raise/zx_flag_up/zx_flag_lower(&flags[i])``, ``zx_ldcg(&p[i])``
 (CUDA only: the hand-off of a kernel whose groups finish one result together, the group that
 sees every group's flag finishing it; :func:`zmlx.kernels._common.flag_handoff` writes it),
+``zx_ticket(&c[i])``, ``zx_wait_count(&c[i], n)``, ``zx_counter_reset(&c[i])`` (CUDA only:
+groups that take tickets in the order they start, so a group waits only for groups already
+running; :func:`zmlx.kernels.fused_experts.fused_experts_kernel` uses them),
+``zx_prefetch_l2(p)`` (CUDA only: a hint that brings the line holding ``p`` into L2),
 ``zx_warp_sum/max/min(v)``, ``zx_block_sum/max/min(v, buf)`` (``buf``: 32 shared floats; all
 threads get the result), math ``zx_exp, zx_log, zx_log2, zx_log1p, zx_expm1, zx_sqrt,
 zx_rsqrt, zx_abs, zx_sign, zx_sin, zx_cos, zx_tan, zx_tanh, zx_sigmoid, zx_erf, zx_atan,
@@ -155,6 +159,19 @@ ZX_INLINE void zx_flag_raise(uint* p) { atomicExch(p, ZX_FLAG); }
 ZX_INLINE bool zx_flag_up(uint* p) { return *reinterpret_cast<volatile uint*>(p) == ZX_FLAG; }
 ZX_INLINE void zx_flag_lower(uint* p) { atomicExch(p, 0u); }
 ZX_INLINE float zx_ldcg(const float* p) { return __ldcg(p); }
+// Groups handing work to later groups of the same launch (CUDA only). zx_ticket takes the next
+// number of a counter (atomic; the old value). A group that waits (zx_wait_count: until the
+// counter reaches n, then a fence) must only wait for groups that took their tickets before it
+// did: those are running, so the wait ends whatever order the GPU starts groups in.
+// zx_counter_reset puts a counter back to zero for the next launch.
+ZX_INLINE uint zx_ticket(uint* p) { return atomicAdd(p, 1u); }
+ZX_INLINE void zx_wait_count(uint* p, uint n) {
+  while (*reinterpret_cast<volatile uint*>(p) < n) { __nanosleep(32); }
+  __threadfence();
+}
+ZX_INLINE void zx_counter_reset(uint* p) { atomicExch(p, 0u); }
+// A hint to bring the 128-byte line holding p into L2 (no register holds anything).
+ZX_INLINE void zx_prefetch_l2(const void* p) { asm volatile("prefetch.global.L2 [%0];" :: "l"(p)); }
 // Two packed bfloat16 (the lower index in the low half) less two others, lane by lane,
 // rounded to bfloat16 (CUDA only).
 ZX_INLINE uint zx_bf16x2_sub(uint a, uint b) {

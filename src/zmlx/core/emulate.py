@@ -171,6 +171,12 @@ ZX_INLINE void zx_flag_raise(uint* p) { *p = ZX_FLAG; }
 ZX_INLINE bool zx_flag_up(uint* p) { return *p == ZX_FLAG; }
 ZX_INLINE void zx_flag_lower(uint* p) { *p = 0u; }
 ZX_INLINE float zx_ldcg(const float* p) { return *p; }
+// Groups run one after another: a group that waits for a count not yet reached would wait
+// forever on this order, and on a GPU whenever it starts groups in this order (error 6).
+ZX_INLINE uint zx_ticket(uint* p) { return (*p)++; }
+ZX_INLINE void zx_wait_count(uint* p, uint n) { if (*p < n) zx_g.error = 6; }
+ZX_INLINE void zx_counter_reset(uint* p) { *p = 0u; }
+ZX_INLINE void zx_prefetch_l2(const void*) {}
 ZX_INLINE void zx_mma_bf16(float* d, const uint* a, const uint* b, const float* c) {
   zx_host_mma(d, a, b, c);
 }
@@ -625,6 +631,7 @@ def launch(kernel, inputs, output_shapes, output_dtypes, grid, threadgroup, temp
             3: "deadlock (threads wait at a barrier others never reach)",
             4: "barrier not reached by every thread of the group (some had returned)",
             5: "warp mma (zx_mma_bf16) not called by all 32 lanes of a warp",
+            6: "a group waits for a count that groups which ran before it did not reach",
         }[err]
         raise RuntimeError(f"[emulate] {kernel.name}: {what}")
     result = []

@@ -14,8 +14,10 @@ import math
 
 import mlx.core as mx
 
+from ..core.backend import backend
 from ..core.dtypes import promote
 from ..core.kernel import scalar
+from . import fused_experts as fe
 from . import mma_kernels as mmk
 from . import moe_kernels as mk
 from . import quant_kernels as qk
@@ -398,14 +400,96 @@ def gather_qmv_combine(h, w, scales, biases, indices, weights, group_size=64, bi
 
 
 def moe_experts(x, wg, sg, bg, wu, su, bu, wd, sd, bd, indices, weights, group_size=64, bits=4,
-                mode="affine", *, verbose=False):  # fmt: skip
-    """One MoE block's routed experts in two kernels: :func:`gather_qmv_swiglu` then
-    :func:`gather_qmv_combine`. Shapes: ``x (..., D)``, ``indices, weights (..., K)`` ->
-    ``(..., D)``."""
-    h = gather_qmv_swiglu(x, wg, sg, bg, wu, su, bu, indices, group_size, bits, mode,
-                          verbose=verbose)  # fmt: skip
-    return gather_qmv_combine(h, wd, sd, bd, indices, weights, group_size, bits, mode,
-                              verbose=verbose)  # fmt: skip
+                mode="affine", *, bias_gate=None, bias_up=None, bias=None, activation="swiglu",
+                alpha=1.702, limit=7.0, shared=None, shared_gate=None, residual=None,
+                down_format=None, verbose=False):  # fmt: skip
+    """One MoE block's routed experts: :func:`gather_qmv_swiglu` then
+    :func:`gather_qmv_combine` (arguments as theirs; ``down_format``: the down projection's
+    ``dict(group_size=, bits=, mode=)`` where it differs from gate/up's). On CUDA both run in
+    ONE launch where :func:`.fused_experts.fused_experts_kernel` covers the call
+    (bit-identical to the two kernels). Shapes: ``x (..., D)``, ``indices, weights (..., K)``
+    -> ``(..., D)``."""
+    dfmt = dict(group_size=group_size, bits=bits, mode=mode, **(down_format or {}))
+    out = _fused_experts(x, (wg, sg, bg), (wu, su, bu), (wd, sd, bd), indices, weights,
+                         (group_size, bits, mode), dfmt, bias_gate, bias_up, bias, activation,
+                         alpha, limit, shared, shared_gate, residual, verbose)  # fmt: skip
+    if out is not None:
+        return out
+    h = gather_qmv_swiglu(x, wg, sg, bg, wu, su, bu, indices, group_size, bits, mode, bias_gate,
+                          bias_up, activation, alpha, limit, verbose=verbose)  # fmt: skip
+    return gather_qmv_combine(h, wd, sd, bd, indices, weights, bias=bias, shared=shared,
+                              shared_gate=shared_gate, residual=residual, verbose=verbose,
+                              **dfmt)  # fmt: skip
+
+
+def _fused_experts(x, g, u, dn, indices, weights, fmt, dfmt, bias_gate, bias_up, bias,
+                   activation, alpha, limit, shared, shared_gate, residual, verbose):  # fmt: skip
+    """The one-launch experts (:mod:`.fused_experts`), or None: not CUDA, a shape the two
+    kernels would not both take with groups of the same size, or any argument the two ops
+    would refuse (they then raise their own errors)."""
+    op = "moe_experts"
+    gs, bits, mode = fmt
+    dgs, dbits, dmode = dfmt["group_size"], dfmt["bits"], dfmt["mode"]
+    if not fe.FUSED_EXPERTS or backend() != "cuda" or not (qk.SPLIT_ALL_ROWS and mk.SPLIT_EXPERTS):
+        return None
+    if activation not in qk.GATED or qk.TILE or (bias_gate is None) != (bias_up is None):
+        return None
+    try:
+        d = check_qweight(op, "wg", *g, gs, bits, mode, stacked=True)
+        check_qweight(op, "wu", *u, gs, bits, mode, stacked=True)
+        i_dim = check_qweight(op, "wd", *dn, dgs, dbits, dmode, stacked=True)
+        check_x(op, x, d)
+        lead, k, n, dout = tuple(x.shape[:-1]), indices.shape[-1], g[0].shape[1], dn[0].shape[1]
+        _check_indices(op, indices, lead, k)
+        check_like(op, "weights", weights, lead + (k,))
+        for name, a, shape in (("bias_gate", bias_gate, g[0].shape[:2]),
+                               ("bias_up", bias_up, g[0].shape[:2]),
+                               ("bias", bias, dn[0].shape[:2]), ("shared", shared, lead + (dout,)),
+                               ("shared_gate", shared_gate, lead + (1,))):  # fmt: skip
+            check_like(op, name, a, shape, x.dtype)
+        for a in residual or ():
+            check_like(op, "residual", a, lead + (dout,), x.dtype)
+    except (TypeError, ValueError):
+        return None
+    tokens = math.prod(lead)
+    if (u[0].shape != g[0].shape or i_dim != n or dn[0].shape[0] != g[0].shape[0] or tokens == 0
+            or (shared_gate is not None and shared is None)
+            or (residual is not None and (not isinstance(residual, (tuple, list))
+                                          or len(residual) != 2))):  # fmt: skip
+        return None
+    if not (use_kernel(op, x, g[1], gs, bits, mode, tokens, verbose)
+            and use_kernel(op, x, dn[1], dgs, dbits, dmode, tokens, verbose)):  # fmt: skip
+        return None
+    split = qk.split_warps(d, bits, gs) if d <= qk.X_REG_MAX else 0
+    mw = max(1, min(qk.MMA_WARPS, d // 64))
+    mma = qk.MMA_GATE_UP and mmk.covers(activation, mode, bits, gs, x.dtype, d, mw,
+                                        bias_gate is not None, False)  # fmt: skip
+    two_pass = k < mk.COMBINE_TWO_PASS_BELOW and qk.split_warps(i_dim, dbits, dgs)
+    if not split or mma or two_pass or i_dim > qk.X_REG_MAX or k > 32:
+        return None
+    s = qk.split_ways(i_dim, dbits, dgs, max(1, mk.COMBINE_WARPS // k), least=1)
+    if k * s != split:
+        return None
+    r, cr = qk.SPLIT_ROWS, mk.SPLIT_ROWS if k >= 8 else mk.SPLIT_ROWS_FEW
+    nb, cnb = math.ceil(n / r), math.ceil(dout / cr)
+    kern = fe.fused_experts_kernel(activation, mode, dmode, False, bias_gate is not None,
+                                   bias is not None, shared is not None,
+                                   shared_gate is not None, residual is not None,
+                                   fe.FUSED_PREFETCH)  # fmt: skip
+    ins = [x] + weight_inputs([g, u], mode) + [indices]
+    ins += [] if bias_gate is None else [bias_gate, bias_up]
+    ins += [vector((alpha, limit), mx.float32)] if activation == "swiglu_oai" else []
+    ins += weight_inputs([dn], dmode) + [weights]
+    ins += [a for a in (bias, shared, shared_gate) if a is not None] + list(residual or ())
+    ins += [fe.counters(), scalar(tokens, mx.int32)]
+    tmpl = [("T", x.dtype), ("P", promote((x.dtype, weights.dtype))), ("K", k), ("G_D", d),
+            ("G_N", n), ("G_BITS", bits), ("G_GROUP_SIZE", gs), ("G_R", r), ("G_NB", nb),
+            ("G_W", split), ("C_I", i_dim), ("C_D", dout), ("C_BITS", dbits),
+            ("C_GROUP_SIZE", dgs), ("C_R", cr), ("C_NB", cnb), ("C_S", s)]  # fmt: skip
+    grid, tg = qk.warp_groups(tokens * (k * nb + cnb), split)
+    return kern(*ins, output_shapes=[lead + (k, n), lead + (dout,)],
+                output_dtypes=[x.dtype, x.dtype], grid=grid, threadgroup=tg, template=tmpl,
+                verbose=verbose)[1]  # fmt: skip
 
 
 def moe_experts_ref(x, wg, sg, bg, wu, su, bu, wd, sd, bd, indices, weights, group_size=64,

@@ -250,7 +250,16 @@ def _combine_inputs(mode: str, has_bias: bool, has_shared: bool, has_gate: bool,
 @text_cache
 def split_combine_kernel(mode: str, has_bias: bool, has_shared: bool, has_gate: bool,
                          has_res: bool = False, all_rows: bool = True) -> Kernel:  # fmt: skip
-    """:func:`gather_combine_kernel` (exact rounding) with the ``K`` experts of a token side by
+    """The kernel of :func:`split_combine_parts`."""
+    name, inputs, body = split_combine_parts(mode, has_bias, has_shared, has_gate, has_res,
+                                             all_rows)  # fmt: skip
+    return Kernel(name, inputs, ["out"], body, header=HEADER)
+
+
+def split_combine_parts(mode: str, has_bias: bool, has_shared: bool, has_gate: bool,
+                        has_res: bool = False, all_rows: bool = True, before_x: str = "",
+                        before_rows: str = "") -> tuple[str, list[str], str]:  # fmt: skip
+    """Name, inputs and body (output ``out``) of :func:`gather_combine_kernel` (exact rounding) with the ``K`` experts of a token side by
     side: a group of ``K * S`` warps owns ``R`` output rows of one token; the ``S`` warps of
     expert ``k`` (warps ``k * S .. k * S + S - 1``) each take a slice ``I / S`` of its inputs
     and leave their partial sums in shared memory, the weights' loads issued ahead of x's and
@@ -265,7 +274,9 @@ def split_combine_kernel(mode: str, has_bias: bool, has_shared: bool, has_gate: 
 
     Template constants: ``T``, ``P``, ``I``, ``D``, ``BITS``, ``GROUP_SIZE``, ``K``, ``S``
     (warps per expert; ``I / S`` a multiple of ``GROUP_SIZE``), ``R``, ``NB`` (groups per
-    token). Runtime: ``rt[0]`` = tokens.
+    token). Runtime: ``rt[0]`` = tokens. ``before_rows``: lines before the weights' loads
+    (the part's ``NW`` and ``NG`` known); ``before_x``: lines between the weights' loads and
+    x's (see :func:`.quant_kernels._split_rows`; ``all_rows`` only).
     """
     inputs = _combine_inputs(mode, has_bias, has_shared, has_gate, has_res)
     body = """
@@ -279,8 +290,9 @@ def split_combine_kernel(mode: str, has_bias: bool, has_shared: bool, has_gate: 
   const int ex = static_cast<int>(idx[slot]);
   const T* xp = h + (size_t)slot * I + ((int)warp % S) * (I / S);
 """
-    body += _prologue("(I / S)", False, mode) + _acc_decl(["acc0"])
-    body += _split_rows(mode, [_mat("0", mode)], "D", "ex * D", "S", "(int)warp % S", all_rows)
+    body += _prologue("(I / S)", False, mode) + _acc_decl(["acc0"]) + before_rows
+    body += _split_rows(mode, [_mat("0", mode)], "D", "ex * D", "S", "(int)warp % S", all_rows,
+                        before_x)  # fmt: skip
     bias = ""
     if has_bias:
         bias = (
@@ -325,4 +337,4 @@ def split_combine_kernel(mode: str, has_bias: bool, has_shared: bool, has_gate: 
         body += _epilogue(True, has_bias, has_shared, has_gate, has_res)
     name = (f"qmv_combine_{mode}_exact" + ("_res" if has_res else "") + "_split"
             + ("" if all_rows else "_r1"))  # fmt: skip
-    return Kernel(name, inputs, ["out"], body, header=HEADER)
+    return name, inputs, body

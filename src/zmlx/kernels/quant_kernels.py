@@ -758,7 +758,7 @@ def dequant_kernel(mode: str) -> Kernel:
 
 
 def _split_rows(mode: str, mats: list[tuple[str, str, str]], n: str, ebase: str, ways: str,
-                part: str, all_rows: bool) -> str:  # fmt: skip
+                part: str, all_rows: bool, before_x: str = "") -> str:  # fmt: skip
     """Lane partial sums ``acc<m>[r]`` of rows ``row0 .. row0 + R - 1`` (of ``n``) of each
     weight over part ``part`` of ``ways`` of each row (``NW``, ``NG``: the part's words and
     groups, from :func:`_prologue`'s constants), with the lane's slice of x (``xp``) loaded
@@ -769,7 +769,11 @@ def _split_rows(mode: str, mats: list[tuple[str, str, str]], n: str, ebase: str,
     before any math, and before loading x, so a warp waits for memory once per group of rows
     rather than once per row and x's latency hides behind the weights'; rows past ``n`` load
     row ``n - 1`` and are not stored. Otherwise x first, then one row's loads at a time. The
-    sums run in the same order either way: bit-identical results."""
+    sums run in the same order either way: bit-identical results. ``before_x``: lines run
+    after the weights' loads are issued and before x is loaded (a wait for x's producer in a
+    fused launch; ``all_rows`` only)."""
+    if before_x and not all_rows:
+        raise ValueError("[quant_kernels] before_x needs all_rows")
     rows = "R" if all_rows else "1"
     at = "r * NJ + j" if all_rows else "j"
     decl = _load_arrays(mode, len(mats), f"{rows} * NJ", f"{rows} * NJ", "  ")
@@ -790,7 +794,8 @@ def _split_rows(mode: str, mats: list[tuple[str, str, str]], n: str, ebase: str,
     head = ["#pragma unroll", "  for (int r = 0; r < R; ++r) {"]
     x = [_x_registers(mode)]
     if all_rows:
-        body = head + loads + ["  }"] + x + head + math_ + ["  }"]
+        body = head + loads + ["  }"] + ([before_x] if before_x else []) + x + head + math_
+        body += ["  }"]
     else:
         body = x + head + loads + math_ + ["  }"]
     return "\n".join(decl + body) + "\n"
@@ -913,7 +918,16 @@ def split_qkv_kernel(mode: str, has_bias: bool, all_rows: bool = True) -> Kernel
 def split_matvec_kernel(kind: str, mode: str, x_per_slot: bool, has_bias: bool = False,
                         all_rows: bool = True, gather: bool = True,
                         has_res: bool = False) -> Kernel:  # fmt: skip
-    """The gathered (or, ``gather=False``, dense) matvec with each row split across the
+    """The kernel of :func:`split_matvec_parts`."""
+    name, inputs, outputs, body = split_matvec_parts(kind, mode, x_per_slot, has_bias, all_rows,
+                                                     gather, has_res)  # fmt: skip
+    return Kernel(name, inputs, outputs, body, header=HEADER)
+
+
+def split_matvec_parts(kind: str, mode: str, x_per_slot: bool, has_bias: bool = False,
+                       all_rows: bool = True, gather: bool = True,
+                       has_res: bool = False) -> tuple[str, list[str], list[str], str]:  # fmt: skip
+    """Name, inputs, outputs and body of the gathered (or, ``gather=False``, dense) matvec with each row split across the
     ``W`` warps of a group.
 
     Profiled on an H100 (``ncu_qmv_swiglu_h100.txt``), the one-warp-a-row kernel waits on L1
@@ -961,7 +975,7 @@ def split_matvec_kernel(kind: str, mode: str, x_per_slot: bool, has_bias: bool =
     body += "  }\n"
     name = (f"qmv_{kind}_{mode}{'_gather' if gather else ''}_split{'_bias' if has_bias else ''}"
             f"{'_res' if has_res else ''}{'' if all_rows else '_r1'}")  # fmt: skip
-    return Kernel(name, inputs, outputs, body, header=HEADER)
+    return name, inputs, outputs, body
 
 
 def split_ways(d: int, bits: int, group_size: int, most: int, least: int = 2) -> int:

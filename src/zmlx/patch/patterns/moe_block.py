@@ -5,9 +5,11 @@ quantized experts and a router, in a model family whose routing rule zmlx knows
 (:func:`zmlx.kernels.routers.router_rule`). For up to ``max_tokens`` tokens (decode) the block
 runs the router (MLX's matmul, then :func:`~zmlx.kernels.routers.route`; see
 :data:`FUSED_ROUTER`),
-:func:`~zmlx.kernels.moe.gather_qmv_swiglu` (gate, up, activation of the selected experts) and
-:func:`~zmlx.kernels.moe.gather_qmv_combine` (down projection x router weight, summed over
-experts, plus the shared expert); longer inputs (prefill) run the original forward.
+then :func:`~zmlx.kernels.moe.moe_experts`: gate, up and activation of the selected experts
+(:func:`~zmlx.kernels.moe.gather_qmv_swiglu`), then the down projection x router weight,
+summed over experts, plus the shared expert (:func:`~zmlx.kernels.moe.gather_qmv_combine`),
+in one launch on CUDA where :mod:`zmlx.kernels.fused_experts` covers the shapes; longer inputs
+(prefill) run the original forward.
 """
 
 from __future__ import annotations
@@ -144,11 +146,6 @@ class FusedMoE(DecodeFused):
         p = {n: quantized_params(glu[n]) for n in ("gate_proj", "up_proj", "down_proj")}
         g, u, d = p["gate_proj"], p["up_proj"], p["down_proj"]
         fmt = dict(group_size=cfg["group_size"], bits=cfg["bits"], mode=cfg["mode"])
-        h = K.gather_qmv_swiglu(
-            xn, g["w"], g["scales"], g["biases"], u["w"], u["scales"], u["biases"], inds,
-            bias_gate=g["bias"], bias_up=u["bias"], activation=cfg["activation"],
-            alpha=cfg.get("alpha", 1.702), limit=cfg.get("limit", 7.0), **fmt,
-        )  # fmt: skip
         shared = shared_gate = None
         if cfg["shared"] == "add":
             shared = self["shared_experts"](x)
@@ -158,9 +155,13 @@ class FusedMoE(DecodeFused):
         group = getattr(self, "sharding_group", None)
         if group is not None and residual is not None:
             raise ValueError("[moe_block] a sharded block cannot fold the residual add")
-        y = K.gather_qmv_combine(h, d["w"], d["scales"], d["biases"], inds, w,
-                                 bias=d["bias"], shared=shared, shared_gate=shared_gate,
-                                 residual=residual, **cfg["down_fmt"])  # fmt: skip
+        y = K.moe_experts(
+            xn, g["w"], g["scales"], g["biases"], u["w"], u["scales"], u["biases"], d["w"],
+            d["scales"], d["biases"], inds, w, bias_gate=g["bias"], bias_up=u["bias"],
+            bias=d["bias"], activation=cfg["activation"], alpha=cfg.get("alpha", 1.702),
+            limit=cfg.get("limit", 7.0), shared=shared, shared_gate=shared_gate,
+            residual=residual, down_format=cfg["down_fmt"], **fmt,
+        )  # fmt: skip
         if group is not None:
             # Tensor-parallel block (mlx-lm's shard()): each rank holds a slice of every
             # expert's intermediate dimension; the partial sums meet here, as in mlx-lm.
