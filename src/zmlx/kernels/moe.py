@@ -409,7 +409,7 @@ def moe_experts(x, wg, sg, bg, wu, su, bu, wd, sd, bd, indices, weights, group_s
     ONE launch where :func:`.fused_experts.fused_experts_kernel` covers the call
     (bit-identical to the two kernels). Shapes: ``x (..., D)``, ``indices, weights (..., K)``
     -> ``(..., D)``."""
-    dfmt = dict(group_size=group_size, bits=bits, mode=mode, **(down_format or {}))
+    dfmt = {"group_size": group_size, "bits": bits, "mode": mode, **(down_format or {})}
     out = _fused_experts(x, (wg, sg, bg), (wu, su, bu), (wd, sd, bd), indices, weights,
                          (group_size, bits, mode), dfmt, bias_gate, bias_up, bias, activation,
                          alpha, limit, shared, shared_gate, residual, verbose)  # fmt: skip
