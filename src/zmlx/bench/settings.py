@@ -18,7 +18,8 @@ EXAMPLE = "zmlx.kernels.moe_kernels.SPLIT_EXPERTS=false"
 
 
 def parse(items: Iterable[str]) -> dict[str, Any]:
-    """``MODULE.NAME=VALUE`` items as settings (VALUE: an int, a float, or true/false).
+    """``MODULE.NAME=VALUE`` items as settings (VALUE: an int, a float, or true/false; the
+    text as it is for a setting whose value is a string).
 
     Raises:
         ValueError: an item outside ``zmlx.``, without a value, or naming no such constant.
@@ -29,8 +30,12 @@ def parse(items: Iterable[str]) -> dict[str, Any]:
         mod, _, name = key.rpartition(".")
         if not mod.startswith("zmlx.") or not raw:
             raise ValueError(f"[settings] expected --set zmlx.MODULE.NAME=VALUE, got {item!r}")
-        if not hasattr(importlib.import_module(mod), name):
+        module = importlib.import_module(mod)
+        if not hasattr(module, name):
             raise ValueError(f"[settings] {mod} has no setting {name!r}")
+        if isinstance(getattr(module, name), str):
+            out[key] = raw
+            continue
         low = raw.lower()
         out[key] = low == "true" if low in ("true", "false") else (float(raw) if "." in raw
                                                                    else int(raw))  # fmt: skip
