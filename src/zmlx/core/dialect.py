@@ -166,7 +166,9 @@ ZX_INLINE float zx_ldcg(const float* p) { return __ldcg(p); }
 // zx_counter_reset puts a counter back to zero for the next launch.
 ZX_INLINE uint zx_ticket(uint* p) { return atomicAdd(p, 1u); }
 ZX_INLINE void zx_wait_count(uint* p, uint n) {
-  while (*reinterpret_cast<volatile uint*>(p) < n) { __nanosleep(32); }
+  for (uint ns = 32u; *reinterpret_cast<volatile uint*>(p) < n; ns = ns < 512u ? 2u * ns : ns) {
+    __nanosleep(ns);
+  }
   __threadfence();
 }
 ZX_INLINE void zx_counter_reset(uint* p) { atomicExch(p, 0u); }

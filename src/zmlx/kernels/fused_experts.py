@@ -39,10 +39,18 @@ FUSED_EXPERTS = True
 # "l2": it asks L2 for their lines (prefetch hints, no registers), waits, then loads them;
 # "registers": it loads them into registers, then waits (every weight word, scale and bias is
 # live across the wait: 79 registers a thread against 48 for the gate/up kernel alone, under
-# NVRTC 13 for sm_90a at Qwen3-30B-A3B's shape, so fewer groups fit on a multiprocessor).
+# NVRTC 13 for sm_90a at Qwen3-30B-A3B's shape, so fewer groups fit on a multiprocessor);
+# "none": it waits first.
 FUSED_PREFETCH = "l2"
 
+# Which group does what: "tickets" (the order groups start in, see the module docstring) or
+# "index" (the group index: gate/up groups first; a combine group that the GPU starts before
+# some gate/up group can wait for it while holding a multiprocessor's slot).
+FUSED_ORDER = "tickets"
+
 _COUNTERS: dict[str, mx.array] = {}
+_LINE = 32  # uint32 counters a 128-byte line holds
+_DONE, _FIN = _LINE, 2 * _LINE
 
 
 def counters() -> mx.array:
@@ -51,7 +59,7 @@ def counters() -> mx.array:
     key = str(mx.default_stream(mx.default_device()))
     c = _COUNTERS.get(key)
     if c is None:  # from host data: no evaluation (which a compiled trace would refuse)
-        c = _COUNTERS[key] = mx.array(np.zeros(4, dtype=np.uint32))
+        c = _COUNTERS[key] = mx.array(np.zeros(3 * _LINE, dtype=np.uint32))
     return c
 
 
@@ -83,7 +91,8 @@ def _l2_hints(mode: str) -> str:
 @qk.text_cache
 def fused_experts_kernel(kind: str, mode: str, down_mode: str, x_per_slot: bool,
                          has_bias: bool, has_down_bias: bool, has_shared: bool, has_gate: bool,
-                         has_res: bool, prefetch: str = "l2") -> Kernel:  # fmt: skip
+                         has_res: bool, prefetch: str = "l2",
+                         order: str = "tickets") -> Kernel:  # fmt: skip
     """Gate/up with activation ``kind`` (:func:`.quant_kernels.split_matvec_parts`) and the
     exact combine (:func:`.moe_kernels.split_combine_parts`) in one launch (see the module
     docstring).
@@ -96,33 +105,43 @@ def fused_experts_kernel(kind: str, mode: str, down_mode: str, x_per_slot: bool,
     and the combine's as ``C_I, C_D, C_BITS, C_GROUP_SIZE, C_R, C_NB, C_S``. Runtime:
     ``rt[0]`` = tokens."""
     _, g_in, _, g_body = qk.split_matvec_parts(kind, mode, x_per_slot, has_bias, True)
-    wait = """  if (lid == 0u) {
-    zx_wait_count(&zx_ctr[1], (uint)zx_g1);
-  }
+    wait = f"""  if (lid == 0u) {{
+    zx_wait_count(&zx_ctr[{_DONE}], (uint)zx_g1);
+  }}
   zx_barrier();"""
-    if prefetch not in ("l2", "registers"):
-        raise ValueError(f"[fused_experts] expected prefetch 'l2' or 'registers', got {prefetch!r}")
-    l2 = prefetch == "l2"
+    if prefetch not in ("l2", "registers", "none"):
+        raise ValueError(
+            f"[fused_experts] expected prefetch 'l2', 'registers' or 'none', got {prefetch!r}"
+        )
+    regs = prefetch == "registers"
+    first = (_l2_hints(down_mode) if prefetch == "l2" else "") + wait
     _, c_in, c_body = mk.split_combine_parts(down_mode, has_down_bias, has_shared, has_gate,
-                                             has_res, True, "" if l2 else wait,
-                                             _l2_hints(down_mode) + wait if l2 else "")  # fmt: skip
+                                             has_res, True, wait if regs else "",
+                                             "" if regs else first)  # fmt: skip
     inputs = [n for n in g_in if n != "rt"] + [n for n in c_in if n not in ("h", "idx", "rt")]
     inputs += ["ctr", "rt"]
     # The parts' early exits leave their block (a jump past the end of every scope they
     # declare in), so all threads meet again below.
     g_body = g_body.replace("return;", "goto zx_gate_up_done;")
     c_body = c_body.replace("return;", "goto zx_combine_done;")
+    if order not in ("tickets", "index"):
+        raise ValueError(f"[fused_experts] expected order 'tickets' or 'index', got {order!r}")
+    if order == "tickets":
+        role = """  if (lid == 0u) {
+    zx_tk[0] = zx_ticket(&zx_ctr[0]);
+  }
+  zx_barrier();
+  const int zx_t = (int)zx_tk[0];"""
+    else:
+        role = "  const int zx_t = (int)gid;"
     body = f"""
   ZX_SHARED uint zx_tk[1];
+  // Counters 128 bytes apart (own L2 lines): tickets, gate/up groups done, combine groups done.
   uint* zx_ctr = const_cast<uint*>(reinterpret_cast<const uint*>(ctr));
   const int zx_tokens = rt[0];
   const int zx_g1 = zx_tokens * K * G_NB;
-  const int zx_all = zx_g1 + zx_tokens * C_NB;
-  if (lid == 0u) {{
-    zx_tk[0] = zx_ticket(&zx_ctr[0]);
-  }}
-  zx_barrier();
-  const int zx_t = (int)zx_tk[0];
+  const int zx_g2 = zx_tokens * C_NB;
+{role}
   if (zx_t < zx_g1) {{
     {{
 {_scope("G_", _GATE_UP)}    const uint gid = (uint)zx_t;
@@ -134,7 +153,7 @@ def fused_experts_kernel(kind: str, mode: str, down_mode: str, x_per_slot: bool,
     zx_fence();
     zx_barrier();
     if (lid == 0u) {{
-      zx_ticket(&zx_ctr[1]);
+      zx_ticket(&zx_ctr[{_DONE}]);
     }}
   }} else {{
     {{
@@ -142,13 +161,15 @@ def fused_experts_kernel(kind: str, mode: str, down_mode: str, x_per_slot: bool,
     const int rt[1] = {{zx_tokens}};
 {c_body}
     }}
-  zx_combine_done:;
-  }}
-  zx_barrier();
-  if (lid == 0u && zx_ticket(&zx_ctr[2]) == (uint)(zx_all - 1)) {{
-    zx_counter_reset(&zx_ctr[0]);
-    zx_counter_reset(&zx_ctr[1]);
-    zx_counter_reset(&zx_ctr[2]);
+  zx_combine_done:
+    zx_barrier();
+    // The last combine group: every group has taken its ticket and every gate/up group has
+    // counted itself done (the combine groups waited for it), so the counters are free.
+    if (lid == 0u && zx_ticket(&zx_ctr[{_FIN}]) == (uint)(zx_g2 - 1)) {{
+      zx_counter_reset(&zx_ctr[0]);
+      zx_counter_reset(&zx_ctr[{_DONE}]);
+      zx_counter_reset(&zx_ctr[{_FIN}]);
+    }}
   }}
 """
     flags = "".join(
@@ -158,6 +179,6 @@ def fused_experts_kernel(kind: str, mode: str, down_mode: str, x_per_slot: bool,
     )  # fmt: skip
     name = (
         f"moe_experts_{kind}_{mode}_{down_mode}{'_xs' if x_per_slot else ''}{flags}_fused"
-        f"_{prefetch}"
+        f"_{prefetch}_{order}"
     )
     return Kernel(name, inputs, ["h", "out"], body, header=qk.HEADER)

@@ -475,7 +475,7 @@ def _fused_experts(x, g, u, dn, indices, weights, fmt, dfmt, bias_gate, bias_up,
     kern = fe.fused_experts_kernel(activation, mode, dmode, False, bias_gate is not None,
                                    bias is not None, shared is not None,
                                    shared_gate is not None, residual is not None,
-                                   fe.FUSED_PREFETCH)  # fmt: skip
+                                   fe.FUSED_PREFETCH, fe.FUSED_ORDER)  # fmt: skip
     ins = [x] + weight_inputs([g, u], mode) + [indices]
     ins += [] if bias_gate is None else [bias_gate, bias_up]
     ins += [vector((alpha, limit), mx.float32)] if activation == "swiglu_oai" else []
