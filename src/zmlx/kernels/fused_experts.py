@@ -150,9 +150,10 @@ def fused_experts_kernel(kind: str, mode: str, down_mode: str, x_per_slot: bool,
 {g_body}
     }}
   zx_gate_up_done:
-    zx_fence();
+    // The group's stores, then one thread's fence and count (as a grid barrier releases).
     zx_barrier();
     if (lid == 0u) {{
+      zx_fence();
       zx_ticket(&zx_ctr[{_DONE}]);
     }}
   }} else {{
