@@ -3,7 +3,7 @@ Compute to profile.
 
     ncu --kernel-name regex:zx_ --launch-skip 2 --launch-count 2 \\
         --section SpeedOfLight --section Occupancy --section WarpStateStats \\
-        python benchmarks/ncu_target.py [--op swiglu|combine|gather|qmv|router|route] \\
+        python benchmarks/ncu_target.py [--op swiglu|combine|experts|gather|qmv|router|route] \\
         [--tokens 1] [--router-bits 8] [--prenorm] \\
         [--model glm_4_7_flash] [--set zmlx.MODULE.NAME=VALUE ...]
 
@@ -32,7 +32,9 @@ from zmlx.kernels.quant_specs import random_qweight  # noqa: E402
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument(
-        "--op", default="swiglu", choices=["swiglu", "combine", "gather", "qmv", "router", "route"]
+        "--op",
+        default="swiglu",
+        choices=["swiglu", "combine", "experts", "gather", "qmv", "router", "route"],
     )
     p.add_argument(
         "--router-bits",
@@ -92,6 +94,16 @@ def main(argv=None) -> int:
 
         def run():
             return K.gather_qmv_swiglu(x, *g, *u, idx, gs, bits, mode, *bias, act, verbose=True)
+    elif args.op == "experts":  # gate/up and combine (moe_experts: one launch where fused)
+        g = place(random_qweight(rng, (e, i_dim, d), bf, bits, gs, mode))
+        u = place(random_qweight(rng, (e, i_dim, d), bf, bits, gs, mode))
+        dn = place(random_qweight(rng, (e, d, i_dim), bf, bits, gs, mode))
+        wts = mx.full((t, k), 1.0 / k, dtype=bf)
+        act = "swiglu_oai" if oai else "swiglu"
+
+        def run():
+            return K.moe_experts(x, *g, *u, *dn, idx, wts, gs, bits, mode, activation=act,
+                                 verbose=True)  # fmt: skip
     elif args.op == "gather":  # the down projection alone, one row of h per slot
         dn = place(random_qweight(rng, (e, d, i_dim), bf, bits, gs, mode))
         h = mx.random.normal((t, k, i_dim)).astype(bf)
