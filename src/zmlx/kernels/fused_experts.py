@@ -34,7 +34,15 @@ from . import moe_kernels as mk
 from . import quant_kernels as qk
 
 # Fuse the experts' two launches into one where it covers the call (see moe._fused_experts).
-FUSED_EXPERTS = True
+# Off: slower in every form timed on an H100. One Qwen3-30B-A3B block (device time of 8 chained
+# blocks) took 24.0 us fused against 18.2 for the two launches (moe_block_device_fused_h100.json,
+# at d0c6d36); with the counters on their own lines, one thread fencing and either order or
+# prefetch form, 21.0-21.6 against 18.3 (moe_block_device_fused3_h100.json, at 6df0624); LFM2
+# 35.0-49.4 against 34.9. Under Nsight Compute the fused kernel took 26.1 us against 15.5 +
+# 9.6 (ncu_fused_experts_qwen3_h100.txt, ncu_two_launch_experts_qwen3_h100.txt): the combine
+# groups, resident early, wait (barrier stalls) and then still run their whole instruction
+# chain, which bounds the combine rather than its loads' latency.
+FUSED_EXPERTS = False
 # How a combine group gets its down-projection weights while it waits for the gate/up groups:
 # "l2": it asks L2 for their lines (prefetch hints, no registers), waits, then loads them;
 # "registers": it loads them into registers, then waits (every weight word, scale and bias is

@@ -214,6 +214,8 @@ def combine_kernel(exact: bool, has_shared: bool, has_gate: bool, has_res: bool 
 # and its rows per group. On an H100 at Qwen3-30B-A3B's shape, in one decode step: 21.4 us
 # against 29.7 us for one warp walking the experts (kernel_profile_split_experts_h100.json).
 SPLIT_EXPERTS = True
+# Rows per group at K >= 8: one Qwen3 block took 18.2 us at 4 against 20.2 at 2 and 21.1 at 8
+# (moe_block_device_rows_h100.json, at e32460f).
 SPLIT_ROWS = 4
 # Rows per group for tokens of fewer than 8 experts (LFM2, GLM-4.7-Flash, GPT-OSS: K = 4).
 # Device time of one block on an H100, R = 4 against 2, in two runs

@@ -68,7 +68,10 @@ LOAD_WORDS = 1
 # warp a row). On an H100 at Qwen3-30B-A3B's gate/up shape: 22.4 us against 25.5 us for one
 # warp a row, 26.1 us with 4 warps (kernel_profile_split_h100.json).
 SPLIT_WARPS = 8
-SPLIT_ROWS = 4  # rows per group of the split kernel (2: 23.4 us, 8: 26.2 us at 4 warps)
+# Rows per group of the split kernel (2: 23.4 us, 8: 26.2 us at 4 warps). With lane rows, one
+# Qwen3 block: 18.2 us at 4 rows and 8 warps against 20.0 (2 rows), 20.1 (8), 19.3 (16 warps),
+# 19.4 (4 warps) (moe_block_device_rows_h100.json, at e32460f).
+SPLIT_ROWS = 4
 # Dense matvecs (quant.qmv and its fused forms) use the split kernel too where rows split.
 SPLIT_DENSE = True
 # Split kernels: loads of all a group's rows issued before the math (see _split_rows). One
@@ -99,8 +102,11 @@ SPLIT_MIN_GROUPS = 0
 # moe_decode_qwen3_paired_h100.json).
 PAIRED_UNITS = True
 # The gathered gate/up kernel on the tensor cores (mma_kernels.gate_up_kernel) where it
-# covers the call (affine 4-bit, groups of a multiple of 64, bfloat16 x, no bias). Off: not yet
-# timed on a GPU.
+# covers the call (affine 4-bit, groups of a multiple of 64, bfloat16 x, no bias). Off: its
+# first form (x's fragments in shared memory, every lane holding all steps' words) took 17.3
+# us at 32 warps a group, 17.7 at 8 (108 registers: a quarter of the warps resident, 22.3 us
+# under Nsight Compute, ncu_mma_gate_up_w8_h100.txt) against 11.8 for the split kernel, for one
+# Qwen3-30B-A3B block on an H100 (moe_block_device_mma_h100.json, at e32460f).
 MMA_GATE_UP = False
 # Most warps a group of it: each a slice of the inputs in steps of 64 (a group of 32 at 2048
 # inputs: one step a warp, 48 registers under NVRTC 13's sm_90a build; 8 warps and 4 steps:
