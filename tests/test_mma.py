@@ -104,15 +104,17 @@ def test_mma_needs_every_lane_of_the_warp():
 
 @pytest.mark.skipif(not emulate.available(), reason="needs a C++ compiler")
 @pytest.mark.parametrize("name", ["a4g64", "a4g128"])
-@pytest.mark.parametrize("d, t, kind, warps", [(512, 1, "swiglu", 32), (1024, 2, "swiglu", 32),
-                                               (512, 3, "geglu_tanh", 32),
-                                               (1024, 2, "swiglu", 4)])  # fmt: skip
+@pytest.mark.parametrize("d, t, kind, warps", [(512, 1, "swiglu", 8), (1024, 2, "swiglu", 16),
+                                               (512, 3, "geglu_tanh", 8),
+                                               (1024, 2, "swiglu", 4), (768, 2, "swiglu", 4),
+                                               (1024, 1, "swiglu", 2),
+                                               (2048, 1, "swiglu", 2)])  # fmt: skip
 def test_gate_up_on_the_tensor_cores(name, d, t, kind, warps, monkeypatch, rng):
     """``quant_kernels.MMA_GATE_UP``: the gathered gate/up with the products on the tensor
     cores (mma_kernels) against the split-row kernel, within bfloat16 last-place differences
     (float32 sums in another order), with 37 rows (the last group of 16 partly empty), one
-    and several tokens, one step of 64 inputs a warp or several (4 warps, 4 steps); and
-    against float64."""
+    and several tokens, steps of 64 inputs a warp from one to 16 (a round of 3, 4 or 8
+    columns, and two rounds of 8); and against float64."""
     from test_batched_loads import assert_close
     from test_quant import deq64, f64, fmt
     from zmlx.core.kernel import capture
@@ -133,7 +135,7 @@ def test_gate_up_on_the_tensor_cores(name, d, t, kind, warps, monkeypatch, rng):
         moe.gather_qmv_swiglu(*args, activation=kind)
     assert caught[0].kernel.name == f"qmv_{kind}_affine_gather_mma"
     steps = dict(caught[0].template)["STEPS"]
-    assert steps == (4 if warps == 4 else 1) and steps * 64 * caught[0].threadgroup[0] // 32 == d
+    assert steps == d // (64 * warps) and steps * 64 * caught[0].threadgroup[0] // 32 == d
     with emulate.emulate():
         got = moe.gather_qmv_swiglu(*args, activation=kind)
         monkeypatch.setattr(qk, "MMA_GATE_UP", False)

@@ -1,42 +1,45 @@
 """The gathered gate/up matvec of decode on the tensor cores (CUDA; runs on the CPU emulator).
 
-Why: on an H100 the split-row gate/up kernel (:func:`.quant_kernels.split_matvec_kernel`) is
-bound by issuing instructions, most of them the 4-bit decoding and the float multiply-adds
-(``ncu_stalls_qwen3_swiglu_h100.txt``). Here a warp's products run as ``mma.m16n8k16`` tiles
-(:func:`zx_mma_bf16` in the dialect): 16 weight rows by 16 inputs by 8 columns, of which only
-column 0 (the token) is real.
+Why: on an H100 the split-row gate/up kernel (:func:`.quant_kernels.split_matvec_kernel`) runs
+a long chain of instructions per warp, most of them the 4-bit decoding and the float
+multiply-adds (``ncu_stalls_qwen3_swiglu_h100.txt``): about 700 for 4 rows x 256 inputs of two
+weights. Here a warp's products run as ``mma.m16n8k16`` tiles (:func:`zx_mma_bf16` in the
+dialect): 16 weight rows by 16 inputs by 8 columns, so a warp covers 16 rows of both weights.
 
 Decoding: the order of the 16 inputs inside one MMA is free, as long as x's fragment uses the
 same order. So nibbles ``j`` and ``j + 4`` of a word (16 bits apart) become one bfloat16 pair
 with one mask-and-or (``128 + q`` each), and one packed subtract leaves ``q`` exactly: 3
-shifts, 4 logic ops and 4 packed subtracts per 8 elements, and no float multiply-adds (the
-split kernel: 4 shifts, 8 logic ops, 4 adds and 8 multiply-adds). Products of bfloat16 ``q``
-and ``x`` are exact in the float32 accumulators.
+shifts, 4 logic ops and 4 packed subtracts per 8 elements, and no float multiply-adds.
+Products of bfloat16 ``q`` and ``x`` are exact in the float32 accumulators.
+
+Columns: a quantization group's scale applies to the sum over its inputs, so each step of 64
+inputs (within one group) needs its own sum. Step ``c`` of a round of up to 8 puts x in column
+``c`` of the MMA's B tile (zeros elsewhere), and all steps of the round add into one
+accumulator tile: column ``c`` ends holding step ``c``'s sums of each row. Lane ``(g, t) =
+(lane / 4, lane % 4)`` supplies B's column ``g`` (x of step ``g``, loaded once a round as 16
+inputs: no shared memory) and ends holding columns ``2t`` and ``2t + 1`` of rows ``g`` and
+``g + 8``, so it applies the scales and biases of those two steps (``scale * sum + bias *
+sum(x)``), and the lanes of a row add theirs (two shuffles).
 
 Layout: a group of ``W`` warps owns 16 rows of gate and of up for one slot; warp ``w`` takes
-inputs ``[w * D / W, (w + 1) * D / W)`` in steps of 64 (``STEPS`` of them). In a step, lane
-``(g, t) = (lane / 4, lane % 4)`` loads words ``2t`` and ``2t + 1`` of the step's 8 of rows
-``g`` and ``g + 8`` (its inputs ``16t .. 16t + 15`` of the step), and lanes 0-3 load x's same
-inputs. MMA ``m`` (0-3) of a step takes pairs (nibble ``m``, nibble ``m + 4``) of each word;
-after the 4, lanes with ``t = 0`` hold the step's sums of rows ``g`` (``d[0]``) and ``g + 8``
-(``d[2]``), and add ``scale * sum + bias * sum(x)``. The warps' partial sums meet in shared
-memory; lane ``l`` of the first warp adds those of row ``l % 16`` of gate (``l < 16``) or up,
-and lane ``r < 16`` finishes row ``r``.
-x's fragments live in shared memory (``D / 2`` words a group), not in every lane's registers.
+inputs ``[w * D / W, (w + 1) * D / W)``, ``STEPS`` steps of 64 in rounds of ``COLS = min(STEPS,
+8)``. In a step lane ``(g, t)`` loads words ``2t`` and ``2t + 1`` of the step's 8 of rows ``g``
+and ``g + 8`` (one 8-byte load each), the loads of a whole round issued before its math. The
+warps' partial sums meet in shared memory; lane ``l`` of the first warp adds those of row
+``l % 16`` of gate (``l < 16``) or up, and lane ``r < 16`` finishes row ``r``.
 
 Covers affine 4-bit weights with groups of a multiple of 64, bfloat16 activations (x enters
-the tensor cores as it is), rows of a multiple of ``64 * W`` inputs, the gated kinds without
-bias (:data:`.quant_kernels.GATED` but GPT-OSS's); :func:`covers` says which calls.
+the tensor cores as it is), rows of a multiple of ``64 * W`` inputs whose steps fill whole
+rounds, the gated kinds without bias (:data:`.quant_kernels.GATED` but GPT-OSS's);
+:func:`covers` says which calls.
 """
 
 from __future__ import annotations
 
-from functools import cache
-
 import mlx.core as mx
 
 from ..core.kernel import Kernel
-from .quant_kernels import GATED, HEADER, _matvec_signature, _store
+from .quant_kernels import GATED, HEADER, _matvec_signature, _store, text_cache
 
 ROWS = 16  # rows of each weight a group owns (the MMA's M)
 
@@ -58,6 +61,7 @@ ZX_INLINE uint zx_bf16_bits(float v) {
 def covers(kind: str, mode: str, bits: int, group_size: int, dtype, d: int, warps: int,
            has_bias: bool, prenorm: bool) -> bool:  # fmt: skip
     """Whether :func:`gate_up_kernel` takes this call."""
+    steps = d // (64 * warps) if warps > 0 else 0
     return (
         kind in GATED
         and kind != "swiglu_oai"
@@ -67,12 +71,13 @@ def covers(kind: str, mode: str, bits: int, group_size: int, dtype, d: int, warp
         and dtype == mx.bfloat16
         and warps > 0
         and d % (64 * warps) == 0
+        and (steps <= 8 or steps % 8 == 0)
         and not has_bias
         and not prenorm
     )
 
 
-@cache
+@text_cache
 def gate_up_kernel(kind: str, x_per_slot: bool) -> Kernel:
     """The gathered gate/up matvec with activation ``kind`` on the tensor cores (see the module
     docstring). Inputs and outputs as :func:`.quant_kernels.split_matvec_kernel`'s (no bias).
@@ -85,49 +90,26 @@ def gate_up_kernel(kind: str, x_per_slot: bool) -> Kernel:
     inputs, outputs = _matvec_signature(kind, "affine", True, False, False)
     xrow = "slot" if x_per_slot else "slot / K"
     mats = (("wg", "sg", "bg"), ("wu", "su", "bu"))
-    loads = ""
-    for m, (w, s, b) in enumerate(mats):
-        loads += f"""
-    w{m}a[st][0] = {w}[wrow_a + wbase];
-    w{m}a[st][1] = {w}[wrow_a + wbase + 1];
-    w{m}b[st][0] = {w}[wrow_b + wbase];
-    w{m}b[st][1] = {w}[wrow_b + wbase + 1];
-    if (q == 0) {{
-      s{m}a[st] = static_cast<float>({s}[grow_a + grp]);
-      b{m}a[st] = static_cast<float>({b}[grow_a + grp]);
-      s{m}b[st] = static_cast<float>({s}[grow_b + grp]);
-      b{m}b[st] = static_cast<float>({b}[grow_b + grp]);
-    }}"""
-    decl = "".join(
-        f"  uint w{m}a[STEPS][2];\n  uint w{m}b[STEPS][2];\n"
-        f"  float s{m}a[STEPS], b{m}a[STEPS], s{m}b[STEPS], b{m}b[STEPS];\n"
-        f"  float acc{m}a = 0.0f;\n  float acc{m}b = 0.0f;\n"
-        for m in range(2)
-    )
+    loads, scales = "", ""
+    for m, (w, sc, b) in enumerate(mats):
+        for h, row in enumerate(("ra", "rb")):
+            loads += f"""
+      wv[c][{m}][{2 * h}] = {w}[{row} * NW + wbase];
+      wv[c][{m}][{2 * h + 1}] = {w}[{row} * NW + wbase + 1];"""
+            scales += f"""
+      sv[hh][{m}][{h}] = static_cast<float>({sc}[{row} * NG + grp]);
+      bv[hh][{m}][{h}] = static_cast<float>({b}[{row} * NG + grp]);"""
     math = ""
     for m in range(2):
         math += f"""
-    {{
-      float c[4] = {{0.0f, 0.0f, 0.0f, 0.0f}};
-#pragma unroll
-      for (int j = 0; j < 4; ++j) {{
-        uint a[4];
-        a[0] = zx_q4_pair(w{m}a[st][0], j);
-        a[1] = zx_q4_pair(w{m}b[st][0], j);
-        a[2] = zx_q4_pair(w{m}a[st][1], j);
-        a[3] = zx_q4_pair(w{m}b[st][1], j);
-        float dd[4];
-        uint bq[2];
-        bq[0] = g == 0 ? xq[(((int)warp * STEPS + st) * 4 + j) * 8 + 2 * q] : 0u;
-        bq[1] = g == 0 ? xq[(((int)warp * STEPS + st) * 4 + j) * 8 + 2 * q + 1] : 0u;
-        zx_mma_bf16(dd, a, bq, c);
-        c[0] = dd[0]; c[1] = dd[1]; c[2] = dd[2]; c[3] = dd[3];
-      }}
-      if (q == 0) {{
-        acc{m}a += s{m}a[st] * c[0] + b{m}a[st] * xs[st];
-        acc{m}b += s{m}b[st] * c[2] + b{m}b[st] * xs[st];
-      }}
-    }}"""
+        {{
+          uint a[4];
+          a[0] = zx_q4_pair(wv[c][{m}][0], j);
+          a[1] = zx_q4_pair(wv[c][{m}][2], j);
+          a[2] = zx_q4_pair(wv[c][{m}][1], j);
+          a[3] = zx_q4_pair(wv[c][{m}][3], j);
+          zx_mma_bf16(cc[{m}], a, bq, cc[{m}]);
+        }}"""
     body = f"""
   ZX_SHARED float red[W * R * 2];
   const int slot = (int)gid / NB;
@@ -141,49 +123,85 @@ def gate_up_kernel(kind: str, x_per_slot: bool) -> Kernel:
   const int q = (int)lane & 3;
   constexpr int NW = D / 8;
   constexpr int NG = D / GROUP_SIZE;
-  const size_t wrow_a = (size_t)(ex * N + zx_imin(row0 + g, N - 1)) * NW;
-  const size_t wrow_b = (size_t)(ex * N + zx_imin(row0 + g + 8, N - 1)) * NW;
-  const size_t grow_a = (size_t)(ex * N + zx_imin(row0 + g, N - 1)) * NG;
-  const size_t grow_b = (size_t)(ex * N + zx_imin(row0 + g + 8, N - 1)) * NG;
+  constexpr int COLS = STEPS < 8 ? STEPS : 8;
+  constexpr int ROUNDS = STEPS / COLS;
+  // Rows g and g + 8 of the slot's expert (rows past N read row N - 1 and are not stored).
+  const size_t ra = (size_t)ex * N + zx_imin(row0 + g, N - 1);
+  const size_t rb = (size_t)ex * N + zx_imin(row0 + g + 8, N - 1);
   const int in0 = (int)warp * STEPS * 64;
-{decl}  ZX_SHARED uint xq[W * STEPS * 4 * 8];
-  float xs[STEPS];
+  float acc[2][2] = {{{{0.0f, 0.0f}}, {{0.0f, 0.0f}}}};  // [weight][row g, row g + 8]
 #pragma unroll
-  for (int st = 0; st < STEPS; ++st) {{
-    const int wbase = (in0 + 64 * st) / 8 + 2 * q;
-    const int grp = (in0 + 64 * st) / GROUP_SIZE;{loads}
-  }}
+  for (int rd = 0; rd < ROUNDS; ++rd) {{
+    uint wv[COLS][2][4];  // [step][weight][row g word 2t, 2t + 1, row g + 8 word 2t, 2t + 1]
 #pragma unroll
-  for (int st = 0; st < STEPS; ++st) {{
-    // x's fragment: lanes 0-3 (column 0) hold inputs 16t .. 16t + 15 of the step, paired as
-    // the weights' nibbles are (j with j + 4), kept in shared memory (xq) rather than in
-    // every lane's registers; the other columns are zero.
-    float xv[16];
-    float part = 0.0f;
-#pragma unroll
-    for (int e = 0; e < 16; ++e) {{
-      xv[e] = g == 0 ? static_cast<float>(xp[in0 + 64 * st + 16 * q + e]) : 0.0f;
-      part += xv[e];
+    for (int c = 0; c < COLS; ++c) {{
+      const int wbase = (in0 + 64 * (rd * COLS + c)) / 8 + 2 * q;{loads}
     }}
-    if (g == 0) {{
+    // Scales and biases of this lane's columns 2t and 2t + 1 (a column past COLS: unused).
+    float sv[2][2][2];
+    float bv[2][2][2];
+#pragma unroll
+    for (int hh = 0; hh < 2; ++hh) {{
+      const int grp = (in0 + 64 * (rd * COLS + zx_imin(2 * q + hh, COLS - 1))) / GROUP_SIZE;{scales}
+    }}
+    // x of step g of the round (B's column g): inputs 16t .. 16t + 15 of the step, paired
+    // as the weights' nibbles are (j with j + 4); zeros for a column past COLS.
+    uint xb[4][2];
+    float xsum = 0.0f;
+    {{
+      float xv[16];
+      const int at = in0 + 64 * (rd * COLS + zx_imin(g, COLS - 1)) + 16 * q;
+#pragma unroll
+      for (int e = 0; e < 16; ++e) {{
+        xv[e] = g < COLS ? static_cast<float>(xp[at + e]) : 0.0f;
+        xsum += xv[e];
+      }}
 #pragma unroll
       for (int j = 0; j < 4; ++j) {{
-        const int at = (((int)warp * STEPS + st) * 4 + j) * 8 + 2 * q;
-        xq[at] = zx_bf16_bits(xv[j]) | (zx_bf16_bits(xv[j + 4]) << 16);
-        xq[at + 1] = zx_bf16_bits(xv[8 + j]) | (zx_bf16_bits(xv[12 + j]) << 16);
+        xb[j][0] = zx_bf16_bits(xv[j]) | (zx_bf16_bits(xv[j + 4]) << 16);
+        xb[j][1] = zx_bf16_bits(xv[8 + j]) | (zx_bf16_bits(xv[12 + j]) << 16);
       }}
     }}
-    xs[st] = zx_shfl(part, 0) + zx_shfl(part, 1) + zx_shfl(part, 2) + zx_shfl(part, 3);
-  }}
-  zx_barrier();
+    xsum += zx_shfl_xor(xsum, 1);
+    xsum += zx_shfl_xor(xsum, 2);
+    // sum(x) of this lane's columns 2t and 2t + 1: held by lanes 8t and 8t + 4.
+    const float xs0 = zx_shfl(xsum, 8 * q);
+    const float xs1 = zx_shfl(xsum, 8 * q + 4);
+    float cc[2][4] = {{{{0.0f, 0.0f, 0.0f, 0.0f}}, {{0.0f, 0.0f, 0.0f, 0.0f}}}};
 #pragma unroll
-  for (int st = 0; st < STEPS; ++st) {{{math}
+    for (int c = 0; c < COLS; ++c) {{
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {{
+        uint bq[2];
+        bq[0] = g == c ? xb[j][0] : 0u;
+        bq[1] = g == c ? xb[j][1] : 0u;{math}
+      }}
+    }}
+#pragma unroll
+    for (int m = 0; m < 2; ++m) {{
+      if (2 * q < COLS) {{
+        acc[m][0] += sv[0][m][0] * cc[m][0] + bv[0][m][0] * xs0;
+        acc[m][1] += sv[0][m][1] * cc[m][2] + bv[0][m][1] * xs0;
+      }}
+      if (2 * q + 1 < COLS) {{
+        acc[m][0] += sv[1][m][0] * cc[m][1] + bv[1][m][0] * xs1;
+        acc[m][1] += sv[1][m][1] * cc[m][3] + bv[1][m][1] * xs1;
+      }}
+    }}
+  }}
+#pragma unroll
+  for (int m = 0; m < 2; ++m) {{
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {{
+      acc[m][h] += zx_shfl_xor(acc[m][h], 1);
+      acc[m][h] += zx_shfl_xor(acc[m][h], 2);
+    }}
   }}
   if (q == 0) {{
-    red[((int)warp * R + g) * 2 + 0] = acc0a;
-    red[((int)warp * R + g) * 2 + 1] = acc1a;
-    red[((int)warp * R + g + 8) * 2 + 0] = acc0b;
-    red[((int)warp * R + g + 8) * 2 + 1] = acc1b;
+    red[((int)warp * R + g) * 2 + 0] = acc[0][0];
+    red[((int)warp * R + g) * 2 + 1] = acc[1][0];
+    red[((int)warp * R + g + 8) * 2 + 0] = acc[0][1];
+    red[((int)warp * R + g + 8) * 2 + 1] = acc[1][1];
   }}
   zx_barrier();
   if (warp == 0u) {{

@@ -108,10 +108,10 @@ PAIRED_UNITS = True
 # under Nsight Compute, ncu_mma_gate_up_w8_h100.txt) against 11.8 for the split kernel, for one
 # Qwen3-30B-A3B block on an H100 (moe_block_device_mma_h100.json, at e32460f).
 MMA_GATE_UP = False
-# Most warps a group of it: each a slice of the inputs in steps of 64 (a group of 32 at 2048
-# inputs: one step a warp, 48 registers under NVRTC 13's sm_90a build; 8 warps and 4 steps:
-# 108 registers, as every lane holds its words of all steps).
-MMA_WARPS = 32
+# Most warps a group of it: each a slice of the inputs in steps of 64 (at 2048 inputs, 8
+# warps: 4 steps a warp, 64 registers under NVRTC 13's sm_90a build, 384 groups of 256 threads
+# for Qwen3-30B-A3B's 8 experts).
+MMA_WARPS = 8
 # The split kernels' last step (the W partial sums of each row added, the row rounded and
 # stored; the combine's K experts added in order) with lane r of the first warp on row r,
 # rather than lane 0 on every row in turn: same sums in the same order, bit-identical.
