@@ -24,7 +24,7 @@ sum(x)``), and the lanes of a row add theirs (two shuffles).
 Layout: a group of ``W`` warps owns 16 rows of gate and of up for one slot; warp ``w`` takes
 inputs ``[w * D / W, (w + 1) * D / W)``, ``STEPS`` steps of 64 in rounds of ``COLS = min(STEPS,
 8)``. In a step lane ``(g, t)`` loads words ``2t`` and ``2t + 1`` of the step's 8 of rows ``g``
-and ``g + 8`` (one 8-byte load each), the loads of a whole round issued before its math. The
+and ``g + 8``, the loads of a whole round issued before its math. The
 warps' partial sums meet in shared memory; lane ``l`` of the first warp adds those of row
 ``l % 16`` of gate (``l < 16``) or up, and lane ``r < 16`` finishes row ``r``.
 
