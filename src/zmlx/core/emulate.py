@@ -160,6 +160,11 @@ ZX_INLINE uint zx_as_uint(float f) { uint u; std::memcpy(&u, &f, 4); return u; }
 struct zx_u4 { uint x, y, z, w; };
 ZX_INLINE bool zx_al16(const void* p) { return ((uintptr_t)p & 15u) == 0u; }
 ZX_INLINE zx_u4 zx_ld4(const uint* p, bool al) { zx_u4 v; std::memcpy(&v, p, 16); return v; }
+struct zx_u2 { uint x, y; };
+ZX_INLINE zx_u2 zx_ld2(const uint* p) {
+  if (((uintptr_t)p & 7u) != 0u) { zx_g.error = 7; }
+  zx_u2 v; std::memcpy(&v, p, 8); return v;
+}
 ZX_INLINE float zx_mul_rn(float a, float b) { volatile float p = a * b; return p; }
 // Threads switch only at barriers and shuffles, and groups run one after another: a plain
 // add is atomic here.
@@ -632,6 +637,7 @@ def launch(kernel, inputs, output_shapes, output_dtypes, grid, threadgroup, temp
             4: "barrier not reached by every thread of the group (some had returned)",
             5: "warp mma (zx_mma_bf16) not called by all 32 lanes of a warp",
             6: "a group waits for a count that groups which ran before it did not reach",
+            7: "zx_ld2 of an address that is not 8-byte aligned",
         }[err]
         raise RuntimeError(f"[emulate] {kernel.name}: {what}")
     result = []

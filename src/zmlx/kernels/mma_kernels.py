@@ -24,7 +24,8 @@ sum(x)``), and the lanes of a row add theirs (two shuffles).
 Layout: a group of ``W`` warps owns 16 rows of gate and of up for one slot; warp ``w`` takes
 inputs ``[w * D / W, (w + 1) * D / W)``, ``STEPS`` steps of 64 in rounds of ``COLS = min(STEPS,
 8)``. In a step lane ``(g, t)`` loads words ``2t`` and ``2t + 1`` of the step's 8 of rows ``g``
-and ``g + 8``, the loads of a whole round issued before its math. The
+and ``g + 8`` (one 8-byte load: rows are a whole number of 8-word steps, and MLX's buffers
+are aligned), the loads of a whole round issued before its math. The
 warps' partial sums meet in shared memory; lane ``l`` of the first warp adds those of row
 ``l % 16`` of gate (``l < 16``) or up, and lane ``r < 16`` finishes row ``r``.
 
@@ -94,8 +95,11 @@ def gate_up_kernel(kind: str, x_per_slot: bool) -> Kernel:
     for m, (w, sc, b) in enumerate(mats):
         for h, row in enumerate(("ra", "rb")):
             loads += f"""
-      wv[c][{m}][{2 * h}] = {w}[{row} * NW + wbase];
-      wv[c][{m}][{2 * h + 1}] = {w}[{row} * NW + wbase + 1];"""
+      {{
+        const zx_u2 v = zx_ld2({w} + {row} * NW + wbase);
+        wv[c][{m}][{2 * h}] = v.x;
+        wv[c][{m}][{2 * h + 1}] = v.y;
+      }}"""
             scales += f"""
       sv[hh][{m}][{h}] = static_cast<float>({sc}[{row} * NG + grp]);
       bv[hh][{m}][{h}] = static_cast<float>({b}[{row} * NG + grp]);"""
