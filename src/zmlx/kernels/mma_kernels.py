@@ -91,7 +91,7 @@ def gate_up_kernel(kind: str, x_per_slot: bool) -> Kernel:
     inputs, outputs = _matvec_signature(kind, "affine", True, False, False)
     xrow = "slot" if x_per_slot else "slot / K"
     mats = (("wg", "sg", "bg"), ("wu", "su", "bu"))
-    loads, scales = "", ""
+    loads, scales, pairs = "", "", ""
     for m, (w, sc, b) in enumerate(mats):
         for h, row in enumerate(("ra", "rb")):
             loads += f"""
@@ -103,6 +103,15 @@ def gate_up_kernel(kind: str, x_per_slot: bool) -> Kernel:
             scales += f"""
       sv[hh][{m}][{h}] = static_cast<float>({sc}[{row} * NG + grp]);
       bv[hh][{m}][{h}] = static_cast<float>({b}[{row} * NG + grp]);"""
+            pairs += f"""
+      {{
+        const uint sp = *reinterpret_cast<const uint*>({sc} + {row} * NG + grp);
+        const uint bp = *reinterpret_cast<const uint*>({b} + {row} * NG + grp);
+        sv[0][{m}][{h}] = zx_as_float(sp << 16);
+        sv[1][{m}][{h}] = zx_as_float(sp & 0xFFFF0000u);
+        bv[0][{m}][{h}] = zx_as_float(bp << 16);
+        bv[1][{m}][{h}] = zx_as_float(bp & 0xFFFF0000u);
+      }}"""
     math = ""
     for m in range(2):
         math += f"""
@@ -144,9 +153,15 @@ def gate_up_kernel(kind: str, x_per_slot: bool) -> Kernel:
     // Scales and biases of this lane's columns 2t and 2t + 1 (a column past COLS: unused).
     float sv[2][2][2];
     float bv[2][2][2];
+    if (GROUP_SIZE == 64 && COLS % 2 == 0) {{
+      // Columns 2t and 2t + 1 are adjacent groups, the first even (steps start at even
+      // groups): both bfloat16 scales (biases) in one 4-byte load.
+      const int grp = (in0 + 64 * (rd * COLS + zx_imin(2 * q, COLS - 2))) / GROUP_SIZE;{pairs}
+    }} else {{
 #pragma unroll
-    for (int hh = 0; hh < 2; ++hh) {{
-      const int grp = (in0 + 64 * (rd * COLS + zx_imin(2 * q + hh, COLS - 1))) / GROUP_SIZE;{scales}
+      for (int hh = 0; hh < 2; ++hh) {{
+        const int grp = (in0 + 64 * (rd * COLS + zx_imin(2 * q + hh, COLS - 1))) / GROUP_SIZE;{scales}
+      }}
     }}
     // x of step g of the round (B's column g): inputs 16t .. 16t + 15 of the step, paired
     // as the weights' nibbles are (j with j + 4); zeros for a column past COLS.
