@@ -342,6 +342,7 @@ def test_transposed_warp_sums_are_bit_identical(name, rows, dtype, monkeypatch, 
     gate and up; 16 values at R = 8) in one butterfly add the same lanes in the same tree as
     a warp sum per value: gate/up and the combine are bit-identical either way."""
     gs, bits, mode = fmt(name)
+    monkeypatch.setattr(qk, "MMA_GATE_UP", False)  # gate/up on the split kernel
     monkeypatch.setattr(qk, "SPLIT_WARPS", 4)
     monkeypatch.setattr(qk, "SPLIT_ROWS", rows)
     monkeypatch.setattr(mk, "SPLIT_ROWS", rows)
@@ -390,6 +391,7 @@ def test_launch_bounds_compile_and_name_the_kernel(monkeypatch):
     """``SPLIT_MIN_GROUPS`` / ``COMBINE_MIN_GROUPS``: the launch records the bound, and the
     CUDA unit MLX would build (the kernel's name defined as ``__launch_bounds__`` plus the
     name, undefined in the body before MLX takes the kernel's address) compiles."""
+    monkeypatch.setattr(qk, "MMA_GATE_UP", False)  # gate/up on the split kernel
     monkeypatch.setattr(qk, "SPLIT_MIN_GROUPS", 5)
     monkeypatch.setattr(mk, "COMBINE_MIN_GROUPS", 4)
     d, i_dim, e, k = 2048, 768, 128, 8

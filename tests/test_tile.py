@@ -74,6 +74,7 @@ def test_dense_tile_matches_one_word_kernel(name, d, t, dtype, monkeypatch, rng)
 @pytest.mark.parametrize("t", [1, 3])
 def test_gathered_tile_matches_one_word_kernel(name, d, t, dtype, monkeypatch, rng):
     gs, bits, mode = fmt(name)
+    monkeypatch.setattr(qk, "MMA_GATE_UP", False)  # gate/up on the tile kernel
     e, k, n = 6, 4, 21
     x = random_x(rng, (t, d), dtype)
     wg = random_qweight(rng, (e, n, d), dtype, bits, gs, mode)

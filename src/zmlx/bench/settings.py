@@ -19,7 +19,7 @@ EXAMPLE = "zmlx.kernels.moe_kernels.SPLIT_EXPERTS=false"
 
 def parse(items: Iterable[str]) -> dict[str, Any]:
     """``MODULE.NAME=VALUE`` items as settings (VALUE: an int, a float, or true/false; the
-    text as it is for a setting whose value is a string).
+    text as it is for a setting whose value is a string; a number for a float setting).
 
     Raises:
         ValueError: an item outside ``zmlx.``, without a value, or naming no such constant.
@@ -30,11 +30,21 @@ def parse(items: Iterable[str]) -> dict[str, Any]:
         mod, _, name = key.rpartition(".")
         if not mod.startswith("zmlx.") or not raw:
             raise ValueError(f"[settings] expected --set zmlx.MODULE.NAME=VALUE, got {item!r}")
-        module = importlib.import_module(mod)
+        try:
+            module = importlib.import_module(mod)
+        except ImportError:
+            raise ValueError(f"[settings] no module {mod!r} for {item!r}") from None
         if not hasattr(module, name):
             raise ValueError(f"[settings] {mod} has no setting {name!r}")
-        if isinstance(getattr(module, name), str):
+        current = getattr(module, name)
+        if isinstance(current, str):
             out[key] = raw
+            continue
+        if isinstance(current, float):
+            try:
+                out[key] = float(raw)
+            except ValueError:
+                raise ValueError(f"[settings] expected a number for {key}, got {raw!r}") from None
             continue
         low = raw.lower()
         out[key] = low == "true" if low in ("true", "false") else (float(raw) if "." in raw

@@ -23,8 +23,8 @@ memory), ``ZX_SHARED_PTR`` (qualifies a pointer to it in a helper's parameters),
 ``zx_shfl(v, src)``, ``zx_as_float(uint)`` / ``zx_as_uint(float)`` (bit casts),
 ``zx_ld4(p, al)`` (four ``uint`` words at ``p`` as a ``zx_u4`` with fields ``x, y, z, w``: one
 16-byte load on CUDA when ``al``, which a kernel computes once as ``zx_al16(base)``),
-``zx_ld2(p)`` (two ``uint`` words at an 8-byte aligned ``p`` as a ``zx_u2`` with fields ``x, y``:
-one 8-byte load on CUDA),
+``zx_ld2(p)`` (CUDA only: two ``uint`` words at an 8-byte aligned ``p`` as a ``zx_u2`` with
+fields ``x, y``, in one 8-byte load),
 ``zx_mul_rn(a, b)`` (a product never fused into an fma, for exact rounding),
 ``zx_atomic_add(&out[i], v)`` (atomic add of a float into a float32 output, or of an int into an
 int32 output; the kernel must be built with ``atomic_outputs=True``, which Metal needs and CUDA
@@ -239,8 +239,6 @@ ZX_INLINE uint zx_as_uint(float f) { return as_type<uint>(f); }
 typedef uint4 zx_u4;
 ZX_INLINE bool zx_al16(device const void* p) { return false; }
 ZX_INLINE zx_u4 zx_ld4(device const uint* p, bool al) { return uint4(p[0], p[1], p[2], p[3]); }
-typedef uint2 zx_u2;
-ZX_INLINE zx_u2 zx_ld2(device const uint* p) { return uint2(p[0], p[1]); }
 // Metal has no non-contracting multiply intrinsic; its default safe math mode is relied on.
 ZX_INLINE float zx_mul_rn(float a, float b) { return a * b; }
 // Outputs of a kernel built with atomic_outputs=True are device atomic<float>*; a template,

@@ -168,8 +168,9 @@ def _gather_launch(op, kind, x, mats, indices, group_size, bits, mode, lins, fp,
     split = qk.split_warps(d, bits, group_size) if regs else 0
     plan = qk.tile_plan(d, bits, group_size, joint, n, slots) if prenorm is None else None
     mw = max(1, min(qk.MMA_WARPS, d // 64))
-    if qk.MMA_GATE_UP and mmk.covers(kind, mode, bits, group_size, x.dtype, d, mw,
-                                     lins is not None, prenorm is not None):  # fmt: skip
+    if (qk.MMA_GATE_UP and backend() == "cuda"
+            and mmk.covers(kind, mode, bits, group_size, x.dtype, d, mw, lins is not None,
+                           prenorm is not None)):  # fmt: skip
         nb = math.ceil(n / mmk.ROWS)
         tmpl = fmt_template(x, d, bits, group_size)
         tmpl += [("N", n), ("K", k), ("R", mmk.ROWS), ("NB", nb), ("W", mw),

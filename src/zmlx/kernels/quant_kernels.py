@@ -102,12 +102,14 @@ SPLIT_MIN_GROUPS = 0
 # moe_decode_qwen3_paired_h100.json).
 PAIRED_UNITS = True
 # The gathered gate/up kernel on the tensor cores (mma_kernels.gate_up_kernel) where it
-# covers the call (affine 4-bit, groups of a multiple of 64, bfloat16 x, no bias). Off: its
-# first form (x's fragments in shared memory, every lane holding all steps' words) took 17.3
-# us at 32 warps a group, 17.7 at 8 (108 registers: a quarter of the warps resident, 22.3 us
-# under Nsight Compute, ncu_mma_gate_up_w8_h100.txt) against 11.8 for the split kernel, for one
-# Qwen3-30B-A3B block on an H100 (moe_block_device_mma_h100.json, at e32460f).
-MMA_GATE_UP = False
+# covers the call (affine 4-bit, groups of a multiple of 64, bfloat16 x, no bias). One block's
+# experts on an H100, device time of 8 chained blocks, median of 3 rounds taken in turn
+# (moe_block_device_mma_rounds_h100.json, at dbf86a7): Qwen3-30B-A3B 16.4 us against 18.9
+# (gate/up 9.4 against 11.8), LFM2-8B-A1B 34.1 against 35.5, GLM-4.7-Flash 30.4 against 33.3.
+# Its first form (x's fragments in shared memory, every lane holding all steps' words and
+# applying every step's scales) was slower than the split kernel: 17.3 us at 32 warps a group
+# and 17.7 at 8 (108 registers) against 11.8 (moe_block_device_mma_h100.json, at e32460f).
+MMA_GATE_UP = True
 # Most warps a group of it: each a slice of the inputs in steps of 64 (at 2048 inputs, 8
 # warps: 4 steps a warp, 64 registers under NVRTC 13's sm_90a build, 384 groups of 256 threads
 # for Qwen3-30B-A3B's 8 experts).
