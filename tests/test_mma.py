@@ -163,3 +163,56 @@ def test_gate_up_on_the_tensor_cores_compiles_at_qwen3s_shape(monkeypatch):
     idx = mx.zeros((1, 8), dtype=mx.uint32)
     assert assert_compiles(lambda x: moe.gather_qmv_swiglu(x, *g, *g, idx, 64, 4, "affine"),
                            mx.zeros((1, 2048), dtype=mx.bfloat16), backends=("cuda",)) == 1  # fmt: skip
+
+
+@pytest.mark.skipif(not emulate.available(), reason="needs a C++ compiler")
+@pytest.mark.parametrize("i_dim, d, k, t, split, extras", [
+    (256, 40, 4, 2, 2, False),   # two steps a warp, the last group of 16 rows partly empty
+    (768, 32, 8, 1, 1, True),    # 12 steps: a round of 8 columns, then one of 4
+    (384, 24, 4, 3, 3, True),    # 2 steps a warp, 12 warps a group
+    (192, 16, 2, 1, 1, False),   # 3 steps: an odd round (scales one by one)
+])  # fmt: skip
+def test_combine_on_the_tensor_cores(i_dim, d, k, t, split, extras, monkeypatch, rng):
+    """``mma_kernels.MMA_COMBINE``: the down projection + exact combine with each warp's
+    products on the tensor cores, against the split-expert kernel (float32 sums in another
+    order: bfloat16 last-place differences) and against float64, with a shared expert, its
+    gate and the residual stream added where ``extras``."""
+    from test_batched_loads import assert_close
+    from test_quant import deq64, f64
+    from zmlx.core.kernel import capture
+    from zmlx.kernels import mma_kernels as mmk
+    from zmlx.kernels import moe
+    from zmlx.kernels.moe_specs import random_indices
+    from zmlx.kernels.quant_specs import random_qweight, random_x
+
+    e = 6
+    h = random_x(rng, (t, k, i_dim), mx.bfloat16)
+    w = random_qweight(rng, (e, d, i_dim), mx.bfloat16, 4, 64, "affine")
+    idx = random_indices(rng, (t,), k, e)
+    wts = mx.softmax(mx.array(rng.standard_normal((t, k)).astype(np.float32)), -1)
+    wts = wts.astype(mx.bfloat16)
+    kw = {}
+    if extras:
+        kw = {"shared": random_x(rng, (t, d), mx.bfloat16),
+              "shared_gate": random_x(rng, (t, 1), mx.bfloat16),
+              "residual": (random_x(rng, (t, d), mx.bfloat16),
+                           random_x(rng, (t, d), mx.bfloat16))}  # fmt: skip
+    args = (h, *w, idx, wts, 64, 4, "affine")
+    monkeypatch.setattr(mmk, "MMA_COMBINE", True)
+    monkeypatch.setattr(mmk, "MMA_COMBINE_SPLIT", split)
+    with capture("cuda") as caught:
+        moe.gather_qmv_combine(*args, **kw)
+    assert [c.kernel.name for c in caught] == [
+        "qmv_combine_affine_exact" + ("_res" if extras else "") + "_mma"
+    ]
+    assert dict(caught[0].template)["STEPS"] == i_dim // (64 * split)
+    with emulate.emulate():
+        got = moe.gather_qmv_combine(*args, **kw)
+        monkeypatch.setattr(mmk, "MMA_COMBINE", False)
+        split_out = moe.gather_qmv_combine(*args, **kw)
+    assert_close(got, split_out)
+    if not extras:  # the weighted sum against float64 (the kernels round each projection)
+        wd = deq64(*w, 64, 4, "affine")
+        y = np.einsum("tki,tkdi->tkd", f64(h), wd[np.array(idx)])
+        want = np.einsum("tkd,tk->td", y, f64(wts))
+        np.testing.assert_allclose(np.array(got.astype(mx.float32)), want, rtol=5e-2, atol=5e-2)

@@ -78,31 +78,26 @@ def covers(kind: str, mode: str, bits: int, group_size: int, dtype, d: int, warp
     )
 
 
-@text_cache
-def gate_up_kernel(kind: str, x_per_slot: bool) -> Kernel:
-    """The gathered gate/up matvec with activation ``kind`` on the tensor cores (see the module
-    docstring). Inputs and outputs as :func:`.quant_kernels.split_matvec_kernel`'s (no bias).
-
-    Template constants: ``T`` (bfloat16), ``D``, ``N``, ``BITS`` (4), ``GROUP_SIZE``, ``K``,
-    ``R`` (16), ``NB`` (groups per slot), ``W`` (warps per group), ``STEPS`` (``D / (64 W)``).
-    Runtime: ``rt[0]`` = slots."""
-    if kind not in GATED or kind == "swiglu_oai":
-        raise ValueError(f"[mma_kernels] no tensor-core gate/up for {kind!r}")
-    inputs, outputs = _matvec_signature(kind, "affine", True, False, False)
-    xrow = "slot" if x_per_slot else "slot / K"
-    mats = (("wg", "sg", "bg"), ("wu", "su", "bu"))
-    loads, scales, pairs = "", "", ""
+def _mma_sums(mats: list[tuple[str, str, str]], length: str, rows: str, ebase: str) -> str:
+    """Lane sums ``acc[m][0]``, ``acc[m][1]`` (rows ``row0 + g`` and ``row0 + g + 8`` of weight
+    ``m`` of ``mats``, over the warp's slice of inputs, added over the row's four lanes) on
+    the tensor cores (see the module docstring). The caller defines ``row0``, ``xp`` (its x
+    row), ``in0`` (the slice's first input) and the constants ``STEPS`` (steps of 64 in the
+    slice) and ``GROUP_SIZE``; rows hold ``length`` inputs, ``rows`` per expert, the expert's
+    first row at ``ebase``; rows past ``rows`` read the last one."""
+    nm = len(mats)
+    loads, scales, pairs, math = "", "", "", ""
     for m, (w, sc, b) in enumerate(mats):
-        for h, row in enumerate(("ra", "rb")):
+        for h, row in enumerate(("zx_ra", "zx_rb")):
             loads += f"""
-      {{
-        const zx_u2 v = zx_ld2({w} + {row} * NW + wbase);
-        wv[c][{m}][{2 * h}] = v.x;
-        wv[c][{m}][{2 * h + 1}] = v.y;
-      }}"""
+        {{
+          const zx_u2 v = zx_ld2({w} + {row} * NW + wbase);
+          wv[c][{m}][{2 * h}] = v.x;
+          wv[c][{m}][{2 * h + 1}] = v.y;
+        }}"""
             scales += f"""
-      sv[hh][{m}][{h}] = static_cast<float>({sc}[{row} * NG + grp]);
-      bv[hh][{m}][{h}] = static_cast<float>({b}[{row} * NG + grp]);"""
+        sv[hh][{m}][{h}] = static_cast<float>({sc}[{row} * NG + grp]);
+        bv[hh][{m}][{h}] = static_cast<float>({b}[{row} * NG + grp]);"""
             pairs += f"""
       {{
         const uint sp = *reinterpret_cast<const uint*>({sc} + {row} * NG + grp);
@@ -112,67 +107,62 @@ def gate_up_kernel(kind: str, x_per_slot: bool) -> Kernel:
         bv[0][{m}][{h}] = zx_as_float(bp << 16);
         bv[1][{m}][{h}] = zx_as_float(bp & 0xFFFF0000u);
       }}"""
-    math = ""
-    for m in range(2):
         math += f"""
-        {{
-          uint a[4];
-          a[0] = zx_q4_pair(wv[c][{m}][0], j);
-          a[1] = zx_q4_pair(wv[c][{m}][2], j);
-          a[2] = zx_q4_pair(wv[c][{m}][1], j);
-          a[3] = zx_q4_pair(wv[c][{m}][3], j);
-          zx_mma_bf16(cc[{m}], a, bq, cc[{m}]);
-        }}"""
-    body = f"""
-  ZX_SHARED float red[W * R * 2];
-  const int slot = (int)gid / NB;
-  if (slot >= rt[0]) {{
-    return;
-  }}
-  const int row0 = ((int)gid % NB) * R;
-  const int ex = static_cast<int>(idx[slot]);
-  const T* xp = x + (size_t)({xrow}) * D;
+          {{
+            uint a[4];
+            a[0] = zx_q4_pair(wv[c][{m}][0], j);
+            a[1] = zx_q4_pair(wv[c][{m}][2], j);
+            a[2] = zx_q4_pair(wv[c][{m}][1], j);
+            a[3] = zx_q4_pair(wv[c][{m}][3], j);
+            zx_mma_bf16(cc[{m}], a, bq, cc[{m}]);
+          }}"""
+    zeros = ", ".join(["{0.0f, 0.0f}"] * nm)
+    czeros = ", ".join(["{0.0f, 0.0f, 0.0f, 0.0f}"] * nm)
+    return f"""
   const int g = (int)lane >> 2;
   const int q = (int)lane & 3;
-  constexpr int NW = D / 8;
-  constexpr int NG = D / GROUP_SIZE;
+  constexpr int NW = {length} / 8;
+  constexpr int NG = {length} / GROUP_SIZE;
   constexpr int COLS = STEPS < 8 ? STEPS : 8;
-  constexpr int ROUNDS = STEPS / COLS;
-  // Rows g and g + 8 of the slot's expert (rows past N read row N - 1 and are not stored).
-  const size_t ra = (size_t)ex * N + zx_imin(row0 + g, N - 1);
-  const size_t rb = (size_t)ex * N + zx_imin(row0 + g + 8, N - 1);
-  const int in0 = (int)warp * STEPS * 64;
-  float acc[2][2] = {{{{0.0f, 0.0f}}, {{0.0f, 0.0f}}}};  // [weight][row g, row g + 8]
+  constexpr int ROUNDS = (STEPS + COLS - 1) / COLS;
+  // Two bfloat16 scales (biases) in one load: columns 2t and 2t + 1 are adjacent groups of
+  // 64, the first even, in rows of an even number of groups.
+  constexpr bool PAIRS = GROUP_SIZE == 64 && STEPS % 2 == 0 && COLS % 2 == 0 && NG % 2 == 0;
+  const size_t zx_ra = (size_t)({ebase}) + zx_imin(row0 + g, {rows} - 1);
+  const size_t zx_rb = (size_t)({ebase}) + zx_imin(row0 + g + 8, {rows} - 1);
+  float acc[{nm}][2] = {{{zeros}}};  // [weight][row g, row g + 8]
 #pragma unroll
   for (int rd = 0; rd < ROUNDS; ++rd) {{
-    uint wv[COLS][2][4];  // [step][weight][row g word 2t, 2t + 1, row g + 8 word 2t, 2t + 1]
+    // Columns (steps) of this round: COLS, or fewer in a last round.
+    const int nc = STEPS - rd * COLS < COLS ? STEPS - rd * COLS : COLS;
+    uint wv[COLS][{nm}][4];  // [step][weight][row g word 2t, 2t + 1, row g + 8 word 2t, 2t + 1]
 #pragma unroll
     for (int c = 0; c < COLS; ++c) {{
-      const int wbase = (in0 + 64 * (rd * COLS + c)) / 8 + 2 * q;{loads}
+      if (c < nc) {{
+        const int wbase = (in0 + 64 * (rd * COLS + c)) / 8 + 2 * q;{loads}
+      }}
     }}
-    // Scales and biases of this lane's columns 2t and 2t + 1 (a column past COLS: unused).
-    float sv[2][2][2];
-    float bv[2][2][2];
-    if (GROUP_SIZE == 64 && COLS % 2 == 0) {{
-      // Columns 2t and 2t + 1 are adjacent groups, the first even (steps start at even
-      // groups): both bfloat16 scales (biases) in one 4-byte load.
-      const int grp = (in0 + 64 * (rd * COLS + zx_imin(2 * q, COLS - 2))) / GROUP_SIZE;{pairs}
+    // Scales and biases of this lane's columns 2t and 2t + 1 (a column past nc: unused).
+    float sv[2][{nm}][2];
+    float bv[2][{nm}][2];
+    if (PAIRS) {{
+      const int grp = (in0 + 64 * (rd * COLS + zx_imin(2 * q, nc - 2))) / GROUP_SIZE;{pairs}
     }} else {{
 #pragma unroll
       for (int hh = 0; hh < 2; ++hh) {{
-        const int grp = (in0 + 64 * (rd * COLS + zx_imin(2 * q + hh, COLS - 1))) / GROUP_SIZE;{scales}
+        const int grp = (in0 + 64 * (rd * COLS + zx_imin(2 * q + hh, nc - 1))) / GROUP_SIZE;{scales}
       }}
     }}
     // x of step g of the round (B's column g): inputs 16t .. 16t + 15 of the step, paired
-    // as the weights' nibbles are (j with j + 4); zeros for a column past COLS.
+    // as the weights' nibbles are (j with j + 4); zeros for a column past nc.
     uint xb[4][2];
     float xsum = 0.0f;
     {{
       float xv[16];
-      const int at = in0 + 64 * (rd * COLS + zx_imin(g, COLS - 1)) + 16 * q;
+      const int at = in0 + 64 * (rd * COLS + zx_imin(g, nc - 1)) + 16 * q;
 #pragma unroll
       for (int e = 0; e < 16; ++e) {{
-        xv[e] = g < COLS ? static_cast<float>(xp[at + e]) : 0.0f;
+        xv[e] = g < nc ? static_cast<float>(xp[at + e]) : 0.0f;
         xsum += xv[e];
       }}
 #pragma unroll
@@ -186,36 +176,65 @@ def gate_up_kernel(kind: str, x_per_slot: bool) -> Kernel:
     // sum(x) of this lane's columns 2t and 2t + 1: held by lanes 8t and 8t + 4.
     const float xs0 = zx_shfl(xsum, 8 * q);
     const float xs1 = zx_shfl(xsum, 8 * q + 4);
-    float cc[2][4] = {{{{0.0f, 0.0f, 0.0f, 0.0f}}, {{0.0f, 0.0f, 0.0f, 0.0f}}}};
+    float cc[{nm}][4] = {{{czeros}}};
 #pragma unroll
     for (int c = 0; c < COLS; ++c) {{
+      if (c < nc) {{
 #pragma unroll
-      for (int j = 0; j < 4; ++j) {{
-        uint bq[2];
-        bq[0] = g == c ? xb[j][0] : 0u;
-        bq[1] = g == c ? xb[j][1] : 0u;{math}
+        for (int j = 0; j < 4; ++j) {{
+          uint bq[2];
+          bq[0] = g == c ? xb[j][0] : 0u;
+          bq[1] = g == c ? xb[j][1] : 0u;{math}
+        }}
       }}
     }}
 #pragma unroll
-    for (int m = 0; m < 2; ++m) {{
-      if (2 * q < COLS) {{
+    for (int m = 0; m < {nm}; ++m) {{
+      if (2 * q < nc) {{
         acc[m][0] += sv[0][m][0] * cc[m][0] + bv[0][m][0] * xs0;
         acc[m][1] += sv[0][m][1] * cc[m][2] + bv[0][m][1] * xs0;
       }}
-      if (2 * q + 1 < COLS) {{
+      if (2 * q + 1 < nc) {{
         acc[m][0] += sv[1][m][0] * cc[m][1] + bv[1][m][0] * xs1;
         acc[m][1] += sv[1][m][1] * cc[m][3] + bv[1][m][1] * xs1;
       }}
     }}
   }}
 #pragma unroll
-  for (int m = 0; m < 2; ++m) {{
+  for (int m = 0; m < {nm}; ++m) {{
 #pragma unroll
     for (int h = 0; h < 2; ++h) {{
       acc[m][h] += zx_shfl_xor(acc[m][h], 1);
       acc[m][h] += zx_shfl_xor(acc[m][h], 2);
     }}
   }}
+"""
+
+
+@text_cache
+def gate_up_kernel(kind: str, x_per_slot: bool) -> Kernel:
+    """The gathered gate/up matvec with activation ``kind`` on the tensor cores (see the module
+    docstring). Inputs and outputs as :func:`.quant_kernels.split_matvec_kernel`'s (no bias).
+
+    Template constants: ``T`` (bfloat16), ``D``, ``N``, ``BITS`` (4), ``GROUP_SIZE``, ``K``,
+    ``R`` (16), ``NB`` (groups per slot), ``W`` (warps per group), ``STEPS`` (``D / (64 W)``).
+    Runtime: ``rt[0]`` = slots."""
+    if kind not in GATED or kind == "swiglu_oai":
+        raise ValueError(f"[mma_kernels] no tensor-core gate/up for {kind!r}")
+    inputs, outputs = _matvec_signature(kind, "affine", True, False, False)
+    xrow = "slot" if x_per_slot else "slot / K"
+    sums = _mma_sums([("wg", "sg", "bg"), ("wu", "su", "bu")], "D", "N", "(size_t)ex * N")
+    body = f"""
+  ZX_SHARED float red[W * R * 2];
+  const int slot = (int)gid / NB;
+  if (slot >= rt[0]) {{
+    return;
+  }}
+  const int row0 = ((int)gid % NB) * R;
+  const int ex = static_cast<int>(idx[slot]);
+  const T* xp = x + (size_t)({xrow}) * D;
+  const int in0 = (int)warp * STEPS * 64;
+{sums}
   if (q == 0) {{
     red[((int)warp * R + g) * 2 + 0] = acc[0][0];
     red[((int)warp * R + g) * 2 + 1] = acc[1][0];
@@ -235,3 +254,64 @@ def gate_up_kernel(kind: str, x_per_slot: bool) -> Kernel:
 {_store(kind, ["g", "u"], True, False, False, lanes=True, fin=False)}  }}
 """
     return Kernel(f"qmv_{kind}_affine_gather_mma", inputs, outputs, body, header=_HEADER)
+
+
+# The down projection + combine on the tensor cores (combine_kernel) where it covers the call.
+MMA_COMBINE = False
+# Warps each expert's inputs are split across (S; a group has K * S warps).
+MMA_COMBINE_SPLIT = 2
+
+
+def covers_combine(mode: str, bits: int, group_size: int, dtype, i_dim: int, k: int,
+                   split: int) -> bool:  # fmt: skip
+    """Whether :func:`combine_kernel` takes this call."""
+    return (
+        mode == "affine"
+        and bits == 4
+        and group_size % 64 == 0
+        and dtype == mx.bfloat16
+        and split > 0
+        and i_dim % (64 * split) == 0
+        and 0 < k * split <= 32
+    )
+
+
+@text_cache
+def combine_kernel(has_bias: bool, has_shared: bool, has_gate: bool, has_res: bool) -> Kernel:
+    """The exact combine (:func:`.moe_kernels.split_combine_kernel`'s inputs, outputs and
+    rounding) with each warp's products on the tensor cores: a group of ``K * S`` warps owns
+    16 output rows of one token; warp ``k * S + s`` takes slice ``s`` of expert ``k``'s inputs
+    (:func:`_mma_sums`), and the first warp's lane ``r`` adds row ``r``'s partial sums, rounds
+    each expert's projection and adds the weighted projections in expert order
+    (:func:`.moe_kernels.expert_rows_tail`).
+
+    Template constants: ``T``, ``P``, ``I``, ``D``, ``BITS`` (4), ``GROUP_SIZE``, ``K``, ``S``,
+    ``R`` (16), ``NB`` (groups per token), ``STEPS`` (``I / (64 S)``). Runtime: ``rt[0]`` =
+    tokens."""
+    from . import moe_kernels as mk
+
+    inputs = mk._combine_inputs("affine", has_bias, has_shared, has_gate, has_res)
+    sums = _mma_sums([("w0", "s0", "b0")], "I", "D", "(size_t)ex * D")
+    body = f"""
+  ZX_SHARED float red[K * S * R];
+  const int t = (int)gid / NB;
+  if (t >= rt[0]) {{
+    return;
+  }}
+  const int row0 = ((int)gid % NB) * R;
+  const int slot = t * K + (int)warp / S;
+  const int ex = static_cast<int>(idx[slot]);
+  const T* xp = h + (size_t)slot * I;
+  const int in0 = ((int)warp % S) * STEPS * 64;
+{sums}
+  if (q == 0) {{
+    red[(int)warp * R + g] = acc[0][0];
+    red[(int)warp * R + g + 8] = acc[0][1];
+  }}
+  zx_barrier();
+  if (warp != 0u) {{
+    return;
+  }}
+{mk.expert_rows_tail(has_bias, has_shared, has_gate, has_res)}"""
+    name = "qmv_combine_affine_exact" + ("_res" if has_res else "") + "_mma"
+    return Kernel(name, inputs, ["out"], body, header=_HEADER)

@@ -356,6 +356,23 @@ def gather_qmv_combine(h, w, scales, biases, indices, weights, group_size=64, bi
             check_like(op, name, a, lead + (dout,), h.dtype)
     tokens = math.prod(lead)
     if tokens and use_kernel(op, h, scales, group_size, bits, mode, tokens, verbose):
+        sm = mmk.MMA_COMBINE_SPLIT
+        if (mmk.MMA_COMBINE and backend() == "cuda"
+                and mmk.covers_combine(mode, bits, group_size, h.dtype, i_dim, k, sm)):  # fmt: skip
+            kern = mmk.combine_kernel(bias is not None, shared is not None,
+                                      shared_gate is not None, residual is not None)  # fmt: skip
+            nb = math.ceil(dout / mmk.ROWS)
+            ins = [h] + weight_inputs([(w, scales, biases)], mode) + [indices, weights]
+            ins += [a for a in (bias, shared, shared_gate) if a is not None]
+            ins += list(residual or ())
+            tmpl = [("T", h.dtype), ("P", promote((h.dtype, weights.dtype))), ("I", i_dim),
+                    ("D", dout), ("BITS", bits), ("GROUP_SIZE", group_size), ("K", k),
+                    ("S", sm), ("R", mmk.ROWS), ("NB", nb),
+                    ("STEPS", i_dim // (64 * sm))]  # fmt: skip
+            grid, tg = qk.warp_groups(tokens * nb, k * sm)
+            return kern(*ins, scalar(tokens, mx.int32), output_shapes=[lead + (dout,)],
+                        output_dtypes=[h.dtype], grid=grid, threadgroup=tg,
+                        template=tmpl)[0]  # fmt: skip
         if (k < mk.COMBINE_TWO_PASS_BELOW and i_dim <= qk.X_REG_MAX and not qk.TILE
                 and qk.split_warps(i_dim, bits, group_size)):  # fmt: skip
             # Two launches (see moe_kernels.COMBINE_TWO_PASS_BELOW): each expert's rounded
@@ -466,6 +483,8 @@ def _fused_experts(x, g, u, dn, indices, weights, fmt, dfmt, bias_gate, bias_up,
     mma = qk.MMA_GATE_UP and mmk.covers(activation, mode, bits, gs, x.dtype, d, mw,
                                         bias_gate is not None, False)  # fmt: skip
     two_pass = k < mk.COMBINE_TWO_PASS_BELOW and qk.split_warps(i_dim, dbits, dgs)
+    mma = mma or (mmk.MMA_COMBINE and mmk.covers_combine(dmode, dbits, dgs, x.dtype, i_dim, k,
+                                                         mmk.MMA_COMBINE_SPLIT))  # fmt: skip
     if not split or mma or two_pass or i_dim > qk.X_REG_MAX or k > 32:
         return None
     s = qk.split_ways(i_dim, dbits, dgs, max(1, mk.COMBINE_WARPS // k), least=1)

@@ -249,6 +249,31 @@ def _combine_inputs(mode: str, has_bias: bool, has_shared: bool, has_gate: bool,
     return inputs + (["rx", "ra"] if has_res else []) + ["rt"]
 
 
+def _bias_add(has_bias: bool) -> str:
+    """Expert ``exk``'s bias added to row ``row0 + r``'s rounded projection ``y``, in ``T``."""
+    if not has_bias:
+        return ""
+    return (" if (row0 + r < D) { y = "
+            + _to_t("y + static_cast<float>(bias[(size_t)exk * D + row0 + r])") + "; }")  # fmt: skip
+
+
+def expert_rows_tail(has_bias: bool, has_shared: bool, has_gate: bool, has_res: bool) -> str:
+    """The first warp's end of a combine whose warps left expert ``k``'s ``S`` partial sums of
+    row ``r`` in shared ``red[(k * S + s) * R + r]``: lane ``r`` adds them in order, rounds
+    the projection to ``T`` (plus its bias), adds the K weighted projections in expert order
+    as mlx-lm rounds them, then the shared expert and the residual (:func:`_epilogue`)."""
+    head, _ = row_heads(True, 1, fin=False)
+    head += ["      float totr = 0.0f;", "      for (int k = 0; k < K; ++k) {",
+             "        const float wk = static_cast<float>(wts[t * K + k]);",
+             "        const int exk = static_cast<int>(idx[t * K + k]);",
+             "        float y = red[(k * S) * R + r];",
+             "        for (int s = 1; s < S; ++s) {",
+             "          y += red[(k * S + s) * R + r];", "        }",
+             f"        y = {_to_t('y')};{_bias_add(has_bias)}",
+             f"        {exact_accumulate('totr', 'y', 'wk')}", "      }"]  # fmt: skip
+    return _epilogue(True, has_bias, has_shared, has_gate, has_res, head, "totr")
+
+
 @text_cache
 def split_combine_kernel(mode: str, has_bias: bool, has_shared: bool, has_gate: bool,
                          has_res: bool = False, all_rows: bool = True) -> Kernel:  # fmt: skip
@@ -295,13 +320,6 @@ def split_combine_parts(mode: str, has_bias: bool, has_shared: bool, has_gate: b
     body += _prologue("(I / S)", False, mode) + _acc_decl(["acc0"]) + before_rows
     body += _split_rows(mode, [_mat("0", mode)], "D", "ex * D", "S", "(int)warp % S", all_rows,
                         before_x)  # fmt: skip
-    bias = ""
-    if has_bias:
-        bias = (
-            " if (row0 + r < D) { y = "
-            + _to_t("y + static_cast<float>(bias[(size_t)exk * D + row0 + r])")
-            + "; }"
-        )
     body += warp_sums_to_shared(["acc0"], "red[(int)warp * R + {r}]")
     body += """  zx_barrier();
   if (warp != 0u) {
@@ -309,16 +327,7 @@ def split_combine_parts(mode: str, has_bias: bool, has_shared: bool, has_gate: b
   }
 """
     if _qk.LANE_ROWS:  # lane r adds row r's experts, in expert order as below
-        head, _ = row_heads(True, 1, fin=False)
-        head += ["      float totr = 0.0f;", "      for (int k = 0; k < K; ++k) {",
-                 "        const float wk = static_cast<float>(wts[t * K + k]);",
-                 "        const int exk = static_cast<int>(idx[t * K + k]);",
-                 "        float y = red[(k * S) * R + r];",
-                 "        for (int s = 1; s < S; ++s) {",
-                 "          y += red[(k * S + s) * R + r];", "        }",
-                 f"        y = {_to_t('y')};{bias}",
-                 f"        {exact_accumulate('totr', 'y', 'wk')}", "      }"]  # fmt: skip
-        body += _epilogue(True, has_bias, has_shared, has_gate, has_res, head, "totr")
+        body += expert_rows_tail(has_bias, has_shared, has_gate, has_res)
     else:
         body += _acc_decl(["tot"])
         body += f"""
@@ -331,7 +340,7 @@ def split_combine_parts(mode: str, has_bias: bool, has_shared: bool, has_gate: b
       for (int s = 1; s < S; ++s) {{
         y += red[(k * S + s) * R + r];
       }}
-      y = {_to_t("y")};{bias}
+      y = {_to_t("y")};{_bias_add(has_bias)}
       {exact_accumulate("tot[r]", "y", "wk")}
     }}
   }}
