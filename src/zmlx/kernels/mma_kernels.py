@@ -257,9 +257,14 @@ def gate_up_kernel(kind: str, x_per_slot: bool) -> Kernel:
 
 
 # The down projection + combine on the tensor cores (combine_kernel) where it covers the call.
+# Off: no faster than the split-expert combine. One block's experts on an H100 (device time of
+# 8 chained blocks, median of 3 rounds, tensor-core gate/up in both; at 2b95533,
+# moe_block_device_mma_combine_h100.json): Qwen3-30B-A3B 16.1 / 16.4 / 16.2 us at 2 / 3 / 4
+# warps an expert against 16.2 (1 warp: 18.4), LFM2-8B-A1B 37.6 / 35.0 / 34.8 against 34.7,
+# GLM-4.7-Flash 30.7 / 31.3 / 30.2 against 31.1.
 MMA_COMBINE = False
 # Warps each expert's inputs are split across (S; a group has K * S warps).
-MMA_COMBINE_SPLIT = 2
+MMA_COMBINE_SPLIT = 4
 
 
 def covers_combine(mode: str, bits: int, group_size: int, dtype, i_dim: int, k: int,
