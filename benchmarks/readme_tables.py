@@ -31,12 +31,14 @@ def _cap(name: str) -> dict | None:
 # (capsule, model, the variant that runs the safety table's current CUDA patterns), the newest
 # such run of each family.
 HEADLINE = [
-    ("moe_decode_qwen3_lfm2_lanes_h100.json", "qwen3_moe", "zmlx"),
-    ("moe_decode_qwen3_lfm2_lanes_h100.json", "lfm2_moe", "zmlx"),
+    ("moe_decode_qwen3_mma_h100.json", "qwen3_moe", "zmlx"),
+    ("moe_decode_qwen3_lfm2_mma_h100.json", "lfm2_moe", "zmlx"),
     ("moe_decode_glm_mla_h100.json", "glm4_moe_lite", "zmlx_linear_mla"),
     ("moe_decode_glm_gpt_oss_linear_h100.json", "gpt_oss", "zmlx"),
 ]
 DECODE_VARIANTS = [
+    "moe_decode_qwen3_mma_h100.json",
+    "moe_decode_qwen3_lfm2_mma_h100.json",
     "moe_decode_qwen3_lfm2_lanes_h100.json",
     "moe_decode_qwen3_paired_exact_h100.json",
     "moe_decode_qwen3_paired_h100.json",
@@ -70,7 +72,7 @@ DECODE_VARIANTS = [
     "moe_decode_qwen3_30b_a3b_h100_qk.json",
     "moe_decode_qwen3_30b_a3b_h100_noqk.json",
 ]
-FIXTURE_CAPSULES = ["fixture_decode_lanes_128x5_h100.json",
+FIXTURE_CAPSULES = ["fixture_decode_mma_128x5_h100.json", "fixture_decode_lanes_128x5_h100.json",
                     "fixture_decode_paired_exact_128x5_h100.json",
                     "fixture_decode_paired_128x5_h100.json",
                     "fixture_decode_qkv_residual_128x5_h100.json",
@@ -102,6 +104,7 @@ VARIANT_TEXT = {
     "patched": "`patch` only",
     "zmlx_stock_attention": "`patch` + `compile_decode`, mlx-lm attention",
     "zmlx": "`patch` + `compile_decode`",
+    "zmlx_split_gate_up": "`patch` + `compile_decode`, gate/up on the split-row kernel",
 }
 
 

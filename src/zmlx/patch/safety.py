@@ -36,7 +36,7 @@ _NO_GAIN = "the CPU runs the reference ops: correct but not faster than stock"
 # (quantized in groups of 32, see zmlx.models.build.backend_group_size), and the full-size
 # models decode faster with the same patterns under compile_decode, in the same process as
 # stock. Families without a speed capsule get no entry (patch() leaves them alone).
-_GPU_FIXTURES = "benchmarks/capsules/fixture_decode_lanes_128x5_h100.json"
+_GPU_FIXTURES = "benchmarks/capsules/fixture_decode_mma_128x5_h100.json"
 _SPEED = {
     "qwen3_moe": "benchmarks/capsules/moe_decode_qwen3_lfm2_lanes_h100.json ; "
     "benchmarks/capsules/moe_decode_qwen3_launches_h100.json ; "
