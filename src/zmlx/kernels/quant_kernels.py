@@ -106,6 +106,8 @@ PAIRED_UNITS = True
 # experts on an H100, device time of 8 chained blocks, median of 3 rounds taken in turn
 # (moe_block_device_mma_rounds_h100.json, at dbf86a7): Qwen3-30B-A3B 16.4 us against 18.9
 # (gate/up 9.4 against 11.8), LFM2-8B-A1B 34.1 against 35.5, GLM-4.7-Flash 30.4 against 33.3.
+# In a Qwen3 decode step: 78.5 against 80.5 us busy a layer, gate/up 9.2 against 11.8
+# (kernel_profile_mma_qwen3_h100.json, at 8b262e2).
 # Its first form (x's fragments in shared memory, every lane holding all steps' words and
 # applying every step's scales) was slower than the split kernel: 17.3 us at 32 warps a group
 # and 17.7 at 8 (108 registers) against 11.8 (moe_block_device_mma_h100.json, at e32460f).
