@@ -216,3 +216,47 @@ def test_combine_on_the_tensor_cores(i_dim, d, k, t, split, extras, monkeypatch,
         y = np.einsum("tki,tkdi->tkd", f64(h), wd[np.array(idx)])
         want = np.einsum("tkd,tk->td", y, f64(wts))
         np.testing.assert_allclose(np.array(got.astype(mx.float32)), want, rtol=5e-2, atol=5e-2)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("t", [1, 4])
+@pytest.mark.parametrize("gs", [64, 128])
+def test_tensor_cores_on_the_gpu(t, gs, monkeypatch, rng):
+    """On the GPU, at Qwen3-30B-A3B's expert shapes (2048 inputs, 768 rows): the tensor-core
+    gate/up and combine against the split-row kernels (bfloat16 last-place differences) and
+    against float64, with the launches checked to be the tensor-core kernels."""
+    from test_batched_loads import assert_close
+    from test_quant import deq64, f64
+    from zmlx.core.kernel import capture
+    from zmlx.kernels import mma_kernels as mmk
+    from zmlx.kernels import moe
+    from zmlx.kernels import quant_kernels as qk
+    from zmlx.kernels.moe_specs import random_indices
+    from zmlx.kernels.quant_specs import random_qweight, random_x
+
+    e, k, d, i = 16, 8, 2048, 768
+    x = random_x(rng, (t, d), mx.bfloat16)
+    g, u = (random_qweight(rng, (e, i, d), mx.bfloat16, 4, gs, "affine") for _ in range(2))
+    dn = random_qweight(rng, (e, d, i), mx.bfloat16, 4, gs, "affine")
+    idx = random_indices(rng, (t,), k, e)
+    wts = mx.softmax(mx.array(rng.standard_normal((t, k)).astype(np.float32)), -1)
+    wts = wts.astype(mx.bfloat16)
+    monkeypatch.setattr(qk, "MMA_GATE_UP", True)
+    monkeypatch.setattr(mmk, "MMA_COMBINE", True)
+    with capture("cuda") as caught:
+        h = moe.gather_qmv_swiglu(x, *g, *u, idx, gs, 4, "affine")
+        moe.gather_qmv_combine(h, *dn, idx, wts, gs, 4, "affine")
+    assert [c.kernel.name for c in caught] == ["qmv_swiglu_affine_gather_mma",
+                                               "qmv_combine_affine_exact_mma"]  # fmt: skip
+    h = moe.gather_qmv_swiglu(x, *g, *u, idx, gs, 4, "affine")
+    y = moe.gather_qmv_combine(h, *dn, idx, wts, gs, 4, "affine")
+    monkeypatch.setattr(qk, "MMA_GATE_UP", False)
+    monkeypatch.setattr(mmk, "MMA_COMBINE", False)
+    assert_close(h, moe.gather_qmv_swiglu(x, *g, *u, idx, gs, 4, "affine"))
+    assert_close(y, moe.gather_qmv_combine(h, *dn, idx, wts, gs, 4, "affine"))
+    gw, uw = deq64(*g, gs, 4, "affine"), deq64(*u, gs, 4, "affine")
+    ii = np.array(idx)
+    gp = np.einsum("td,tkid->tki", f64(x), gw[ii])
+    up = np.einsum("td,tkid->tki", f64(x), uw[ii])
+    want = gp / (1 + np.exp(-gp)) * up
+    np.testing.assert_allclose(np.array(h.astype(mx.float32)), want, rtol=5e-2, atol=5e-2)
