@@ -403,3 +403,38 @@ def test_split_router_launches_in_one_lazy_graph_do_not_interfere(rng):
     for (i1, w1), (i2, w2) in zip(alone, together):
         assert (np.array(i1) == np.array(i2)).all()
         assert (np.array(w1.astype(mx.float32)) == np.array(w2.astype(mx.float32))).all()
+
+
+@pytest.mark.parametrize("slices", [1, 4])
+@pytest.mark.parametrize("norm", [False, True], ids=["plain", "prenorm"])
+def test_split_router_preload_is_bitwise(slices, norm, monkeypatch, rng):
+    """``router_kernels.SPLIT_PRELOAD``: the quantized split router with each lane's first
+    round of words (and their scales and biases) loaded before x and the folded norm routes
+    bit for bit as without, at rows of one round (d = 384, 4-bit: 48 words) and of several
+    (d = 2048, 8-bit, one slice: 512 words, 2 rounds of WU = 8)."""
+    from test_quant import run_kernel
+
+    monkeypatch.setattr(RK, "SPLIT", True)
+    monkeypatch.setattr(RK, "SPLIT_SLICES", slices)
+    rule = R.RouterRule("softmax_topk", 4, norm=True)
+    for d, e, bits in ((384, 24, 4), (2048, 16, 8)):
+        x, a = (mx.array(rng.normal(size=(2, d)).astype(np.float32)).astype(mx.bfloat16)
+                for _ in range(2))  # fmt: skip
+        nw = mx.array(rng.uniform(0.5, 1.5, size=(d,)).astype(np.float32)).astype(mx.bfloat16)
+        w = mx.array(rng.normal(size=(e, d)).astype(np.float32) * 0.05).astype(mx.bfloat16)
+        wq, s, b = mx.quantize(w, group_size=64, bits=bits)
+        kw = dict(scales=s, biases=b, group_size=64, bits=bits)
+        if norm:
+            kw.update(prenorm=(a, nw, 1e-6), return_normed=True)
+        from zmlx.core.kernel import capture
+
+        outs = {}
+        for pre in (True, False):
+            monkeypatch.setattr(RK, "SPLIT_PRELOAD", pre)
+            with capture("cuda") as caught:
+                R.router_fused(x, wq, rule, **kw)
+            assert caught[0].kernel.name.endswith("_preload") == pre
+            outs[pre] = run_kernel(R.router_fused, x, wq, rule, **kw)
+        for got, base in zip(outs[True], outs[False]):
+            assert got.dtype == base.dtype
+            assert (np.array(got.astype(mx.float32)) == np.array(base.astype(mx.float32))).all()

@@ -307,6 +307,11 @@ SPLIT_WARPS = 8
 # cycles each (18 us under ncu, ncu_sweep_router_h100.json).
 SPLIT_SLICES = 4
 SPLIT = True  # CUDA routes with the split launch (False: one group a token, as on Metal)
+# Quantized split router: each lane issues the loads of its first WU words of its row slice
+# (with their scales and biases) before x's load and the folded norm, so their latency overlaps
+# that phase rather than following it; the same sums in the same order (bit-identical). Off:
+# not yet timed on a GPU.
+SPLIT_PRELOAD = False
 _SPLIT_HEAD = r"""
   const uint tok = gid_y;
   if (tok >= dims[0]) { return; }
@@ -320,6 +325,68 @@ _SPLIT_HEAD = r"""
   const int e = (int)gid * epg + (int)warp / WPE;
   float acc = 0.0f;
   if (e < E) {
+"""
+# The split head with the first round of the row slice's words loaded before x (SPLIT_PRELOAD,
+# affine weights): pw/ps/pb feed the first round of _DOT_AFFINE_PRE.
+_SPLIT_HEAD_PRE = r"""
+  const uint tok = gid_y;
+  if (tok >= dims[0]) { return; }
+  ZX_SHARED float xs[DIN];
+  ZX_SHARED float r_part[32];
+  const int r_nsl = WPE;
+  const int r_sl = (int)warp % WPE;
+  const int epg = (int)(lsize / 32u) / WPE;
+  const int e = (int)gid * epg + (int)warp / WPE;
+  const int vpw = 32 / QBITS;
+  const int wpr = DIN / vpw;
+  const int ngr = DIN / GSZ;
+  const uint qmask = (1u << QBITS) - 1u;
+  const int r_len = (wpr + r_nsl - 1) / r_nsl;  // this warp's slice of the row's words
+  const int r_lo = r_sl * r_len;
+  const int r_hi = zx_imin(wpr, r_lo + r_len);
+  uint pw[WU];
+  float ps[WU];
+  float pb[WU];
+  for (int u = 0; u < WU; ++u) {
+    const int i = r_lo + (int)lane + 32 * u;
+    const bool ok = e < E && i < r_hi;
+    const int g = ok ? (i * vpw) / GSZ : 0;
+    pw[u] = ok ? rw[e * wpr + i] : 0u;
+    ps[u] = ok ? static_cast<float>(scales[e * ngr + g]) : 0.0f;
+    pb[u] = ok ? static_cast<float>(qbias[e * ngr + g]) : 0.0f;
+  }
+@LOAD@  zx_barrier();
+  float acc = 0.0f;
+  if (e < E) {
+"""
+_DOT_AFFINE_PRE = r"""
+    for (int i0 = r_lo + (int)lane; i0 < r_hi; i0 += 32 * WU) {
+      const bool first = i0 == r_lo + (int)lane;
+      uint words[WU];
+      float wsc[WU];
+      float wbi[WU];
+      for (int u = 0; u < WU; ++u) {
+        const int i = i0 + 32 * u;
+        const int g = (i * vpw) / GSZ;
+        words[u] = first ? pw[u] : (i < r_hi) ? rw[e * wpr + i] : 0u;
+        wsc[u] = first ? ps[u] : (i < r_hi) ? static_cast<float>(scales[e * ngr + g]) : 0.0f;
+        wbi[u] = first ? pb[u] : (i < r_hi) ? static_cast<float>(qbias[e * ngr + g]) : 0.0f;
+      }
+      for (int u = 0; u < WU; ++u) {
+        const int i = i0 + 32 * u;
+        if (i < r_hi) {
+          const int k0 = i * vpw;
+          float dq = 0.0f;
+          float xsum = 0.0f;
+          for (int t = 0; t < vpw; ++t) {
+            const float xv = xs[k0 + t];
+            dq += static_cast<float>((words[u] >> (QBITS * t)) & qmask) * xv;
+            xsum += xv;
+          }
+          acc += wsc[u] * dq + wbi[u] * xsum;
+        }
+      }
+    }
 """
 _SPLIT_TAIL = (
     r"""
@@ -348,17 +415,22 @@ _SPLIT_TAIL = (
 
 
 @functools.cache
-def split_kernel(quant: bool, norm: bool = False) -> Kernel:
+def split_kernel(quant: bool, norm: bool = False, preload: bool = False) -> Kernel:
     """The router matvec split over ``ceil(E * SPLIT_SLICES / SPLIT_WARPS)`` groups a token,
     the group that finishes it routing (CUDA; see :data:`SPLIT_WARPS`). Inputs and outputs as
-    :func:`fused_kernel`, plus the logits ``lgo`` (float32) and the groups' flags ``flg``."""
+    :func:`fused_kernel`, plus the logits ``lgo`` (float32) and the groups' flags ``flg``.
+    ``preload`` (quantized weights; :data:`SPLIT_PRELOAD`): the first round of each lane's
+    words is loaded before x."""
     load = (_PRENORM_LOAD if norm else _PLAIN_LOAD).replace("@HN_IF@", "if (gid == 0u) ")
+    pre = preload and quant
+    head = (_SPLIT_HEAD_PRE if pre else _SPLIT_HEAD).replace("@LOAD@", load)
+    dot = _DOT_AFFINE_PRE if pre else _DOT_AFFINE if quant else _DOT_FLOAT
     return Kernel(
-        "moe_route_split" + ("_affine" if quant else "") + ("_prenorm" if norm else ""),
+        "moe_route_split" + ("_affine" if quant else "") + ("_prenorm" if norm else "")
+        + ("_preload" if pre else ""),
         _FUSED_INPUTS[:-1] + (("xa", "nrmw", "npr") if norm else ()) + _FUSED_INPUTS[-1:],
         (("inds", "weights", "hn") if norm else ("inds", "weights")) + ("lgo", "flg"),
-        _SPLIT_HEAD.replace("@LOAD@", load) + (_DOT_AFFINE if quant else _DOT_FLOAT)
-        + _SPLIT_TAIL,
+        head + dot + _SPLIT_TAIL,
     )  # fmt: skip
 
 
@@ -444,7 +516,10 @@ def launch_fused(x, w, scales, qbias, lbias, sbias, plan, template, logits_dtype
         ("LG", logits_dtype),
     ]
     z = dummy()
-    kernel = (split_kernel if split else fused_kernel)(bits > 0, prenorm is not None)
+    if split:
+        kernel = split_kernel(bits > 0, prenorm is not None, SPLIT_PRELOAD)
+    else:
+        kernel = fused_kernel(bits > 0, prenorm is not None)
     norm_in = []
     if prenorm is not None:
         xa, nw, eps = prenorm
