@@ -192,8 +192,8 @@ _FUSED_HEAD = r"""
 """
 # Each lane issues WU loads before using any (memory-level parallelism: one group per token
 # streams the whole router matrix through one SM).
-_DOT_AFFINE = r"""
-    // MLX affine quantization: w = scale * q + bias per group of GSZ along the row.
+# The affine row slice's constants (before the dot, or before x where the words are preloaded).
+_AFFINE_CONSTS = r"""
     const int vpw = 32 / QBITS;
     const int wpr = DIN / vpw;
     const int ngr = DIN / GSZ;
@@ -201,17 +201,9 @@ _DOT_AFFINE = r"""
     const int r_len = (wpr + r_nsl - 1) / r_nsl;  // this warp's slice of the row's words
     const int r_lo = r_sl * r_len;
     const int r_hi = zx_imin(wpr, r_lo + r_len);
-    for (int i0 = r_lo + (int)lane; i0 < r_hi; i0 += 32 * WU) {
-      uint words[WU];
-      float wsc[WU];
-      float wbi[WU];
-      for (int u = 0; u < WU; ++u) {
-        const int i = i0 + 32 * u;
-        const int g = (i * vpw) / GSZ;
-        words[u] = (i < r_hi) ? rw[e * wpr + i] : 0u;
-        wsc[u] = (i < r_hi) ? static_cast<float>(scales[e * ngr + g]) : 0.0f;
-        wbi[u] = (i < r_hi) ? static_cast<float>(qbias[e * ngr + g]) : 0.0f;
-      }
+"""
+# One round's math: WU words of the lane's slice (words, wsc, wbi) against xs.
+_AFFINE_MATH = r"""
       for (int u = 0; u < WU; ++u) {
         const int i = i0 + 32 * u;
         if (i < r_hi) {
@@ -226,8 +218,31 @@ _DOT_AFFINE = r"""
           acc += wsc[u] * dq + wbi[u] * xsum;
         }
       }
-    }
 """
+# The head of one round of the dot: WU words of the lane's slice, their group g.
+_ROUND_HEAD = r"""
+    for (int i0 = r_lo + (int)lane; i0 < r_hi; i0 += 32 * WU) {
+      uint words[WU];
+      float wsc[WU];
+      float wbi[WU];
+      for (int u = 0; u < WU; ++u) {
+        const int i = i0 + 32 * u;
+        const int g = (i * vpw) / GSZ;
+"""
+_DOT_AFFINE = (
+    r"""
+    // MLX affine quantization: w = scale * q + bias per group of GSZ along the row.
+"""
+    + _AFFINE_CONSTS[1:]
+    + _ROUND_HEAD[1:]
+    + r"""        words[u] = (i < r_hi) ? rw[e * wpr + i] : 0u;
+        wsc[u] = (i < r_hi) ? static_cast<float>(scales[e * ngr + g]) : 0.0f;
+        wbi[u] = (i < r_hi) ? static_cast<float>(qbias[e * ngr + g]) : 0.0f;
+      }
+"""
+    + _AFFINE_MATH[1:]
+    + "    }\n"
+)
 _DOT_FLOAT = r"""
     const int r_len = (DIN + r_nsl - 1) / r_nsl;  // this warp's slice of the row
     const int r_lo = r_sl * r_len;
@@ -328,7 +343,8 @@ _SPLIT_HEAD = r"""
 """
 # The split head with the first round of the row slice's words loaded before x (SPLIT_PRELOAD,
 # affine weights): pw/ps/pb feed the first round of _DOT_AFFINE_PRE.
-_SPLIT_HEAD_PRE = r"""
+_SPLIT_HEAD_PRE = (
+    r"""
   const uint tok = gid_y;
   if (tok >= dims[0]) { return; }
   ZX_SHARED float xs[DIN];
@@ -337,14 +353,9 @@ _SPLIT_HEAD_PRE = r"""
   const int r_sl = (int)warp % WPE;
   const int epg = (int)(lsize / 32u) / WPE;
   const int e = (int)gid * epg + (int)warp / WPE;
-  const int vpw = 32 / QBITS;
-  const int wpr = DIN / vpw;
-  const int ngr = DIN / GSZ;
-  const uint qmask = (1u << QBITS) - 1u;
-  const int r_len = (wpr + r_nsl - 1) / r_nsl;  // this warp's slice of the row's words
-  const int r_lo = r_sl * r_len;
-  const int r_hi = zx_imin(wpr, r_lo + r_len);
-  uint pw[WU];
+"""
+    + _AFFINE_CONSTS[1:]
+    + r"""  uint pw[WU];
   float ps[WU];
   float pb[WU];
   for (int u = 0; u < WU; ++u) {
@@ -359,35 +370,18 @@ _SPLIT_HEAD_PRE = r"""
   float acc = 0.0f;
   if (e < E) {
 """
-_DOT_AFFINE_PRE = r"""
-    for (int i0 = r_lo + (int)lane; i0 < r_hi; i0 += 32 * WU) {
-      const bool first = i0 == r_lo + (int)lane;
-      uint words[WU];
-      float wsc[WU];
-      float wbi[WU];
-      for (int u = 0; u < WU; ++u) {
-        const int i = i0 + 32 * u;
-        const int g = (i * vpw) / GSZ;
+)
+_DOT_AFFINE_PRE = (
+    _ROUND_HEAD
+    + r"""        const bool first = i0 == r_lo + (int)lane;
         words[u] = first ? pw[u] : (i < r_hi) ? rw[e * wpr + i] : 0u;
         wsc[u] = first ? ps[u] : (i < r_hi) ? static_cast<float>(scales[e * ngr + g]) : 0.0f;
         wbi[u] = first ? pb[u] : (i < r_hi) ? static_cast<float>(qbias[e * ngr + g]) : 0.0f;
       }
-      for (int u = 0; u < WU; ++u) {
-        const int i = i0 + 32 * u;
-        if (i < r_hi) {
-          const int k0 = i * vpw;
-          float dq = 0.0f;
-          float xsum = 0.0f;
-          for (int t = 0; t < vpw; ++t) {
-            const float xv = xs[k0 + t];
-            dq += static_cast<float>((words[u] >> (QBITS * t)) & qmask) * xv;
-            xsum += xv;
-          }
-          acc += wsc[u] * dq + wbi[u] * xsum;
-        }
-      }
-    }
 """
+    + _AFFINE_MATH[1:]
+    + "    }\n"
+)
 _SPLIT_TAIL = (
     r"""
   }
