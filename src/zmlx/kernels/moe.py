@@ -423,9 +423,10 @@ def moe_experts(x, wg, sg, bg, wu, su, bu, wd, sd, bd, indices, weights, group_s
                 down_format=None, verbose=False):  # fmt: skip
     """One MoE block's routed experts: :func:`gather_qmv_swiglu` then
     :func:`gather_qmv_combine` (arguments as theirs; ``down_format``: the down projection's
-    ``dict(group_size=, bits=, mode=)`` where it differs from gate/up's). On CUDA both run in
-    ONE launch where :func:`.fused_experts.fused_experts_kernel` covers the call
-    (bit-identical to the two kernels). Shapes: ``x (..., D)``, ``indices, weights (..., K)``
+    ``dict(group_size=, bits=, mode=)`` where it differs from gate/up's). On CUDA, with
+    :data:`.fused_experts.FUSED_EXPERTS` on (off by default: slower), both run in ONE launch
+    where :func:`.fused_experts.fused_experts_kernel` covers the call (bit-identical to the
+    two kernels). Shapes: ``x (..., D)``, ``indices, weights (..., K)``
     -> ``(..., D)``."""
     dfmt = {"group_size": group_size, "bits": bits, "mode": mode, **(down_format or {})}
     out = _fused_experts(x, (wg, sg, bg), (wu, su, bu), (wd, sd, bd), indices, weights,

@@ -7,9 +7,9 @@ runs the router (MLX's matmul, then :func:`~zmlx.kernels.routers.route`; see
 :data:`FUSED_ROUTER`),
 then :func:`~zmlx.kernels.moe.moe_experts`: gate, up and activation of the selected experts
 (:func:`~zmlx.kernels.moe.gather_qmv_swiglu`), then the down projection x router weight,
-summed over experts, plus the shared expert (:func:`~zmlx.kernels.moe.gather_qmv_combine`),
-in one launch on CUDA where :mod:`zmlx.kernels.fused_experts` covers the shapes; longer inputs
-(prefill) run the original forward.
+summed over experts, plus the shared expert (:func:`~zmlx.kernels.moe.gather_qmv_combine`;
+one launch for both with :data:`zmlx.kernels.fused_experts.FUSED_EXPERTS`, off by default);
+longer inputs (prefill) run the original forward.
 """
 
 from __future__ import annotations
