@@ -260,3 +260,44 @@ def test_tensor_cores_on_the_gpu(t, gs, monkeypatch, rng):
     up = np.einsum("td,tkid->tki", f64(x), uw[ii])
     want = gp / (1 + np.exp(-gp)) * up
     np.testing.assert_allclose(np.array(h.astype(mx.float32)), want, rtol=5e-2, atol=5e-2)
+
+
+@pytest.mark.skipif(not emulate.available(), reason="needs a C++ compiler")
+@pytest.mark.parametrize("d, t, warps", [(1024, 1, 8), (512, 3, 4), (768, 2, 4)])
+def test_dense_on_the_tensor_cores(d, t, warps, monkeypatch, rng):
+    """``mma_kernels.MMA_DENSE``: ``qmv`` and its fused forms (bias, residual, SwiGLU) with the
+    products on the tensor cores, against the split-row kernel (bfloat16 last-place
+    differences), 37 rows (the last group of 16 partly empty), one step a warp or several
+    (3 steps: scales one by one); ``qmv`` also against float64."""
+    from test_batched_loads import assert_close
+    from test_quant import deq64, f64
+    from zmlx.core.kernel import capture
+    from zmlx.kernels import mma_kernels as mmk
+    from zmlx.kernels import quant
+    from zmlx.kernels import quant_kernels as qk
+    from zmlx.kernels.quant_specs import random_qweight, random_x
+
+    n, gs = 37, 64
+    x = random_x(rng, (t, d), mx.bfloat16)
+    w = random_qweight(rng, (n, d), mx.bfloat16, 4, gs, "affine")
+    wu = random_qweight(rng, (n, d), mx.bfloat16, 4, gs, "affine")
+    bias, res = random_x(rng, (n,), mx.bfloat16), random_x(rng, (t, n), mx.bfloat16)
+    calls = {"qmv_affine_mma": (quant.qmv, (x, *w, gs, 4, "affine")),
+             "qmv_plain_affine_mma_bias": (quant.qmv_bias, (x, *w, bias, gs, 4, "affine")),
+             "qmv_plain_affine_mma_res": (quant.qmv_residual, (x, *w, res, gs, 4, "affine")),
+             "qmv_swiglu_affine_mma": (quant.qmv_swiglu, (x, *w, *wu, gs, 4, "affine"))}  # fmt: skip
+    monkeypatch.setattr(qk, "MMA_WARPS", warps)
+    for name, (fn, args) in calls.items():
+        monkeypatch.setattr(mmk, "MMA_DENSE", True)
+        with capture("cuda") as caught:
+            fn(*args)
+        assert caught[0].kernel.name.endswith(name.replace("qmv_affine", "qmv_plain_affine"))
+        with emulate.emulate():
+            got = fn(*args)
+            monkeypatch.setattr(mmk, "MMA_DENSE", False)
+            split = fn(*args)
+        assert_close(got, split)
+        if fn is quant.qmv:
+            want = f64(x) @ deq64(*w, gs, 4, "affine").T
+            np.testing.assert_allclose(np.array(got.astype(mx.float32)), want, rtol=3e-2,
+                                       atol=3e-2)  # fmt: skip

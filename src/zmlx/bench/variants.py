@@ -110,6 +110,8 @@ VARIANTS: dict[str, Variant] = {
     "zmlx_split_gate_up": Variant(settings=_set(quant_kernels__MMA_GATE_UP=False)),
     "zmlx_fused_experts": Variant(settings=_set(fused_experts__FUSED_EXPERTS=True)),
     "zmlx_router_preload": Variant(settings=_set(router_kernels__SPLIT_PRELOAD=True)),
+    "zmlx_mma_dense": Variant(settings=_set(mma_kernels__MMA_DENSE=True)),
+    "zmlx_mma_combine": Variant(settings=_set(mma_kernels__MMA_COMBINE=True)),
     "zmlx_no_tile": Variant(settings=_set(quant_kernels__TILE=False)),
     "zmlx_tile_r2": Variant(settings=_set(quant_kernels__TILE_ROWS=2)),
     "zmlx_tile_r1": Variant(settings=_set(quant_kernels__TILE_ROWS=1)),

@@ -59,20 +59,21 @@ ZX_INLINE uint zx_bf16_bits(float v) {
 )
 
 
+def _format_ok(mode: str, bits: int, group_size: int, dtype) -> bool:
+    """Weights and activations the tensor-core kernels take: affine 4-bit in groups of a
+    multiple of 64 (a step of 64 inputs lies in one group), bfloat16 activations."""
+    return mode == "affine" and bits == 4 and group_size % 64 == 0 and dtype == mx.bfloat16
+
+
 def covers(kind: str, mode: str, bits: int, group_size: int, dtype, d: int, warps: int,
            has_bias: bool, prenorm: bool) -> bool:  # fmt: skip
     """Whether :func:`gate_up_kernel` takes this call."""
-    steps = d // (64 * warps) if warps > 0 else 0
     return (
         kind in GATED
         and kind != "swiglu_oai"
-        and mode == "affine"
-        and bits == 4
-        and group_size % 64 == 0
-        and dtype == mx.bfloat16
+        and _format_ok(mode, bits, group_size, dtype)
         and warps > 0
         and d % (64 * warps) == 0
-        and (steps <= 8 or steps % 8 == 0)
         and not has_bias
         and not prenorm
     )
@@ -221,39 +222,55 @@ def gate_up_kernel(kind: str, x_per_slot: bool) -> Kernel:
     Runtime: ``rt[0]`` = slots."""
     if kind not in GATED or kind == "swiglu_oai":
         raise ValueError(f"[mma_kernels] no tensor-core gate/up for {kind!r}")
-    inputs, outputs = _matvec_signature(kind, "affine", True, False, False)
-    xrow = "slot" if x_per_slot else "slot / K"
-    sums = _mma_sums([("wg", "sg", "bg"), ("wu", "su", "bu")], "D", "N", "(size_t)ex * N")
+    inputs, outputs, body = _matvec_text(kind, True, x_per_slot, False, False)
+    return Kernel(f"qmv_{kind}_affine_gather_mma", inputs, outputs, body, header=_HEADER)
+
+
+def _matvec_text(kind: str, gather: bool, x_per_slot: bool, has_bias: bool,
+                 has_res: bool) -> tuple[list[str], list[str], str]:  # fmt: skip
+    """Inputs, outputs and body of a matvec (``"plain"``, or a gated kind's gate and up with
+    its activation) with each warp's products on the tensor cores (:func:`_mma_sums`): a group
+    of ``W`` warps owns 16 rows of each weight for one slot (``gather``: of its expert) or row
+    of x, warp ``w`` a slice of the inputs; the warps' partial sums meet in shared memory and
+    lane ``r < 16`` of the first warp finishes row ``r`` (as the split kernel stores it)."""
+    parts = ["0"] if kind == "plain" else ["g", "u"]
+    nm = len(parts)
+    inputs, outputs = _matvec_signature(kind, "affine", gather, has_bias, has_res)
+    ebase = "(size_t)ex * N" if gather else "0"
+    sums = _mma_sums([(f"w{p}", f"s{p}", f"b{p}") for p in parts], "D", "N", ebase)
+    xrow = "slot" if (x_per_slot or not gather) else "slot / K"
+    expert = "  const int ex = static_cast<int>(idx[slot]);\n" if gather else ""
+    keep = "".join(
+        f"    red[((int)warp * R + g) * {nm} + {m}] = acc[{m}][0];\n"
+        f"    red[((int)warp * R + g + 8) * {nm} + {m}] = acc[{m}][1];\n"
+        for m in range(nm)
+    )
+    # Lane l adds the W partial sums of row l % 16 (of weight l / 16 for two weights) in warp
+    # order; lane r < 16 then holds row r's sums (the up sum taken from lane r + 16).
+    fin = "    const float fin0 = f;\n"
+    if nm == 2:
+        fin += "    const float fin1 = zx_shfl(f, ((int)lane & 15) + 16);\n"
     body = f"""
-  ZX_SHARED float red[W * R * 2];
+  ZX_SHARED float red[W * R * {nm}];
   const int slot = (int)gid / NB;
   if (slot >= rt[0]) {{
     return;
   }}
   const int row0 = ((int)gid % NB) * R;
-  const int ex = static_cast<int>(idx[slot]);
-  const T* xp = x + (size_t)({xrow}) * D;
+{expert}  const T* xp = x + (size_t)({xrow}) * D;
   const int in0 = (int)warp * STEPS * 64;
 {sums}
   if (q == 0) {{
-    red[((int)warp * R + g) * 2 + 0] = acc[0][0];
-    red[((int)warp * R + g) * 2 + 1] = acc[1][0];
-    red[((int)warp * R + g + 8) * 2 + 0] = acc[0][1];
-    red[((int)warp * R + g + 8) * 2 + 1] = acc[1][1];
-  }}
+{keep}  }}
   zx_barrier();
   if (warp == 0u) {{
-    // Lane l adds the W partial sums of row l % 16 of weight l / 16 (gate, up) in warp order;
-    // lane r < 16 then has row r's gate sum and takes its up sum from lane r + 16.
     float f = 0.0f;
     for (int w = 0; w < W; ++w) {{
-      f += red[(w * R + ((int)lane & 15)) * 2 + ((int)lane >> 4)];
+      f += red[(w * R + ((int)lane & 15)) * {nm} + ({nm} == 2 ? ((int)lane >> 4) : 0)];
     }}
-    const float fin0 = f;
-    const float fin1 = zx_shfl(f, ((int)lane & 15) + 16);
-{_store(kind, ["g", "u"], True, False, False, lanes=True, fin=False)}  }}
+{fin}{_store(kind, parts, gather, has_bias, has_res, lanes=True, fin=False)}  }}
 """
-    return Kernel(f"qmv_{kind}_affine_gather_mma", inputs, outputs, body, header=_HEADER)
+    return inputs, outputs, body
 
 
 # The down projection + combine on the tensor cores (combine_kernel) where it covers the call.
@@ -271,10 +288,7 @@ def covers_combine(mode: str, bits: int, group_size: int, dtype, i_dim: int, k: 
                    split: int) -> bool:  # fmt: skip
     """Whether :func:`combine_kernel` takes this call."""
     return (
-        mode == "affine"
-        and bits == 4
-        and group_size % 64 == 0
-        and dtype == mx.bfloat16
+        _format_ok(mode, bits, group_size, dtype)
         and split > 0
         and i_dim % (64 * split) == 0
         and 0 < k * split <= 32
@@ -320,3 +334,38 @@ def combine_kernel(has_bias: bool, has_shared: bool, has_gate: bool, has_res: bo
 {mk.expert_rows_tail(has_bias, has_shared, has_gate, has_res)}"""
     name = "qmv_combine_affine_exact" + ("_res" if has_res else "") + "_mma"
     return Kernel(name, inputs, ["out"], body, header=_HEADER)
+
+
+# Dense matvecs (quant.qmv and its fused forms: bias, residual, a dense MLP's gate/up) on the
+# tensor cores (dense_kernel) where they cover the call. Off: not yet timed on a GPU.
+MMA_DENSE = False
+
+
+def covers_dense(kind: str, mode: str, bits: int, group_size: int, dtype, d: int,
+                 warps: int) -> bool:  # fmt: skip
+    """Whether :func:`dense_kernel` takes this call."""
+    return (
+        (kind == "plain" or (kind in GATED and kind != "swiglu_oai"))
+        and _format_ok(mode, bits, group_size, dtype)
+        and warps > 0
+        and d % (64 * warps) == 0
+    )
+
+
+@text_cache
+def dense_kernel(kind: str, has_bias: bool, has_res: bool) -> Kernel:
+    """A dense matvec (``"plain"``, or a gated kind's gate and up with its activation) on the
+    tensor cores (:func:`_matvec_text` with ``gather=False``). Inputs, outputs and rounding as
+    :func:`.quant_kernels.split_matvec_kernel`'s with ``gather=False`` (``has_res``: plain
+    only).
+
+    Template constants: ``T`` (bfloat16), ``D``, ``N``, ``BITS`` (4), ``GROUP_SIZE``, ``R``
+    (16), ``NB`` (groups per row of x), ``W``, ``STEPS`` (``D / (64 W)``). Runtime: ``rt[0]``
+    = rows of x."""
+    if kind != "plain" and (kind not in GATED or kind == "swiglu_oai"):
+        raise ValueError(f"[mma_kernels] no tensor-core dense matvec for {kind!r}")
+    if has_res and kind != "plain":
+        raise ValueError("[mma_kernels] a residual only with the plain dense matvec")
+    inputs, outputs, body = _matvec_text(kind, False, False, has_bias, has_res)
+    name = f"qmv_{kind}_affine_mma{'_bias' if has_bias else ''}{'_res' if has_res else ''}"
+    return Kernel(name, inputs, outputs, body, header=_HEADER)

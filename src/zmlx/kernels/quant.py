@@ -19,6 +19,7 @@ from ..core import fallback
 from ..core.backend import backend
 from ..core.dtypes import check_float, dtype_name
 from ..core.kernel import scalar
+from . import mma_kernels as mmk
 from . import quant_kernels as qk
 
 # ---------------------------------------------------------------------------------------
@@ -184,6 +185,19 @@ def _dense(op, kind, x, mats, group_size, bits, mode, lin=None, res=None, verbos
     joint = 1 if kind in ("plain", "qkv") else 2
     plan = qk.tile_plan(d, bits, group_size, joint, sum(ns) if kind == "qkv" else ns[0], rows)
     flags = (lin is not None, res is not None)
+    mw = max(1, min(qk.MMA_WARPS, d // 64))
+    if (mmk.MMA_DENSE and backend() == "cuda" and kind != "qkv"
+            and mmk.covers_dense(kind, mode, bits, group_size, x.dtype, d, mw)):  # fmt: skip
+        kern = mmk.dense_kernel(kind, lin is not None, res is not None)
+        ins = [x] + weight_inputs(mats, mode) + list(lin or ()) + ([res] if res is not None else [])
+        nb = math.ceil(ns[0] / mmk.ROWS)
+        tmpl = fmt_template(x, d, bits, group_size)
+        tmpl += [("N", ns[0]), ("R", mmk.ROWS), ("NB", nb), ("W", mw),
+                 ("STEPS", d // (64 * mw))]  # fmt: skip
+        grid, tg = qk.warp_groups(rows * nb, mw)
+        return kern(*ins, scalar(rows, mx.int32), output_shapes=[x.shape[:-1] + (ns[0],)],
+                    output_dtypes=[x.dtype], grid=grid, threadgroup=tg,
+                    template=tmpl)  # fmt: skip
     split = qk.split_warps(d, bits, group_size) if qk.SPLIT_DENSE and d <= qk.X_REG_MAX else 0
     if plan is None and split and kind == "qkv":
         kern = qk.split_qkv_kernel(mode, lin is not None, qk.SPLIT_ALL_ROWS)
