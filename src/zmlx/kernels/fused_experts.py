@@ -12,9 +12,14 @@ Tickets below ``G1`` (the gate/up groups' count) do gate/up work; after their ro
 and fenced they count up a second counter. Higher tickets do combine work and wait
 (:func:`zx_wait_count`) until that counter reaches ``G1``. A group waits only for groups whose
 tickets came before its own, which are therefore running, whatever order the GPU starts
-groups in. The last group to finish (a third counter) puts the three counters back to zero,
-so the next launch (stream-ordered after this one) starts from zero. The counters live in a
-small array kept per stream (:func:`counters`), an input the kernel writes.
+groups in. The last combine group to finish (a third counter) puts the three counters back to
+zero, so the next launch (stream-ordered after this one) starts from zero. The counters live
+in a small array kept per stream (:func:`counters`), an input the kernel writes; each on its
+own 128-byte line.
+
+Measured slower than the two launches in every form (:data:`FUSED_EXPERTS` says by how much),
+so it is off by default: the combine is bound by its own instruction chain, which still runs
+after the wait.
 
 The two parts are the kernels' own bodies (:func:`.quant_kernels.split_matvec_parts` and
 :func:`.moe_kernels.split_combine_parts`), each in a block that names its template constants
