@@ -7,6 +7,18 @@ from collections.abc import Iterable
 import mlx.core as mx
 
 FLOAT_DTYPES = (mx.float32, mx.float16, mx.bfloat16)
+# C names of MLX's bool and integer dtypes, the same in CUDA, Metal and MLX's kernel names.
+C_INT_NAMES = {
+    mx.bool_: "bool",
+    mx.int8: "int8_t",
+    mx.int16: "int16_t",
+    mx.int32: "int32_t",
+    mx.int64: "int64_t",
+    mx.uint8: "uint8_t",
+    mx.uint16: "uint16_t",
+    mx.uint32: "uint32_t",
+    mx.uint64: "uint64_t",
+}
 _NAMES = {mx.float32: "float32", mx.float16: "float16", mx.bfloat16: "bfloat16"}
 
 

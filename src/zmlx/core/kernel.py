@@ -23,6 +23,7 @@ import mlx.core as mx
 from . import emulate as _emulate
 from .backend import backend, force_backend, gpu_backend
 from .dialect import DIALECTS, compact, render_body, render_header
+from .dtypes import C_INT_NAMES
 
 TemplateValue = bool | int | mx.Dtype
 
@@ -359,15 +360,7 @@ _TYPE_NAMES = {
     mx.bfloat16: "bfloat16_t",
     mx.float64: "double",
     mx.complex64: "complex64_t",
-    mx.bool_: "bool",
-    mx.int8: "int8_t",
-    mx.int16: "int16_t",
-    mx.int32: "int32_t",
-    mx.int64: "int64_t",
-    mx.uint8: "uint8_t",
-    mx.uint16: "uint16_t",
-    mx.uint32: "uint32_t",
-    mx.uint64: "uint64_t",
+    **C_INT_NAMES,
 }
 
 

@@ -31,32 +31,17 @@ from pathlib import Path
 import mlx.core as mx
 
 from .dialect import shape_args, template_lines
+from .dtypes import C_INT_NAMES
 from .kernel import Launch, cuda_function_name
 
 _CUDA_TYPES = {
-    mx.bool_: "bool",
-    mx.int8: "int8_t",
-    mx.int16: "int16_t",
-    mx.int32: "int32_t",
-    mx.int64: "int64_t",
-    mx.uint8: "uint8_t",
-    mx.uint16: "uint16_t",
-    mx.uint32: "uint32_t",
-    mx.uint64: "uint64_t",
+    **C_INT_NAMES,
     mx.float16: "__half",
     mx.bfloat16: "__nv_bfloat16",
     mx.float32: "float",
 }
 _METAL_TYPES = {
-    mx.bool_: "bool",
-    mx.int8: "int8_t",
-    mx.int16: "int16_t",
-    mx.int32: "int32_t",
-    mx.int64: "int64_t",
-    mx.uint8: "uint8_t",
-    mx.uint16: "uint16_t",
-    mx.uint32: "uint32_t",
-    mx.uint64: "uint64_t",
+    **C_INT_NAMES,
     mx.float16: "half",
     mx.bfloat16: "bfloat16_t",
     mx.float32: "float",
@@ -126,11 +111,11 @@ def cuda_source(launch: Launch) -> str:
     """The translation unit MLX's ``cuda_kernel`` builds for this launch (for NVRTC)."""
     k = launch.kernel
     header, body = k.render("cuda")
-    name = k.mlx_name("cuda")
+    kname = k.mlx_name("cuda")
     if launch.min_groups:
         threads = launch.threadgroup[0] * launch.threadgroup[1] * launch.threadgroup[2]
-        name, header, body = k.bounded_source(launch.template, threads, launch.min_groups)
-    fname = cuda_function_name(name, launch.template)
+        kname, header, body = k.bounded_source(launch.template, threads, launch.min_groups)
+    fname = cuda_function_name(kname, launch.template)
     params = []
     for name, (dtype, shape) in zip(k.inputs, launch.inputs):
         params.append(f"    const {_CUDA_TYPES[dtype]}* {name}")

@@ -40,7 +40,7 @@ from __future__ import annotations
 import mlx.core as mx
 
 from ..core.kernel import Kernel
-from .quant_kernels import GATED, HEADER, _matvec_signature, _store, text_cache
+from .quant_kernels import GATED, HEADER, _matvec_signature, _store, rows_group_head, text_cache
 
 ROWS = 16  # rows of each weight a group owns (the MMA's M)
 
@@ -250,14 +250,9 @@ def _matvec_text(kind: str, gather: bool, x_per_slot: bool, has_bias: bool,
     fin = "    const float fin0 = f;\n"
     if nm == 2:
         fin += "    const float fin1 = zx_shfl(f, ((int)lane & 15) + 16);\n"
-    body = f"""
-  ZX_SHARED float red[W * R * {nm}];
-  const int slot = (int)gid / NB;
-  if (slot >= rt[0]) {{
-    return;
-  }}
-  const int row0 = ((int)gid % NB) * R;
-{expert}  const T* xp = x + (size_t)({xrow}) * D;
+    body = (
+        rows_group_head(nm)
+        + f"""{expert}  const T* xp = x + (size_t)({xrow}) * D;
   const int in0 = (int)warp * STEPS * 64;
 {sums}
   if (q == 0) {{
@@ -270,6 +265,7 @@ def _matvec_text(kind: str, gather: bool, x_per_slot: bool, has_bias: bool,
     }}
 {fin}{_store(kind, parts, gather, has_bias, has_res, lanes=True, fin=False)}  }}
 """
+    )
     return inputs, outputs, body
 
 

@@ -286,11 +286,12 @@ def split_combine_kernel(mode: str, has_bias: bool, has_shared: bool, has_gate: 
 def split_combine_parts(mode: str, has_bias: bool, has_shared: bool, has_gate: bool,
                         has_res: bool = False, all_rows: bool = True, before_x: str = "",
                         before_rows: str = "") -> tuple[str, list[str], str]:  # fmt: skip
-    """Name, inputs and body (output ``out``) of :func:`gather_combine_kernel` (exact rounding) with the ``K`` experts of a token side by
-    side: a group of ``K * S`` warps owns ``R`` output rows of one token; the ``S`` warps of
-    expert ``k`` (warps ``k * S .. k * S + S - 1``) each take a slice ``I / S`` of its inputs
-    and leave their partial sums in shared memory, the weights' loads issued ahead of x's and
-    of the math as in :func:`.quant_kernels._split_rows`. The first warp then rounds each
+    """Name, inputs and body (output ``out``) of :func:`gather_combine_kernel` (exact
+    rounding) with the ``K`` experts of a token side by side: a group of ``K * S`` warps
+    owns ``R`` output rows of one token; the ``S`` warps of expert ``k`` (warps ``k * S ..
+    k * S + S - 1``) each take a slice ``I / S`` of its inputs and leave their partial sums
+    in shared memory, the weights' loads issued ahead of x's and of the math as in
+    :func:`.quant_kernels._split_rows`. The first warp then rounds each
     expert's projection (its ``S`` partials added in order) to ``T`` with its bias and adds
     the weighted projections in expert order, rounded as mlx-lm rounds. The one-warp kernel
     walks the experts one after another in every warp, so a row waits for memory ``K`` times.

@@ -872,6 +872,20 @@ def warp_sums_to_shared(names: list[str], slot: str) -> str:
 """
 
 
+def rows_group_head(nm: int) -> str:
+    """The head of a kernel whose groups each own ``R`` rows (of ``nm`` weights) of one slot
+    (``NB`` groups a slot, ``rt[0]`` slots): shared ``red`` for its ``W`` warps' partial sums,
+    ``slot`` and ``row0``; a group past the last slot leaves."""
+    return f"""
+  ZX_SHARED float red[W * R * {nm}];
+  const int slot = (int)gid / NB;
+  if (slot >= rt[0]) {{
+    return;
+  }}
+  const int row0 = ((int)gid % NB) * R;
+"""
+
+
 def _split_sum(nm: str | int, lanes: bool) -> str:
     """After :func:`_split_rows`: each warp's sums ``acc<m>[r]`` (of ``nm`` weights) reduced
     over its lanes and left in shared ``red`` (:func:`warp_sums_to_shared`); then a block of
@@ -937,8 +951,8 @@ def split_matvec_kernel(kind: str, mode: str, x_per_slot: bool, has_bias: bool =
 def split_matvec_parts(kind: str, mode: str, x_per_slot: bool, has_bias: bool = False,
                        all_rows: bool = True, gather: bool = True,
                        has_res: bool = False) -> tuple[str, list[str], list[str], str]:  # fmt: skip
-    """Name, inputs, outputs and body of the gathered (or, ``gather=False``, dense) matvec with each row split across the
-    ``W`` warps of a group.
+    """Name, inputs, outputs and body of the gathered (or, ``gather=False``, dense) matvec
+    with each row split across the ``W`` warps of a group.
 
     Profiled on an H100 (``ncu_qmv_swiglu_h100.txt``), the one-warp-a-row kernel waits on L1
     for most of its time: each lane holds ``D / 32`` inputs of x, more than the compiler keeps
@@ -970,16 +984,12 @@ def split_matvec_parts(kind: str, mode: str, x_per_slot: bool, has_bias: bool = 
     xrow = "slot" if (x_per_slot or not gather) else "slot / K"
     ex = "static_cast<int>(idx[slot])" if gather else "0"
     # _prologue's NW and NG are the warp's slice of a row: D / W inputs.
-    body = f"""
-  ZX_SHARED float red[W * R * {nm}];
-  const int slot = (int)gid / NB;
-  if (slot >= rt[0]) {{
-    return;
-  }}
-  const int row0 = ((int)gid % NB) * R;
-  const T* xp = x + (size_t)({xrow}) * D + (int)warp * (D / W);
+    body = (
+        rows_group_head(nm)
+        + f"""  const T* xp = x + (size_t)({xrow}) * D + (int)warp * (D / W);
 {_prologue("(D / W)", False, mode)}  const int ex = {ex};
 {_acc_decl(names)}{_split_rows(mode, mats, "N", "ex * N", "W", "(int)warp", all_rows)}"""
+    )
     body += _split_sum(nm, LANE_ROWS)
     body += _store(kind, parts, gather, has_bias, has_res, LANE_ROWS)
     body += "  }\n"
