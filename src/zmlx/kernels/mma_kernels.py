@@ -40,6 +40,8 @@ from __future__ import annotations
 import mlx.core as mx
 
 from ..core.kernel import Kernel
+from . import moe_kernels as mk
+from . import quant_kernels as _qk
 from .quant_kernels import GATED, HEADER, _matvec_signature, _store, rows_group_head, text_cache
 
 ROWS = 16  # rows of each weight a group owns (the MMA's M)
@@ -57,6 +59,12 @@ ZX_INLINE uint zx_bf16_bits(float v) {
 }
 """
 )
+
+
+def group_warps(d: int) -> int:
+    """Warps a group of the tensor-core matvecs has for rows of ``d`` inputs: up to
+    :data:`.quant_kernels.MMA_WARPS`, each at least one step of 64 inputs."""
+    return max(1, min(_qk.MMA_WARPS, d // 64))
 
 
 def _format_ok(mode: str, bits: int, group_size: int, dtype) -> bool:
@@ -303,8 +311,6 @@ def combine_kernel(has_bias: bool, has_shared: bool, has_gate: bool, has_res: bo
     Template constants: ``T``, ``P``, ``I``, ``D``, ``BITS`` (4), ``GROUP_SIZE``, ``K``, ``S``,
     ``R`` (16), ``NB`` (groups per token), ``STEPS`` (``I / (64 S)``). Runtime: ``rt[0]`` =
     tokens."""
-    from . import moe_kernels as mk
-
     inputs = mk._combine_inputs("affine", has_bias, has_shared, has_gate, has_res)
     sums = _mma_sums([("w0", "s0", "b0")], "I", "D", "(size_t)ex * D")
     body = f"""

@@ -167,7 +167,7 @@ def _gather_launch(op, kind, x, mats, indices, group_size, bits, mode, lins, fp,
     joint = 1 if kind == "plain" else 2
     split = qk.split_warps(d, bits, group_size) if regs else 0
     plan = qk.tile_plan(d, bits, group_size, joint, n, slots) if prenorm is None else None
-    mw = max(1, min(qk.MMA_WARPS, d // 64))
+    mw = mmk.group_warps(d)
     if (qk.MMA_GATE_UP and backend() == "cuda"
             and mmk.covers(kind, mode, bits, group_size, x.dtype, d, mw, lins is not None,
                            prenorm is not None)):  # fmt: skip
@@ -357,23 +357,9 @@ def gather_qmv_combine(h, w, scales, biases, indices, weights, group_size=64, bi
     tokens = math.prod(lead)
     if tokens and use_kernel(op, h, scales, group_size, bits, mode, tokens, verbose):
         sm = mmk.MMA_COMBINE_SPLIT
-        if (mmk.MMA_COMBINE and backend() == "cuda"
-                and mmk.covers_combine(mode, bits, group_size, h.dtype, i_dim, k, sm)):  # fmt: skip
-            kern = mmk.combine_kernel(bias is not None, shared is not None,
-                                      shared_gate is not None, residual is not None)  # fmt: skip
-            nb = math.ceil(dout / mmk.ROWS)
-            ins = [h] + weight_inputs([(w, scales, biases)], mode) + [indices, weights]
-            ins += [a for a in (bias, shared, shared_gate) if a is not None]
-            ins += list(residual or ())
-            tmpl = [("T", h.dtype), ("P", promote((h.dtype, weights.dtype))), ("I", i_dim),
-                    ("D", dout), ("BITS", bits), ("GROUP_SIZE", group_size), ("K", k),
-                    ("S", sm), ("R", mmk.ROWS), ("NB", nb),
-                    ("STEPS", i_dim // (64 * sm))]  # fmt: skip
-            grid, tg = qk.warp_groups(tokens * nb, k * sm)
-            return kern(*ins, scalar(tokens, mx.int32), output_shapes=[lead + (dout,)],
-                        output_dtypes=[h.dtype], grid=grid, threadgroup=tg,
-                        template=tmpl)[0]  # fmt: skip
-        if (k < mk.COMBINE_TWO_PASS_BELOW and i_dim <= qk.X_REG_MAX and not qk.TILE
+        mma = (mmk.MMA_COMBINE and backend() == "cuda"
+               and mmk.covers_combine(mode, bits, group_size, h.dtype, i_dim, k, sm))  # fmt: skip
+        if (not mma and k < mk.COMBINE_TWO_PASS_BELOW and i_dim <= qk.X_REG_MAX and not qk.TILE
                 and qk.split_warps(i_dim, bits, group_size)):  # fmt: skip
             # Two launches (see moe_kernels.COMBINE_TWO_PASS_BELOW): each expert's rounded
             # projection (+ bias), then the exact combine with the shared expert and residual.
@@ -386,13 +372,22 @@ def gather_qmv_combine(h, w, scales, biases, indices, weights, group_size=64, bi
                     return out
         flags = (bias is not None, shared is not None, shared_gate is not None)
         split = mk.SPLIT_EXPERTS and i_dim <= qk.X_REG_MAX and k <= 32
-        if split:
+        tmpl = [("T", h.dtype), ("P", promote((h.dtype, weights.dtype))), ("I", i_dim),
+                ("D", dout), ("BITS", bits), ("GROUP_SIZE", group_size), ("K", k)]  # fmt: skip
+        min_groups = 0
+        if mma:
+            kern = mmk.combine_kernel(*flags, residual is not None)
+            nb = math.ceil(dout / mmk.ROWS)
+            tmpl += [("S", sm), ("R", mmk.ROWS), ("NB", nb), ("STEPS", i_dim // (64 * sm))]
+            grid, tg = qk.warp_groups(tokens * nb, k * sm)
+        elif split:
             kern = mk.split_combine_kernel(mode, *flags, residual is not None,
                                            qk.SPLIT_ALL_ROWS)  # fmt: skip
-            r = mk.SPLIT_ROWS if k >= 8 else mk.SPLIT_ROWS_FEW  # rows per group of K * S warps
+            r, s = mk.split_combine_shape(i_dim, bits, group_size, k)  # K * S warps a group
             nb = math.ceil(dout / r)
-            s = qk.split_ways(i_dim, bits, group_size, max(1, mk.COMBINE_WARPS // k), least=1)
+            tmpl += [("R", r), ("NB", nb), ("S", s)]
             grid, tg = qk.warp_groups(tokens * nb, k * s)
+            min_groups = mk.COMBINE_MIN_GROUPS
         else:
             r = qk.rows_per_warp(tokens, dout, 1, i_dim)
             nb = math.ceil(dout / r)
@@ -400,18 +395,14 @@ def gather_qmv_combine(h, w, scales, biases, indices, weights, group_size=64, bi
             kern = mk.gather_combine_kernel(mode, *flags, i_dim <= qk.X_REG_MAX,
                                             has_res=residual is not None, batch=batch,
                                             vec=vec)  # fmt: skip
+            tmpl += [("R", r), ("NB", nb)]
             grid, tg = qk.launch_shape(tokens * nb)
         ins = [h] + weight_inputs([(w, scales, biases)], mode) + [indices, weights]
         ins += [a for a in (bias, shared, shared_gate) if a is not None]
         ins += list(residual or ())
-        tmpl = [("T", h.dtype), ("P", promote((h.dtype, weights.dtype))), ("I", i_dim),
-                ("D", dout), ("BITS", bits), ("GROUP_SIZE", group_size), ("K", k), ("R", r),
-                ("NB", nb)]  # fmt: skip
-        if split:
-            tmpl.append(("S", s))
         return kern(*ins, scalar(tokens, mx.int32), output_shapes=[lead + (dout,)],
                     output_dtypes=[h.dtype], grid=grid, threadgroup=tg, template=tmpl,
-                    min_groups=mk.COMBINE_MIN_GROUPS if split else 0)[0]  # fmt: skip
+                    min_groups=min_groups)[0]  # fmt: skip
     out = gather_qmv_combine_ref(h, w, scales, biases, indices, weights, group_size, bits, mode,
                                  bias, shared, shared_gate)  # fmt: skip
     return out if residual is None else (residual[0] + residual[1]) + out
@@ -480,7 +471,7 @@ def _fused_experts(x, g, u, dn, indices, weights, fmt, dfmt, bias_gate, bias_up,
             and use_kernel(op, x, dn[1], dgs, dbits, dmode, tokens, verbose)):  # fmt: skip
         return None
     split = qk.split_warps(d, bits, gs) if d <= qk.X_REG_MAX else 0
-    mw = max(1, min(qk.MMA_WARPS, d // 64))
+    mw = mmk.group_warps(d)
     mma = qk.MMA_GATE_UP and mmk.covers(activation, mode, bits, gs, x.dtype, d, mw,
                                         bias_gate is not None, False)  # fmt: skip
     two_pass = k < mk.COMBINE_TWO_PASS_BELOW and qk.split_warps(i_dim, dbits, dgs)
@@ -488,10 +479,10 @@ def _fused_experts(x, g, u, dn, indices, weights, fmt, dfmt, bias_gate, bias_up,
                                                          mmk.MMA_COMBINE_SPLIT))  # fmt: skip
     if not split or mma or two_pass or i_dim > qk.X_REG_MAX or k > 32:
         return None
-    s = qk.split_ways(i_dim, dbits, dgs, max(1, mk.COMBINE_WARPS // k), least=1)
+    cr, s = mk.split_combine_shape(i_dim, dbits, dgs, k)
     if k * s != split:
         return None
-    r, cr = qk.SPLIT_ROWS, mk.SPLIT_ROWS if k >= 8 else mk.SPLIT_ROWS_FEW
+    r = qk.SPLIT_ROWS
     nb, cnb = math.ceil(n / r), math.ceil(dout / cr)
     kern = fe.fused_experts_kernel(activation, mode, dmode, False, bias_gate is not None,
                                    bias is not None, shared is not None,

@@ -241,6 +241,14 @@ COMBINE_MIN_GROUPS = 0
 COMBINE_TWO_PASS_BELOW = 0
 
 
+def split_combine_shape(i_dim: int, bits: int, group_size: int, k: int) -> tuple[int, int]:
+    """``(R, S)`` of the split combine for ``k`` experts of ``i_dim`` inputs: rows a group
+    (:data:`SPLIT_ROWS`, or :data:`SPLIT_ROWS_FEW` under 8 experts) and warps an expert (up to
+    ``COMBINE_WARPS // k``, see :func:`.quant_kernels.split_ways`; 1 always fits)."""
+    r = SPLIT_ROWS if k >= 8 else SPLIT_ROWS_FEW
+    return r, _qk.split_ways(i_dim, bits, group_size, max(1, COMBINE_WARPS // k), least=1)
+
+
 def _combine_inputs(mode: str, has_bias: bool, has_shared: bool, has_gate: bool,
                     has_res: bool) -> list[str]:  # fmt: skip
     inputs = ["h", *_qinputs("0", mode), "idx", "wts"]

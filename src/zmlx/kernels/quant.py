@@ -185,7 +185,7 @@ def _dense(op, kind, x, mats, group_size, bits, mode, lin=None, res=None, verbos
     joint = 1 if kind in ("plain", "qkv") else 2
     plan = qk.tile_plan(d, bits, group_size, joint, sum(ns) if kind == "qkv" else ns[0], rows)
     flags = (lin is not None, res is not None)
-    mw = max(1, min(qk.MMA_WARPS, d // 64))
+    mw = mmk.group_warps(d)
     if (mmk.MMA_DENSE and backend() == "cuda" and kind != "qkv"
             and mmk.covers_dense(kind, mode, bits, group_size, x.dtype, d, mw)):  # fmt: skip
         kern = mmk.dense_kernel(kind, lin is not None, res is not None)
