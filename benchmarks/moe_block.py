@@ -5,8 +5,8 @@
 Stock is mlx-lm's own ``SwitchGLU`` (three ``gather_qmm`` calls and SwiGLU) followed by the
 block's combine ``(y * scores[..., None]).sum(-2)``; zmlx is ``moe_experts``
 (``gather_qmv_swiglu`` then ``gather_qmv_combine``; one launch for both on CUDA with
-``zmlx.kernels.fused_experts.FUSED_EXPERTS`` on). Both get the same quantized weights, tokens and routing; outputs are
-compared first. Reported per case: median time of each, the speed-up, the bytes of weights
+``zmlx.kernels.fused_experts.FUSED_EXPERTS`` on). Both get the same quantized weights,
+tokens and routing; outputs are compared first. Reported per case: median time of each, the speed-up, the bytes of weights
 the selected experts need, the effective bandwidth and its fraction of the copy bandwidth
 measured in the same process (a large device copy).
 
